@@ -1,0 +1,30 @@
+// The fastsmall operator library: one schema per op, defined once here.
+//
+// Kernels are registered per device elsewhere, as in pytorch/extension-cpp:
+//   CPU   -> csrc/cpu/<op family>_cpu.cpp (TORCH_LIBRARY_IMPL(fastsmall, CPU, m))
+//   CUDA  -> Triton launchers in fastsmall/kernels/<op family>.py (torch.library.register_kernel)
+//   Meta  -> fakes in fastsmall/ops/<op family>.py (torch.library.register_fake)
+// and autograd formulas are registered from Python with torch.library.register_autograd,
+// calling the dedicated *_backward ops below (never the reference).
+//
+// A skeleton is passed as its parent list (`int[] parents`): the op is
+// self-contained, the CPU kernel needs no device tensors, and torch.compile
+// bakes the list into the graph as a constant.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastsmall, m) {
+  // ---- kinematic chain space (KCS) ------------------------------------------
+  // x [..., J, D] -> bones [..., J-1, D], bone k = x[parent(k)] - x[child(k)].
+  m.def("kcs_forward(Tensor x, int[] parents) -> Tensor");
+  // Adjoint of kcs_forward: grad_bones [..., J-1, D] -> grad_x [..., J, D].
+  m.def("kcs_forward_backward(Tensor grad_bones, int[] parents) -> Tensor");
+  // x [..., J, D] -> (unit [..., J-1, D], length [..., J-1, 1]).
+  m.def("bone_decompose(Tensor x, int[] parents, float eps) -> (Tensor, Tensor)");
+  m.def(
+      "bone_decompose_backward(Tensor? grad_unit, Tensor? grad_length, Tensor x, int[] parents, "
+      "float eps) -> Tensor");
+  // bones [..., J-1, D] (+ optional root [..., 1, D]) -> x [..., J, D].
+  m.def("kcs_inverse(Tensor bones, int[] parents, Tensor? root) -> Tensor");
+  // grad_x [..., J, D] -> (grad_bones [..., J-1, D], grad_root [..., 1, D]).
+  m.def("kcs_inverse_backward(Tensor grad_x, int[] parents) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,7 @@
+"""fastsmall's fused ops: differentiable, torch.compile-able wrappers of torch.ops.fastsmall.*.
+
+Each op takes ``backend=None | "cpp" | "triton" | "reference"`` (see ._backend).
+"""
+from .kcs import bone_decompose, kcs_forward, kcs_inverse
+
+__all__ = ["kcs_forward", "bone_decompose", "kcs_inverse"]
