@@ -13,6 +13,7 @@ The parent list need not be topologically ordered; the tables below are.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Mapping, Sequence
@@ -162,9 +163,10 @@ class Skeleton:
         if isinstance(parents, torch.Tensor):
             parents = parents.tolist()
         try:
-            parents = tuple(int(p) if not isinstance(p, bool) else p for p in parents)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"parents must be a sequence of ints, got {parents!r}") from exc
+            # operator.index accepts ints (numpy's too) and rejects floats such as 0.5
+            parents = tuple(p if isinstance(p, bool) else operator.index(p) for p in parents)
+        except TypeError as exc:
+            raise ValueError(f"parents must be a sequence of ints, got {list(parents)!r}") from exc
         self.tree = tree_of(parents)
         J, NB = self.tree.num_joints, self.tree.num_bones
         if names is None:
