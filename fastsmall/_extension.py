@@ -3,8 +3,7 @@
 Importing fastsmall never fails because of a missing backend: without the C++
 extension (or without Triton, for CUDA tensors) the ops fall back to the
 plain-PyTorch reference with a one-time warning. Set FASTSMALL_REQUIRE_EXTENSION=1
-(CI does) to make a missing or broken extension an error instead, and
-FASTSMALL_DISABLE_EXTENSION=1 to behave as if it were not built (for tests).
+(CI does) to make a missing or broken extension an error instead.
 """
 from __future__ import annotations
 
@@ -43,18 +42,23 @@ def build_info() -> dict:
         return {}
 
 
-def _load_cpp():
-    if _flag("FASTSMALL_DISABLE_EXTENSION"):
-        return None, "disabled by FASTSMALL_DISABLE_EXTENSION=1"
-    info = build_info()
+def mismatch(info: dict, torch_version: str) -> str | None:
+    """Why an extension built as ``info`` says cannot load under ``torch_version`` (None if it can)."""
     built = info.get("torch_version")
-    # Check before loading: a library built against another torch usually fails
-    # with an unreadable undefined-symbol error, or worse, loads and misbehaves.
-    if built is not None and _version_tuple(built)[:2] != _version_tuple(torch.__version__)[:2]:
-        return None, (
-            f"the C++ extension was built against torch {built} but torch {torch.__version__} is "
+    if built is not None and _version_tuple(built)[:2] != _version_tuple(torch_version)[:2]:
+        return (
+            f"the C++ extension was built against torch {built} but torch {torch_version} is "
             "installed; rebuild it with `pip install --no-build-isolation -e .`"
         )
+    return None
+
+
+def _load_cpp():
+    # Check before loading: a library built against another torch usually fails
+    # with an unreadable undefined-symbol error, or worse, loads and misbehaves.
+    error = mismatch(build_info(), torch.__version__)
+    if error is not None:
+        return None, error
     try:
         module = importlib.import_module("fastsmall._C")
     except ImportError as exc:
@@ -77,7 +81,7 @@ def _load_triton():
 C, CPP_ERROR = _load_cpp()
 TRITON_ERROR = _load_triton()
 
-if CPP_ERROR is not None and _flag("FASTSMALL_REQUIRE_EXTENSION") and not _flag("FASTSMALL_DISABLE_EXTENSION"):
+if CPP_ERROR is not None and _flag("FASTSMALL_REQUIRE_EXTENSION"):
     raise ImportError(f"fastsmall: FASTSMALL_REQUIRE_EXTENSION=1 but {CPP_ERROR}")
 
 
