@@ -136,7 +136,9 @@ def device_table(parents: tuple[int, ...], name: str, device: torch.device, dtyp
     key = (parents, name, device, dtype)
     table = _TABLES.get(key)
     if table is None:
-        table = torch.tensor(_build_table(tree_of(parents), name), dtype=dtype, device=device)
+        # under torch.compile, skip lru_cache's wrapper (dynamo would warn that it ignores it)
+        tree = tree_of.__wrapped__(parents) if torch.compiler.is_compiling() else tree_of(parents)
+        table = torch.tensor(_build_table(tree, name), dtype=dtype, device=device)
         if name == "path_matrix":
             table = table.reshape(len(parents), len(parents) - 1)
         _TABLES[key] = table

@@ -1,0 +1,74 @@
+"""Benchmark harness shared by bench/bench_*.py (pytest-benchmark).
+
+Every case records in ``extra_info``: the op, mode, batch size, implementation
+(eager reference / torch.compile'd reference / fastsmall / copy floor) and the
+bytes it must move at least, so bench/report.py can compute ratios, GB/s and
+the memory-traffic floor from a copy measured in the same run.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+SIZES = [1024, 2 ** 20]
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rounds_for(batch: int) -> dict:
+    """Enough repetitions for a stable median within a few seconds per case."""
+    if batch <= 4096:
+        return dict(rounds=60, iterations=10, warmup_rounds=5)
+    return dict(rounds=8, iterations=1, warmup_rounds=2)
+
+
+def measure(benchmark, fn, *, family, op, mode, batch, impl, bytes_moved, compile_s=None):
+    def timed():
+        fn()
+        sync()
+
+    benchmark.group = f"{op} {mode} B={batch}"
+    benchmark.extra_info.update(
+        family=family, op=op, mode=mode, batch=batch, impl=impl, bytes=bytes_moved,
+        device=str(DEVICE), compile_s=compile_s,
+    )
+    benchmark.pedantic(timed, **rounds_for(batch))
+
+
+def compile_and_time(fn):
+    """torch.compile ``fn`` and time its first (compiling) call separately."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fn)
+    start = time.perf_counter()
+    compiled()
+    sync()
+    return compiled, time.perf_counter() - start
+
+
+@pytest.fixture(scope="session")
+def device():
+    return DEVICE
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Record the versions and device next to pytest-benchmark's machine info."""
+    import fastsmall
+
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    output_json["fastsmall"] = {
+        "fastsmall": fastsmall.__version__,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,29 @@
+"""The ``fastsmall`` command: one sub-command per job.
+
+    fastsmall info      versions, build and usable backends
+    fastsmall demo      the main job on embedded data
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {
+        "info": ("versions, build flags and usable backends", "fastsmall.info"),
+        "demo": ("the main job on embedded data (generated poses)", "fastsmall.demo"),
+    }
+    parser = argparse.ArgumentParser(prog="fastsmall", description="fastsmall: fused ops for learning from small data")
+    parser.add_argument("command", choices=sorted(commands), help="; ".join(f"{k}: {v[0]}" for k, v in commands.items()))
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    args, rest = parser.parse_known_args(argv[:1])
+    module = __import__(commands[args.command][1], fromlist=["main"])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""The main job on embedded data: ``python -m fastsmall.demo``.
+
+Generates h36m16 poses, checks every usable backend of every op against the
+plain-PyTorch reference (values and gradients), then times the eager reference,
+the ``torch.compile``d reference and fastsmall side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.utils.benchmark as tb
+
+import fastsmall as fs
+from fastsmall import _extension as ext
+from fastsmall.poses import generate_h36m16
+
+SK = fs.Skeleton.h36m16()
+OPS = {
+    "kcs_forward": (lambda m, x, **kw: (m.kcs_forward(x, SK, **kw),), "poses"),
+    "bone_decompose": (lambda m, x, **kw: m.bone_decompose(x, SK, **kw), "poses"),
+    "kcs_inverse": (lambda m, b, **kw: (m.kcs_inverse(b, SK, **kw),), "bones"),
+}
+
+
+def usable_backends(device: torch.device) -> list[str]:
+    out = []
+    if ext.C is not None and device.type == "cpu":
+        out.append("cpp")
+    if ext.TRITON_ERROR is None and (device.type == "cuda" or ext.triton_interpreted()):
+        out.append("triton")
+    return out
+
+
+def check_correctness(poses: torch.Tensor, backends: list[str]) -> list[tuple]:
+    rows = []
+    bones = fs.reference.kcs_forward(poses, SK)
+    for name, (fn, kind) in OPS.items():
+        inp = (poses if kind == "poses" else bones).double()
+        leaf = inp.clone().requires_grad_()
+        ref = fn(fs.ops, leaf, backend="reference")
+        cot = [torch.randn_like(o) for o in ref]
+        (ref_grad,) = torch.autograd.grad(ref, leaf, cot)
+        for backend in backends:
+            leaf_b = inp.clone().requires_grad_()
+            out = fn(fs.ops, leaf_b, backend=backend)
+            (grad,) = torch.autograd.grad(out, leaf_b, cot)
+            err = max((o - r).abs().max().item() for o, r in zip(out, ref))
+            gerr = (grad - ref_grad).abs().max().item()
+            rows.append((name, backend, err, gerr, "ok" if max(err, gerr) < 1e-9 else "MISMATCH"))
+    return rows
+
+
+def time_ops(batch: int, device: torch.device, min_run_time: float) -> list[tuple]:
+    poses = generate_h36m16(batch, generator=torch.Generator().manual_seed(1), device=device)
+    bones = fs.reference.kcs_forward(poses, SK)
+    rows = []
+    for name, (fn, kind) in OPS.items():
+        inp = poses if kind == "poses" else bones
+        eager = lambda t, fn=fn: fn(fs.reference, t)  # noqa: E731
+        torch._dynamo.reset()
+        compiled = torch.compile(eager)
+        start = time.perf_counter()
+        compiled(inp)
+        compile_s = time.perf_counter() - start
+        fast = lambda t, fn=fn: fn(fs.ops, t)  # noqa: E731
+        medians = []
+        for f in (eager, compiled, fast):
+            timer = tb.Timer("f(t)", globals={"f": f, "t": inp})
+            medians.append(timer.blocked_autorange(min_run_time=min_run_time).median)
+        rows.append((name, batch, *medians, compile_s))
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 65536])
+    parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per measurement")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    print(f"fastsmall {fs.__version__} | torch {torch.__version__} | device {device} | "
+          f"threads {torch.get_num_threads()}")
+
+    poses = generate_h36m16(257, generator=torch.Generator().manual_seed(0), device=device)
+    backends = usable_backends(device)
+    print(f"\nCorrectness against the reference (257 generated poses, float64, values and gradients); "
+          f"backends: {', '.join(backends) or 'none (reference only)'}")
+    print(f"{'op':<16}{'backend':<9}{'max |err|':>12}{'grad |err|':>12}  status")
+    failures = 0
+    for name, backend, err, gerr, status in check_correctness(poses, backends):
+        failures += status != "ok"
+        print(f"{name:<16}{backend:<9}{err:>12.2e}{gerr:>12.2e}  {status}")
+
+    print("\nSpeed, float32 forward (medians; compile time is the first call of the compiled reference)")
+    print(f"{'op':<16}{'B':>7}{'eager':>11}{'compiled':>11}{'fastsmall':>11}{'vs eager':>10}{'vs comp.':>10}"
+          f"{'compile':>9}")
+    for name, batch, e, c, f, cs in (row for b in args.sizes for row in time_ops(b, device, args.min_run_time)):
+        print(f"{name:<16}{batch:>7}{e * 1e6:>9.1f}µs{c * 1e6:>9.1f}µs{f * 1e6:>9.1f}µs{e / f:>9.1f}x"
+              f"{c / f:>9.1f}x{cs:>8.1f}s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
