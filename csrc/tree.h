@@ -22,6 +22,9 @@ struct Tree {
   std::vector<int64_t> bone_child;   // [NB] child joint of bone k
   std::vector<int64_t> joint_bone;   // [J]  bone ending at joint j, -1 for the root
   std::vector<int64_t> topo_bones;   // [NB] bones, parents before children
+  // Bones leaving each joint as a CSR list: child_bone[child_offset[j] .. child_offset[j+1]).
+  std::vector<int64_t> child_offset;  // [J+1]
+  std::vector<int64_t> child_bone;    // [NB]
 
   int64_t num_bones() const { return num_joints - 1; }
 };
@@ -74,6 +77,9 @@ inline Tree make_tree(c10::IntArrayRef parents) {
       t.topo_bones.push_back(t.joint_bone[child[i]]);
     }
   }
+  t.child_offset = first;
+  t.child_bone.resize(child.size());
+  for (size_t i = 0; i < child.size(); ++i) t.child_bone[i] = t.joint_bone[child[i]];
   TORCH_CHECK(static_cast<int64_t>(queue.size()) == J,
               "fastsmall: parents contains a cycle: only ", queue.size(), " of ", J,
               " joints are reachable from the root ", t.root);

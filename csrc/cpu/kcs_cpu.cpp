@@ -75,6 +75,8 @@ at::Tensor kcs_forward_cpu(const at::Tensor& x_, c10::IntArrayRef parents) {
   return out;
 }
 
+// Adjoint as a gather, so every output is written once: grad_x[j] = sum of the
+// gradients of the bones leaving j - the gradient of the bone ending at j.
 at::Tensor kcs_forward_backward_cpu(const at::Tensor& g_, c10::IntArrayRef parents) {
   const Tree t = make_tree(parents);
   const int64_t J = t.num_joints, NB = t.num_bones();
@@ -88,20 +90,18 @@ at::Tensor kcs_forward_backward_cpu(const at::Tensor& g_, c10::IntArrayRef paren
       constexpr int Dc = decltype(dim)::value;
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       scalar_t* op = out.mutable_data_ptr<scalar_t>();
-      const int64_t *bp = t.bone_parent.data(), *bc = t.bone_child.data();
+      const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
       at::parallel_for(0, B, grain(2 * J * Dc), [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> acc(J * Dc);
         for (int64_t n = begin; n < end; ++n) {
           const scalar_t* gn = gp + n * NB * Dc;
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t k = 0; k < NB; ++k) {
-            for (int d = 0; d < Dc; ++d) {
-              const acc_t v = acc_t(gn[k * Dc + d]);
-              acc[bp[k] * Dc + d] += v;
-              acc[bc[k] * Dc + d] -= v;
-            }
+          scalar_t* on = op + n * J * Dc;
+          for (int64_t j = 0; j < J; ++j) {
+            acc_t s[Dc];
+            for (int d = 0; d < Dc; ++d) s[d] = own[j] >= 0 ? -acc_t(gn[own[j] * Dc + d]) : acc_t(0);
+            for (int64_t i = co[j]; i < co[j + 1]; ++i)
+              for (int d = 0; d < Dc; ++d) s[d] += acc_t(gn[cb[i] * Dc + d]);
+            for (int d = 0; d < Dc; ++d) on[j * Dc + d] = static_cast<scalar_t>(s[d]);
           }
-          std::copy(acc.begin(), acc.end(), op + n * J * Dc);
         }
       });
     });
@@ -111,6 +111,95 @@ at::Tensor kcs_forward_backward_cpu(const at::Tensor& g_, c10::IntArrayRef paren
 
 // ---- bone_decompose -----------------------------------------------------------
 // length = ||b||, unit = b / length (eps == 0, PoseAug) or b / max(length, eps).
+
+// Per pose: gather the bones into one array per coordinate (structure of arrays),
+// so the sqrt/divide loops over bones vectorise (-O3 -fno-math-errno), then
+// interleave the results back.
+template <typename acc_t, int Dc>
+struct BoneArrays {
+  std::vector<acc_t> storage;
+  acc_t* b[Dc];
+  acc_t* g[Dc];
+  acc_t* len;
+  acc_t* gl;
+  explicit BoneArrays(int64_t NB) : storage((2 * Dc + 2) * NB) {
+    for (int d = 0; d < Dc; ++d) {
+      b[d] = storage.data() + d * NB;
+      g[d] = storage.data() + (Dc + d) * NB;
+    }
+    len = storage.data() + 2 * Dc * NB;
+    gl = len + NB;
+  }
+};
+
+template <typename scalar_t, typename acc_t, int Dc>
+inline void gather_bones(const scalar_t* xn, const int64_t* bp, const int64_t* bc, int64_t NB,
+                         BoneArrays<acc_t, Dc>& a) {
+  for (int64_t k = 0; k < NB; ++k)
+    for (int d = 0; d < Dc; ++d) a.b[d][k] = acc_t(xn[bp[k] * Dc + d]) - acc_t(xn[bc[k] * Dc + d]);
+}
+
+// The loops below run over bones with one restrict pointer per coordinate, so
+// GCC vectorises them (sqrt needs -fno-math-errno). Coordinate 2 exists for D == 3.
+template <typename acc_t, int Dc>
+inline void normalize_bones(BoneArrays<acc_t, Dc>& a, int64_t NB, acc_t e) {
+  acc_t* __restrict__ b0 = a.b[0];
+  acc_t* __restrict__ b1 = a.b[1];
+  acc_t* __restrict__ b2 = a.b[Dc - 1];
+  acc_t* __restrict__ len = a.len;
+  for (int64_t k = 0; k < NB; ++k) {
+    acc_t sq = b0[k] * b0[k] + b1[k] * b1[k];
+    if constexpr (Dc == 3) sq += b2[k] * b2[k];
+    const acc_t l = std::sqrt(sq);
+    // max(len, 0) == len: eps == 0 is PoseAug's b / ||b|| (a true division, bit-exact).
+    const acc_t den = std::max(l, e);
+    len[k] = l;
+    b0[k] = b0[k] / den;
+    b1[k] = b1[k] / den;
+    if constexpr (Dc == 3) b2[k] = b2[k] / den;
+  }
+}
+
+// Gradient w.r.t. each bone vector, written over a.g:
+//   unit = b / den, den = max(len, eps): g / den - (b.g) b / (den^2 len), the radial
+//   term where the clamp passes the gradient (len >= eps, as torch.clamp_min);
+//   length = ||b||: gl b / len, 0 at b = 0 (as torch.linalg.vector_norm).
+template <typename acc_t, int Dc, bool HAS_GU, bool HAS_GL>
+inline void bone_gradients(BoneArrays<acc_t, Dc>& a, int64_t NB, acc_t e) {
+  const acc_t* __restrict__ b0 = a.b[0];
+  const acc_t* __restrict__ b1 = a.b[1];
+  const acc_t* __restrict__ b2 = a.b[Dc - 1];
+  acc_t* __restrict__ g0 = a.g[0];
+  acc_t* __restrict__ g1 = a.g[1];
+  acc_t* __restrict__ g2 = a.g[Dc - 1];
+  const acc_t* __restrict__ gl = a.gl;
+  for (int64_t k = 0; k < NB; ++k) {
+    acc_t sq = b0[k] * b0[k] + b1[k] * b1[k];
+    acc_t dot = b0[k] * g0[k] + b1[k] * g1[k];
+    if constexpr (Dc == 3) {
+      sq += b2[k] * b2[k];
+      dot += b2[k] * g2[k];
+    }
+    const acc_t len = std::sqrt(sq);
+    const acc_t den = std::max(len, e);
+    // Divisions are computed unconditionally and then selected, so the loop has
+    // no branches and vectorises; a discarded inf/NaN is harmless.
+    acc_t coef = 0;  // multiplies b
+    acc_t scale = 0;  // multiplies g
+    if constexpr (HAS_GU) {
+      scale = acc_t(1) / den;
+      const acc_t radial = dot / (den * den * len);
+      coef -= len >= e ? radial : acc_t(0);
+    }
+    if constexpr (HAS_GL) {
+      const acc_t along = gl[k] / len;
+      coef += len > 0 ? along : acc_t(0);
+    }
+    g0[k] = (HAS_GU ? g0[k] * scale : acc_t(0)) + coef * b0[k];
+    g1[k] = (HAS_GU ? g1[k] * scale : acc_t(0)) + coef * b1[k];
+    if constexpr (Dc == 3) g2[k] = (HAS_GU ? g2[k] * scale : acc_t(0)) + coef * b2[k];
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor> bone_decompose_cpu(const at::Tensor& x_, c10::IntArrayRef parents,
                                                        double eps) {
@@ -132,19 +221,14 @@ std::tuple<at::Tensor, at::Tensor> bone_decompose_cpu(const at::Tensor& x_, c10:
       const int64_t *bp = t.bone_parent.data(), *bc = t.bone_child.data();
       const acc_t e = static_cast<acc_t>(eps);
       at::parallel_for(0, B, grain(3 * J * Dc), [&](int64_t begin, int64_t end) {
+        BoneArrays<acc_t, Dc> a(NB);
         for (int64_t n = begin; n < end; ++n) {
-          const scalar_t* xn = xp + n * J * Dc;
+          gather_bones<scalar_t, acc_t, Dc>(xp + n * J * Dc, bp, bc, NB, a);
+          normalize_bones<acc_t, Dc>(a, NB, e);
+          scalar_t* un = up + n * NB * Dc;
           for (int64_t k = 0; k < NB; ++k) {
-            acc_t b[Dc];
-            acc_t sq = 0;
-            for (int d = 0; d < Dc; ++d) {
-              b[d] = acc_t(xn[bp[k] * Dc + d]) - acc_t(xn[bc[k] * Dc + d]);
-              sq += b[d] * b[d];
-            }
-            const acc_t len = std::sqrt(sq);
-            const acc_t denom = e > 0 ? std::max(len, e) : len;
-            for (int d = 0; d < Dc; ++d) up[(n * NB + k) * Dc + d] = static_cast<scalar_t>(b[d] / denom);
-            lp[n * NB + k] = static_cast<scalar_t>(len);
+            for (int d = 0; d < Dc; ++d) un[k * Dc + d] = static_cast<scalar_t>(a.b[d][k]);
+            lp[n * NB + k] = static_cast<scalar_t>(a.len[k]);
           }
         }
       });
@@ -179,7 +263,7 @@ at::Tensor bone_decompose_backward_cpu(const std::optional<at::Tensor>& grad_uni
                 ", got ", grad_length_->sizes());
     gl = grad_length_->contiguous();
   }
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = at::empty(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bone_decompose_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_dim(D, [&](auto dim) {
@@ -189,47 +273,51 @@ at::Tensor bone_decompose_backward_cpu(const std::optional<at::Tensor>& grad_uni
       const scalar_t* glp = has_gl ? gl.const_data_ptr<scalar_t>() : nullptr;
       scalar_t* op = out.mutable_data_ptr<scalar_t>();
       const int64_t *bp = t.bone_parent.data(), *bc = t.bone_child.data();
+      const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
       const acc_t e = static_cast<acc_t>(eps);
       at::parallel_for(0, B, grain(4 * J * Dc), [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> acc(J * Dc);
+        BoneArrays<acc_t, Dc> a(NB);
         for (int64_t n = begin; n < end; ++n) {
-          const scalar_t* xn = xp + n * J * Dc;
-          std::fill(acc.begin(), acc.end(), acc_t(0));
+          gather_bones<scalar_t, acc_t, Dc>(xp + n * J * Dc, bp, bc, NB, a);
           for (int64_t k = 0; k < NB; ++k) {
-            acc_t b[Dc], gb[Dc];
-            acc_t sq = 0;
+            for (int d = 0; d < Dc; ++d) a.g[d][k] = gup ? acc_t(gup[(n * NB + k) * Dc + d]) : acc_t(0);
+            a.gl[k] = glp ? acc_t(glp[n * NB + k]) : acc_t(0);
+          }
+          if (gup && glp) {
+            bone_gradients<acc_t, Dc, true, true>(a, NB, e);
+          } else if (gup) {
+            bone_gradients<acc_t, Dc, true, false>(a, NB, e);
+          } else {
+            bone_gradients<acc_t, Dc, false, true>(a, NB, e);
+          }
+          // Chain through the bone vectors as kcs_forward_backward does (a gather per joint).
+          scalar_t* on = op + n * J * Dc;
+          for (int64_t j = 0; j < J; ++j) {
             for (int d = 0; d < Dc; ++d) {
-              b[d] = acc_t(xn[bp[k] * Dc + d]) - acc_t(xn[bc[k] * Dc + d]);
-              sq += b[d] * b[d];
-              gb[d] = 0;
-            }
-            const acc_t len = std::sqrt(sq);
-            if (gup) {
-              // unit = b / den, den = max(len, eps): d unit = g / den - (b.g) b / (den^2 len)
-              // where the clamp passes the gradient (len >= eps, as torch.clamp_min).
-              const acc_t den = e > 0 ? std::max(len, e) : len;
-              const scalar_t* g = gup + (n * NB + k) * Dc;
-              acc_t dot = 0;
-              for (int d = 0; d < Dc; ++d) dot += b[d] * acc_t(g[d]);
-              const acc_t radial = len >= e ? dot / (den * den * len) : acc_t(0);
-              for (int d = 0; d < Dc; ++d) gb[d] += acc_t(g[d]) / den - radial * b[d];
-            }
-            if (glp && len > 0) {  // d||b|| = b / ||b||; 0 at b = 0 as torch.linalg.vector_norm
-              const acc_t s = acc_t(glp[n * NB + k]) / len;
-              for (int d = 0; d < Dc; ++d) gb[d] += s * b[d];
-            }
-            for (int d = 0; d < Dc; ++d) {
-              acc[bp[k] * Dc + d] += gb[d];
-              acc[bc[k] * Dc + d] -= gb[d];
+              acc_t s = own[j] >= 0 ? -a.g[d][own[j]] : acc_t(0);
+              for (int64_t i = co[j]; i < co[j + 1]; ++i) s += a.g[d][cb[i]];
+              on[j * Dc + d] = static_cast<scalar_t>(s);
             }
           }
-          std::copy(acc.begin(), acc.end(), op + n * J * Dc);
         }
       });
     });
   });
   return out;
 }
+
+// Bones in topological order as flat offsets (joint * D, bone * D), so the
+// sequential sweeps of kcs_inverse and its backward read three arrays in order.
+struct TopoOffsets {
+  std::vector<int64_t> child, parent, bone;
+  TopoOffsets(const Tree& t, int64_t D) {
+    for (const int64_t k : t.topo_bones) {
+      child.push_back(t.bone_child[k] * D);
+      parent.push_back(t.bone_parent[k] * D);
+      bone.push_back(k * D);
+    }
+  }
+};
 
 // ---- kcs_inverse ----------------------------------------------------------------
 // x[root] = root (or 0), then x[child] = x[parent] - bone in topological order.
@@ -258,7 +346,7 @@ at::Tensor kcs_inverse_cpu(const at::Tensor& bones_, c10::IntArrayRef parents,
       const scalar_t* bptr = bones.const_data_ptr<scalar_t>();
       const scalar_t* rptr = has_root ? root.const_data_ptr<scalar_t>() : nullptr;
       scalar_t* op = out.mutable_data_ptr<scalar_t>();
-      const int64_t *bp = t.bone_parent.data(), *bc = t.bone_child.data(), *topo = t.topo_bones.data();
+      const TopoOffsets topo(t, Dc);
       const int64_t r = t.root;
       at::parallel_for(0, B, grain(2 * J * Dc), [&](int64_t begin, int64_t end) {
         std::vector<acc_t> acc(J * Dc);
@@ -266,8 +354,8 @@ at::Tensor kcs_inverse_cpu(const at::Tensor& bones_, c10::IntArrayRef parents,
           const scalar_t* bn = bptr + n * NB * Dc;
           for (int d = 0; d < Dc; ++d) acc[r * Dc + d] = rptr ? acc_t(rptr[n * Dc + d]) : acc_t(0);
           for (int64_t i = 0; i < NB; ++i) {
-            const int64_t k = topo[i];
-            for (int d = 0; d < Dc; ++d) acc[bc[k] * Dc + d] = acc[bp[k] * Dc + d] - acc_t(bn[k * Dc + d]);
+            const int64_t c = topo.child[i], p = topo.parent[i], k = topo.bone[i];
+            for (int d = 0; d < Dc; ++d) acc[c + d] = acc[p + d] - acc_t(bn[k + d]);
           }
           std::copy(acc.begin(), acc.end(), op + n * J * Dc);
         }
@@ -294,19 +382,20 @@ std::tuple<at::Tensor, at::Tensor> kcs_inverse_backward_cpu(const at::Tensor& g_
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       scalar_t* gbp = grad_bones.mutable_data_ptr<scalar_t>();
       scalar_t* grp = grad_root.mutable_data_ptr<scalar_t>();
-      const int64_t *bp = t.bone_parent.data(), *bc = t.bone_child.data(), *topo = t.topo_bones.data();
+      const TopoOffsets topo(t, Dc);
       const int64_t r = t.root;
       at::parallel_for(0, B, grain(2 * J * Dc), [&](int64_t begin, int64_t end) {
         std::vector<acc_t> acc(J * Dc);
         for (int64_t n = begin; n < end; ++n) {
           const scalar_t* gn = gp + n * J * Dc;
+          scalar_t* gbn = gbp + n * NB * Dc;
           for (int64_t i = 0; i < J * Dc; ++i) acc[i] = acc_t(gn[i]);
           for (int64_t i = NB - 1; i >= 0; --i) {
-            const int64_t k = topo[i];
+            const int64_t c = topo.child[i], p = topo.parent[i], k = topo.bone[i];
             for (int d = 0; d < Dc; ++d) {
-              const acc_t sub = acc[bc[k] * Dc + d];
-              gbp[(n * NB + k) * Dc + d] = static_cast<scalar_t>(-sub);
-              acc[bp[k] * Dc + d] += sub;
+              const acc_t sub = acc[c + d];
+              gbn[k + d] = static_cast<scalar_t>(-sub);
+              acc[p + d] += sub;
             }
           }
           for (int d = 0; d < Dc; ++d) grp[n * Dc + d] = static_cast<scalar_t>(acc[r * Dc + d]);
