@@ -13,6 +13,34 @@ import pytest
 import torch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _reuse_freed_memory() -> str:
+    """Make glibc keep and reuse freed large blocks, as a caching allocator does.
+
+    glibc serves every block over 32 MiB with a fresh mmap and unmaps it on free, so
+    each out-of-place op on 2^20 poses pays ~50k page faults for its output -- more
+    than the kernel itself, for every implementation alike. PyTorch's CUDA allocator
+    caches blocks; on CPU the usual remedy is jemalloc/tcmalloc. Here: no mmap for
+    large blocks and no trimming of the heap (mallopt). FASTSMALL_BENCH_MALLOC=default
+    keeps glibc's defaults.
+    """
+    import ctypes
+    import os
+
+    if os.environ.get("FASTSMALL_BENCH_MALLOC", "reuse") == "default":
+        return "glibc defaults"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "glibc defaults (no libc.so.6)"
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    if libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1):
+        return "glibc, freed memory reused (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
+    return "glibc defaults (mallopt failed)"
+
+
+ALLOCATOR = _reuse_freed_memory() if DEVICE.type == "cpu" else "CUDA caching allocator"
 SIZES = [1024, 2 ** 20]
 
 
@@ -43,10 +71,13 @@ def measure(benchmark, fn, *, family, op, mode, batch, impl, bytes_moved, compil
 
 def compile_and_time(fn):
     """torch.compile ``fn`` and time its first (compiling) call separately."""
+    import torch._inductor.config as inductor_config
+
     torch._dynamo.reset()
     compiled = torch.compile(fn)
     start = time.perf_counter()
-    compiled()
+    with inductor_config.patch(fx_graph_cache=False):  # a real compile, not a cache hit
+        compiled()
     sync()
     return compiled, time.perf_counter() - start
 
@@ -71,4 +102,5 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "triton": triton_version,
         "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
+        "allocator": ALLOCATOR,
     }

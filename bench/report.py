@@ -40,7 +40,7 @@ def machine_lines(meta):
         f"{m.get('system', '')} {m.get('release', '')}",
         f"- python {m.get('python_version', '?')}",
     ]
-    for key in ("torch", "triton", "device", "torch_threads"):
+    for key in ("torch", "triton", "device", "torch_threads", "allocator"):
         if key in extra:
             lines.append(f"- {key}: {extra[key]}")
     if commit.get("id"):
