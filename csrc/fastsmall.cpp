@@ -27,4 +27,14 @@ TORCH_LIBRARY(fastsmall, m) {
   m.def("kcs_inverse(Tensor bones, int[] parents, Tensor? root) -> Tensor");
   // grad_x [..., J, D] -> (grad_bones [..., J-1, D], grad_root [..., 1, D]).
   m.def("kcs_inverse_backward(Tensor grad_x, int[] parents) -> (Tensor, Tensor)");
+
+  // ---- part-aware KCS Gram matrices ---------------------------------------------
+  // bones [..., NB, D]; parts given as concatenated bone lists (part_bones) and
+  // their lengths (part_sizes). compact=false: PoseAug's layout [..., P, NB*NB]
+  // (the masked Gram of each part, flattened row-major); compact=true: only each
+  // part's n_p x n_p block, concatenated [..., sum n_p^2].
+  m.def("part_kcs_gram(Tensor bones, int[] part_bones, int[] part_sizes, bool compact) -> Tensor");
+  m.def(
+      "part_kcs_gram_backward(Tensor grad, Tensor bones, int[] part_bones, int[] part_sizes, bool compact) "
+      "-> Tensor");
 }

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .skeleton import Skeleton, device_table
+from .skeleton import Skeleton, device_table, part_table
 
-__all__ = ["kcs_forward", "bone_decompose", "kcs_inverse"]
+__all__ = ["kcs_forward", "bone_decompose", "kcs_inverse", "part_kcs_gram"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -52,3 +52,23 @@ def kcs_inverse(bones: torch.Tensor, skeleton: Skeleton, root: torch.Tensor | No
     if root is not None:
         x = x + _opmath(root)
     return x.to(bones.dtype)
+
+
+def part_kcs_gram(bones: torch.Tensor, skeleton: Skeleton, layout: str = "masked") -> torch.Tensor:
+    """Part-aware KCS Gram matrices of bone vectors ``[..., NB, D]``.
+
+    For part p with bone mask m_p: ``G_p = (u * m_p)(u * m_p)^T``, as PoseAug's
+    ``kcs_layer_*`` compute it. ``layout="masked"``: ``[..., P, NB*NB]`` (each G_p
+    flattened row-major, parts in skeleton order); ``"compact"``: only each part's
+    ``n_p x n_p`` block (rows and columns in the part's bone order), concatenated
+    ``[..., sum n_p^2]``.
+    """
+    bo = _opmath(bones)
+    NB, parts = bones.shape[-2], skeleton.part_bones
+    masks = part_table(parts, NB, False, "masks", bones.device, bo.dtype)  # [P, NB]
+    masked = bo.unsqueeze(-3) * masks.unsqueeze(-1)  # [..., P, NB, D]
+    gram = torch.matmul(masked, masked.transpose(-1, -2)).flatten(-2)  # [..., P, NB*NB]
+    if layout == "compact":
+        positions = part_table(parts, NB, True, "compact_positions", bones.device, torch.int64)
+        gram = gram.flatten(-2).index_select(-1, positions)
+    return gram.to(bones.dtype)

@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-__all__ = ["Skeleton", "Tree", "tree_of", "device_table"]
+__all__ = ["Skeleton", "Tree", "tree_of", "device_table", "gram_entries", "part_table"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,56 @@ def device_table(parents: tuple[int, ...], name: str, device: torch.device, dtyp
     return table
 
 
+@lru_cache(maxsize=256)
+def gram_entries(parts: tuple[tuple[int, ...], ...], num_bones: int, compact: bool) -> dict:
+    """Entries of the part-aware Gram (see csrc/parts.h), and per-bone gather lists for its adjoint.
+
+    Entries cover each part's block with a <= b: ``G[pos1] = G[pos2] = <u_i, u_j>``.
+    ``per_bone[k]`` lists (pos1, pos2, other bone) for every entry touching bone k, so that
+    ``grad_u_k = sum (G'[pos1] + G'[pos2]) u_other`` (the diagonal counts once, pos1 == pos2).
+    """
+    NB = num_bones
+    out = {"i": [], "j": [], "pos1": [], "pos2": []}
+    per_bone: list[list[tuple[int, int, int]]] = [[] for _ in range(NB)]
+    compact_positions = []  # masked-layout position of each compact entry, in order
+    offset = 0
+    for p, bones in enumerate(parts):
+        n = len(bones)
+        for a in range(n):
+            for b in range(n):
+                compact_positions.append(p * NB * NB + bones[a] * NB + bones[b])
+            for b in range(a, n):
+                i, j = bones[a], bones[b]
+                pos1 = offset + a * n + b if compact else p * NB * NB + i * NB + j
+                pos2 = offset + b * n + a if compact else p * NB * NB + j * NB + i
+                for key, value in zip(("i", "j", "pos1", "pos2"), (i, j, pos1, pos2)):
+                    out[key].append(value)
+                per_bone[i].append((pos1, pos2, j))
+                if i != j:
+                    per_bone[j].append((pos1, pos2, i))
+        offset += n * n
+    out["out_size"] = offset if compact else len(parts) * NB * NB
+    width = max([1] + [len(c) for c in per_bone])
+    for idx, name in enumerate(("bone_pos1", "bone_pos2", "bone_other")):
+        out[name] = [[c[idx] for c in contribs] + [-1] * (width - len(contribs)) for contribs in per_bone]
+    out["masks"] = [[1 if k in bones else 0 for k in range(NB)] for bones in parts]
+    out["compact_positions"] = compact_positions
+    return out
+
+
+def part_table(parts: tuple, num_bones: int, compact: bool, name: str, device: torch.device,
+               dtype: torch.dtype) -> torch.Tensor:
+    """A table of :func:`gram_entries` as a tensor on ``device``, built once per (parts, device, dtype)."""
+    key = ("parts", parts, num_bones, compact, name, device, dtype)
+    table = _TABLES.get(key)
+    if table is None:
+        entries = (gram_entries.__wrapped__ if torch.compiler.is_compiling() else gram_entries)(
+            parts, num_bones, compact)
+        table = torch.tensor(entries[name], dtype=dtype, device=device)
+        _TABLES[key] = table
+    return table
+
+
 class Skeleton:
     """A kinematic tree with optional joint names and body parts.
 
@@ -219,6 +269,11 @@ class Skeleton:
     @property
     def part_names(self) -> tuple[str, ...]:
         return tuple(self.parts)
+
+    @property
+    def part_bones(self) -> tuple[tuple[int, ...], ...]:
+        """The bone lists of the parts, in part order."""
+        return tuple(self.parts.values())
 
     def __eq__(self, other):
         return isinstance(other, Skeleton) and (self.parents, self.parts, self.names) == (

@@ -3,5 +3,6 @@
 Each op takes ``backend=None | "cpp" | "triton" | "reference"`` (see ._backend).
 """
 from .kcs import bone_decompose, kcs_forward, kcs_inverse
+from .part_kcs_gram import part_kcs_gram
 
-__all__ = ["kcs_forward", "bone_decompose", "kcs_inverse"]
+__all__ = ["kcs_forward", "bone_decompose", "kcs_inverse", "part_kcs_gram"]
