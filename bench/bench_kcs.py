@@ -75,5 +75,5 @@ def bench_copy_floor(benchmark, batch):
     """Memory-traffic floor: a plain copy of one batch of poses (read + write)."""
     src = torch.randn(batch, J, D, device=DEVICE)
     dst = torch.empty_like(src)
-    measure(benchmark, lambda: dst.copy_(src), family="floor", op="copy", mode="forward", batch=batch,
+    measure(benchmark, lambda: dst.copy_(src), family="kcs", op="copy", mode="forward", batch=batch,
             impl="copy", bytes_moved=2 * src.numel() * F32)

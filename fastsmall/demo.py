@@ -21,6 +21,7 @@ OPS = {
     "kcs_forward": (lambda m, x, **kw: (m.kcs_forward(x, SK, **kw),), "poses"),
     "bone_decompose": (lambda m, x, **kw: m.bone_decompose(x, SK, **kw), "poses"),
     "kcs_inverse": (lambda m, b, **kw: (m.kcs_inverse(b, SK, **kw),), "bones"),
+    "part_kcs_gram": (lambda m, b, **kw: (m.part_kcs_gram(b, SK, **kw),), "bones"),
 }
 
 
