@@ -1,0 +1,104 @@
+"""Method configs are dataclasses; this module validates them and builds their CLI.
+
+Each field may carry ``metadata={"help": ..., "choices": [...], "min": x, "max": y}``;
+a config class may define ``validate(self)`` for rules across fields. Bad values
+raise :class:`ConfigError` naming the field.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config field has a bad value; the message names the field."""
+
+
+def _base_type(tp):
+    """(python type, is_optional, is_list) of a field annotation."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    optional = False
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        non_none = [a for a in args if a is not type(None)]
+        optional = len(non_none) != len(args)
+        tp = non_none[0]
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (list, tuple):
+        return args[0], optional, True
+    return tp, optional, False
+
+
+def validate_config(cfg) -> None:
+    """Type, range and choice checks of every field, then the class's own ``validate``."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        tp, optional, is_list = _base_type(hints[f.name])
+        if value is None:
+            if not optional:
+                raise ConfigError(f"{f.name} must be set (got None)")
+            continue
+        items = value if is_list else [value]
+        if is_list and not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{f.name} must be a list of {tp.__name__}, got {value!r}")
+        for item in items:
+            if tp is float and isinstance(item, int) and not isinstance(item, bool):
+                continue
+            if tp in (int, float, str, bool) and (not isinstance(item, tp) or (tp is int and isinstance(item, bool))):
+                raise ConfigError(f"{f.name} must be {tp.__name__}, got {item!r}")
+            meta = f.metadata
+            if "choices" in meta and item not in meta["choices"]:
+                raise ConfigError(f"{f.name} must be one of {list(meta['choices'])}, got {item!r}")
+            if "min" in meta and item < meta["min"]:
+                raise ConfigError(f"{f.name} must be >= {meta['min']}, got {item!r}")
+            if "max" in meta and item > meta["max"]:
+                raise ConfigError(f"{f.name} must be <= {meta['max']}, got {item!r}")
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
+    """One ``--field-name`` option per field, typed, with the field's default and help."""
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        tp, optional, is_list = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+            continue
+        kwargs = dict(dest=f.name, default=default, help=help_text, type=tp)
+        if is_list:
+            kwargs["nargs"] = "+"
+        if "choices" in f.metadata:
+            kwargs["choices"] = list(f.metadata["choices"])
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(config_cls, args: argparse.Namespace):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)}
+    cfg = config_cls(**values)
+    validate_config(cfg)
+    return cfg
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_json(config_cls, path: Path):
+    data = json.loads(Path(path).read_text())
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{path}: unknown config fields {unknown}")
+    cfg = config_cls(**data)
+    validate_config(cfg)
+    return cfg
