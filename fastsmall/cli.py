@@ -2,6 +2,7 @@
 
     fastsmall info      versions, build and usable backends
     fastsmall demo      the main job on embedded data
+    fastsmall crest     CReST / CReST+ / FixMatch
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "info": ("versions, build flags and usable backends", "fastsmall.info"),
         "demo": ("the main job on embedded data (generated poses)", "fastsmall.demo"),
+        "crest": ("CReST / CReST+ / FixMatch training (fastsmall crest --help)", "fastsmall.methods.crest.__main__"),
     }
     parser = argparse.ArgumentParser(prog="fastsmall", description="fastsmall: fused ops for learning from small data")
     parser.add_argument("command", choices=sorted(commands), help="; ".join(f"{k}: {v[0]}" for k, v in commands.items()))

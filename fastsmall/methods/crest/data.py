@@ -51,7 +51,7 @@ def split_long_tailed(images: np.ndarray, labels: np.ndarray, *, imbalance: floa
     L = len(classes)
     pools = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
     smallest = min(len(p) for p in pools.values()) - test_per_class
-    if smallest < 1:
+    if test_per_class < 0 or smallest < 1:
         raise ValueError(f"test_per_class={test_per_class} leaves no training images for some class")
     n_max = smallest if n_max is None else n_max
     if n_max > smallest:
@@ -83,3 +83,76 @@ def digits_lt(*, imbalance: float = 10.0, labelled_fraction: float = 0.1, test_p
     images = (digits.images / 16.0).astype(np.float32)[:, None]
     return split_long_tailed(images, digits.target, imbalance=imbalance, labelled_fraction=labelled_fraction,
                              test_per_class=test_per_class, n_max=n_max, seed=seed)
+
+
+# ---- other sources -------------------------------------------------------------------------
+
+_CIFAR_FILES = {
+    10: (["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"],
+         ["test_batch.bin"], 1),
+    100: (["train.bin"], ["test.bin"], 2),
+}
+
+
+def _read_cifar(folder, names, label_bytes):
+    from pathlib import Path
+
+    images, labels = [], []
+    for name in names:
+        path = Path(folder) / name
+        if not path.exists():
+            raise FileNotFoundError(f"CIFAR binary file {path} is missing (expected the binary, non-pickle "
+                                    f"version of CIFAR in {folder})")
+        raw = np.fromfile(path, dtype=np.uint8)
+        record = label_bytes + 3072
+        if raw.size % record:
+            raise ValueError(f"{path} is not a CIFAR binary file: {raw.size} bytes is no multiple of {record}")
+        raw = raw.reshape(-1, record)
+        labels.append(raw[:, label_bytes - 1].astype(np.int64))  # CIFAR-100: the fine label
+        images.append(raw[:, label_bytes:].reshape(-1, 3, 32, 32))
+    return np.concatenate(images).astype(np.float32) / 255.0, np.concatenate(labels)
+
+
+def cifar_lt(folder, num_classes: int, *, imbalance: float, labelled_fraction: float, n_max: int | None,
+             seed: int) -> SemiSupervisedSplit:
+    """CIFAR-10/100-LT from a local copy of CIFAR's binary files; the official test set is kept balanced."""
+    train_names, test_names, label_bytes = _CIFAR_FILES[num_classes]
+    x_train, y_train = _read_cifar(folder, train_names, label_bytes)
+    x_test, y_test = _read_cifar(folder, test_names, label_bytes)
+    split = split_long_tailed(x_train, y_train, imbalance=imbalance, labelled_fraction=labelled_fraction,
+                              test_per_class=0, n_max=n_max, seed=seed)
+    split.x_test, split.y_test = torch.from_numpy(x_test), torch.from_numpy(y_test)
+    return split
+
+
+def image_folder_lt(folder, *, imbalance: float, labelled_fraction: float, test_per_class: int,
+                    n_max: int | None, seed: int, size: int = 32) -> SemiSupervisedSplit:
+    """An ImageFolder tree (one sub-folder per class), resized to size x size RGB, made long-tailed."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(folder)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise FileNotFoundError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"):
+                continue
+            with Image.open(path) as im:
+                images.append(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32) / 255.0)
+            labels.append(label)
+    x = np.stack(images).transpose(0, 3, 1, 2)
+    return split_long_tailed(x, np.array(labels), imbalance=imbalance, labelled_fraction=labelled_fraction,
+                             test_per_class=test_per_class, n_max=n_max, seed=seed)
+
+
+def load_split(cfg) -> SemiSupervisedSplit:
+    common = dict(imbalance=cfg.imbalance, labelled_fraction=cfg.labeled_fraction, n_max=cfg.n_max, seed=cfg.seed)
+    if cfg.dataset == "digits-lt":
+        return digits_lt(test_per_class=cfg.test_per_class, **common)
+    if cfg.dataset in ("cifar10-lt", "cifar100-lt"):
+        return cifar_lt(cfg.data_dir, 10 if cfg.dataset == "cifar10-lt" else 100, **common)
+    return image_folder_lt(cfg.data_dir, test_per_class=cfg.test_per_class, **common)

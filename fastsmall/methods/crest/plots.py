@@ -1,0 +1,41 @@
+"""Plots of a CReST run (PNG in the run directory's plots/)."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_generations(records: list[dict], class_rank, run) -> None:
+    ranks = [int(r) for r in class_rank]
+    order = sorted(range(len(ranks)), key=lambda c: ranks[c])  # most frequent class first
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, ax in zip(("recall", "precision"), axes):
+        for r in records:
+            values = [r["test"][key][c] if r["test"][key][c] is not None else float("nan") for c in order]
+            ax.plot(range(1, len(order) + 1), values, marker="o", label=f"gen {r['generation']}")
+        ax.set_xlabel("class rank (1 = most labelled)")
+        ax.set_ylabel(f"test {key}")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Per-class test recall and precision by generation")
+    fig.tight_layout()
+    fig.savefig(run.plot_path("per_class_by_generation.png"), dpi=110)
+    plt.close(fig)
+
+    tail = order[-3:]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    gens = [r["generation"] for r in records]
+    for c in tail:
+        ax.plot(gens, [r["test"]["recall"][c] for r in records], marker="o", label=f"class {c} (rank {ranks[c]})")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("test recall")
+    ax.set_title("Recall of the 3 rarest classes")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run.plot_path("tail_recall.png"), dpi=110)
+    plt.close(fig)

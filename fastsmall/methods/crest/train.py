@@ -1,0 +1,319 @@
+"""CReST / CReST+ on FixMatch, as the paper's Algorithm 1:
+
+    for generation g = 0 .. G-1:
+        train a fresh FixMatch model (EMA of weights) on labelled + pseudo-labelled data
+        (CReST+: distribution alignment with temperature t_g on the weak view)
+        EMA model pseudo-labels the unlabelled set
+        labelled set <- original labelled set + per class the most confident
+                        floor(mu_l * n_l) samples predicted as class l
+
+Checkpoints (atomic) after every epoch and every generation; ``resume=True`` continues
+a killed run and ends with the same metrics as an uninterrupted run with the same seed.
+Every epoch reseeds the augmentation RNG and sampler from (seed, generation, epoch,
+rank), so a resumed epoch replays exactly.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..common import (CheckpointError, Distributed, RunDir, get_rng_state, load_checkpoint, progress,
+                      save_checkpoint, set_rng_state, validate_config)
+from ..models import build as build_model
+from . import augment
+from .config import Config
+from .data import SemiSupervisedSplit, load_split
+from .metrics import confusion, summarize
+from .pseudo_label import PseudoLabeler
+from .sampling import class_ranks, sampling_rates, select_pseudo_labels, temperature
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from several integers (splitmix64 steps)."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class _Trainer:
+    def __init__(self, cfg: Config, dist: Distributed):
+        self.cfg, self.dist = cfg, dist
+        self.device = torch.device(cfg.device)
+        self.split: SemiSupervisedSplit = load_split(cfg)
+        self.C = self.split.num_classes
+        self.in_channels, self.side = self.split.x_test.shape[1], self.split.x_test.shape[-1]
+        self.flip = cfg.dataset != "digits-lt"
+        self.model_name = cfg.model if cfg.model != "auto" else ("digits_cnn" if self.side <= 16 else "wrn28_2")
+        self.labelled_counts = self.split.labelled_counts()
+        self.prior = self.labelled_counts.float() / self.labelled_counts.sum()
+        self.run = RunDir(cfg.out, writer=dist.is_main)
+        self.G = cfg.num_generations
+        self.per_rank_l = max(1, cfg.batch_size // dist.world_size)
+        self.per_rank_u = self.per_rank_l * cfg.mu
+        self.steps_total = cfg.epochs * cfg.steps_per_epoch
+        # progress state (all of it is in the checkpoint)
+        self.generation, self.epoch, self.step = 0, 0, 0
+        self.pseudo_idx = torch.empty(0, dtype=torch.int64)
+        self.pseudo_label = torch.empty(0, dtype=torch.int64)
+        self.test_acc_history: list[float] = []
+        self.generation_records: list[dict] = []
+        self.metrics_lines = 0
+
+    # ---- model, optimiser, EMA -------------------------------------------------------
+    def _fresh_generation_state(self):
+        torch.manual_seed(_mix(self.cfg.seed, self.generation, 17))
+        self.model = build_model(self.model_name, self.C, self.in_channels).to(self.device)
+        self.ema = copy.deepcopy(self.model).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        decay = [p for n, p in self.model.named_parameters() if p.dim() > 1]
+        no_decay = [p for n, p in self.model.named_parameters() if p.dim() <= 1]
+        self.optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=True)
+        self.labeler = PseudoLabeler(self.C, self.prior, plus=self.cfg.plus, threshold=self.cfg.threshold,
+                                     convention=self.cfg.dist_align, impl=self.cfg.impl, device=self.device)
+        self.step = 0
+        self.test_acc_history = []
+        self.forward_model = self.model
+        if self.dist.enabled:
+            self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model)
+        if self.cfg.compile:
+            self.forward_model = torch.compile(self.forward_model)
+
+    @torch.no_grad()
+    def _update_ema(self):
+        # TensorFlow's ExponentialMovingAverage with num_updates (as the official code's
+        # EMA): the decay ramps up as (1 + k) / (10 + k), so early EMA weights are not
+        # dominated by the random initialisation.
+        d = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
+        ema_params, params = list(self.ema.parameters()), list(self.model.parameters())
+        torch._foreach_mul_(ema_params, d)
+        torch._foreach_add_(ema_params, [p.detach() for p in params], alpha=1 - d)
+        for eb, b in zip(self.ema.buffers(), self.model.buffers()):
+            eb.copy_(b)
+
+    def _lr(self) -> float:
+        """FixMatch's cosine decay lr * cos(7 pi k / (16 K)) over a generation."""
+        return self.cfg.lr * math.cos(7 * math.pi * self.step / (16 * self.steps_total))
+
+    # ---- data ------------------------------------------------------------------------------
+    def _labelled_set(self):
+        s = self.split
+        return (torch.cat([s.x_labelled, s.x_unlabelled[self.pseudo_idx]]),
+                torch.cat([s.y_labelled, self.pseudo_label]))
+
+    def _epoch_batches(self, n: int, per_rank: int, salt: int) -> torch.Tensor:
+        """[steps, per_rank] indices: an epoch permutation shared by all ranks, sharded by rank, cycled."""
+        g = torch.Generator().manual_seed(_mix(self.cfg.seed, self.generation, self.epoch, salt))
+        perm = torch.randperm(n, generator=g)
+        shard = perm[self.dist.rank::self.dist.world_size]
+        if shard.numel() == 0:
+            shard = perm
+        need = self.cfg.steps_per_epoch * per_rank
+        return shard[torch.arange(need) % shard.numel()].view(self.cfg.steps_per_epoch, per_rank)
+
+    # ---- one epoch ---------------------------------------------------------------------------
+    def _train_epoch(self):
+        cfg = self.cfg
+        torch.manual_seed(_mix(cfg.seed, self.generation, self.epoch, self.dist.rank, 3))
+        x_l, y_l = self._labelled_set()
+        x_u = self.split.x_unlabelled
+        lab = self._epoch_batches(len(y_l), self.per_rank_l, 1)
+        unl = self._epoch_batches(len(x_u), self.per_rank_u, 2)
+        t_g = temperature(self.generation, self.G, cfg.t_min)
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, loss_s, loss_u, mask rate
+        self.model.train()
+        steps = progress(range(cfg.steps_per_epoch), desc=f"gen {self.generation} epoch {self.epoch}",
+                         quiet=cfg.quiet or not self.dist.is_main)
+        for s in steps:
+            xl, yl = x_l[lab[s]].to(self.device), y_l[lab[s]].to(self.device)
+            xu = x_u[unl[s]].to(self.device)
+            inputs = torch.cat([augment.weak(xl, flip=self.flip), augment.weak(xu, flip=self.flip),
+                                augment.strong(xu, flip=self.flip)])
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr()
+            logits = self.forward_model(inputs)
+            logits_l, logits_w, logits_s = logits.split([len(xl), len(xu), len(xu)])
+            loss_s = F.cross_entropy(logits_l, yl)
+            label, mask = self.labeler(logits_w, t_g)
+            loss_u = self.labeler.unlabelled_loss(logits_s, label, mask)
+            loss = loss_s + cfg.lambda_u * loss_u
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self._update_ema()
+            self.step += 1
+            sums += torch.tensor([loss.item(), loss_s.item(), loss_u.item(), mask.float().mean().item()],
+                                 dtype=torch.float64)
+        sums = self.dist.all_reduce_sum(sums) / (cfg.steps_per_epoch * self.dist.world_size)
+        return dict(zip(("loss", "loss_labelled", "loss_unlabelled", "mask_rate"), sums.tolist()))
+
+    # ---- evaluation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _predict(self, x: torch.Tensor, batch: int = 1024):
+        """EMA predictions (label, confidence) for every row of x, on every rank."""
+        n, W = len(x), self.dist.world_size
+        per = math.ceil(n / W)
+        lo, hi = self.dist.rank * per, min(n, (self.dist.rank + 1) * per)
+        probs = [torch.softmax(self.ema(x[i:min(hi, i + batch)].to(self.device)).float(), -1)
+                 for i in range(lo, hi, batch)]
+        local = torch.cat(probs) if probs else torch.empty(0, self.C, device=self.device)
+        padded = torch.zeros(per, self.C, device=self.device)
+        padded[:len(local)] = local
+        full = self.dist.all_gather_cat(padded).cpu()[:n]
+        conf, label = full.max(-1)
+        return label, conf
+
+    def _evaluate(self, x, y) -> dict:
+        label, _ = self._predict(x)
+        return summarize(confusion(y, label, self.C))
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def _config_json(self) -> str:
+        fields = dataclasses.asdict(self.cfg)
+        for volatile in ("resume", "quiet", "out", "device", "compile"):
+            fields.pop(volatile)
+        return json.dumps(fields, sort_keys=True)
+
+    def _checkpoint(self):
+        if not self.dist.is_main:
+            return
+        save_checkpoint(self.run.checkpoint_path, {
+            "method": "crest", "config": self._config_json(), "world_size": self.dist.world_size,
+            "generation": self.generation, "epoch": self.epoch, "step": self.step,
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "labeler": self.labeler.state_dict(),
+            "pseudo_idx": self.pseudo_idx, "pseudo_label": self.pseudo_label,
+            "test_acc_history": self.test_acc_history, "generation_records": self.generation_records,
+            "metrics_lines": self.metrics_lines, "rng": get_rng_state(),
+        })
+
+    def _restore(self):
+        state = load_checkpoint(self.run.checkpoint_path, map_location=self.device,
+                                expect={"method": "crest", "config": self._config_json(),
+                                        "world_size": self.dist.world_size})
+        self.generation, self.epoch = state["generation"], state["epoch"]
+        self.pseudo_idx, self.pseudo_label = state["pseudo_idx"].cpu(), state["pseudo_label"].cpu()
+        self.generation_records = state["generation_records"]
+        self.metrics_lines = state["metrics_lines"]
+        if self.generation < self.G:
+            self._fresh_generation_state()
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.labeler.load_state_dict(state["labeler"])
+            self.step = state["step"]
+            self.test_acc_history = state["test_acc_history"]
+        set_rng_state(state["rng"])
+        self.run.truncate_metrics(self.metrics_lines)
+
+    def _log(self, record: dict):
+        self.run.log_metrics(record)
+        self.metrics_lines += 1
+
+    # ---- the algorithm ----------------------------------------------------------------------
+    def _end_generation(self):
+        s, cfg = self.split, self.cfg
+        test = self._evaluate(s.x_test, s.y_test)
+        label, conf = self._predict(s.x_unlabelled)
+        unlabelled = summarize(confusion(s.y_unlabelled, label, self.C))
+        record = {"type": "generation", "generation": self.generation, "temperature": temperature(
+            self.generation, self.G, cfg.t_min) if cfg.plus else None,
+            "test_accuracy_last": statistics.median(self.test_acc_history[-cfg.eval_last:]),
+            "test": test, "unlabelled": unlabelled, "labelled_set_size": int(len(s.y_labelled) + len(self.pseudo_idx))}
+        if self.generation < self.G - 1:  # pseudo-label the unlabelled set for the next generation
+            rates = sampling_rates(self.labelled_counts, cfg.alpha)
+            keep = select_pseudo_labels(label, conf, rates)
+            self.pseudo_idx, self.pseudo_label = keep, label[keep]
+            added = confusion(s.y_unlabelled[keep], label[keep], self.C).to(torch.float64)
+            record["pseudo_labels"] = {
+                "rates": rates.tolist(),
+                "count": [int(v) for v in added.sum(0)],
+                "precision": [float(added[c, c] / added[:, c].sum()) if added[:, c].sum() > 0 else None
+                              for c in range(self.C)],
+            }
+        self._log(record)
+        self.generation_records.append(record)
+        if self.dist.is_main:
+            print(f"[crest] generation {self.generation}: test acc {record['test_accuracy_last']:.4f}, "
+                  f"balanced {test['balanced_accuracy']:.4f}, unlabelled acc {unlabelled['accuracy']:.4f}"
+                  + (f", added {len(self.pseudo_idx)} pseudo-labels" if "pseudo_labels" in record else ""),
+                  flush=True)
+
+    def run_all(self) -> dict:
+        cfg = self.cfg
+        if cfg.resume and self.run.checkpoint_path.exists():
+            self._restore()
+        else:
+            if cfg.resume and self.dist.is_main:
+                print(f"[crest] no checkpoint in {cfg.out}; starting a new run", flush=True)
+            if self.run.read_metrics() and self.dist.is_main and not cfg.resume:
+                raise CheckpointError(f"{cfg.out} already holds a run; pass resume=True (--resume) or another out")
+            self.run.write_config(cfg)
+            self.run.truncate_metrics(0)
+            self._fresh_generation_state()
+        while self.generation < self.G:
+            while self.epoch < cfg.epochs:
+                start = time.perf_counter()
+                losses = self._train_epoch()
+                test = self._evaluate(self.split.x_test, self.split.y_test)
+                self.test_acc_history.append(test["accuracy"])
+                self._log({"type": "epoch", "generation": self.generation, "epoch": self.epoch, **losses,
+                           "lr": self._lr(), "test_accuracy": test["accuracy"],
+                           "test_balanced_accuracy": test["balanced_accuracy"],
+                           "seconds": time.perf_counter() - start})
+                if self.dist.is_main:
+                    print(f"[crest] gen {self.generation} epoch {self.epoch}: loss {losses['loss']:.4f} "
+                          f"mask {losses['mask_rate']:.2f} test acc {test['accuracy']:.4f}", flush=True)
+                self.epoch += 1
+                self._checkpoint()
+            self._end_generation()
+            self.generation, self.epoch = self.generation + 1, 0
+            if self.generation < self.G:
+                self._fresh_generation_state()
+            self._checkpoint()
+        return self._summary()
+
+    def _summary(self) -> dict:
+        last = self.generation_records[-1]
+        method = "fixmatch" if self.G == 1 else ("crest+" if self.cfg.plus else "crest")
+        ranks = class_ranks(self.labelled_counts)
+        tail = [c for c in range(self.C) if int(ranks[c]) > self.C - 3]  # the 3 rarest classes
+        summary = {
+            "method": method,
+            "generations": self.G,
+            "test_accuracy": last["test_accuracy_last"],
+            "test_balanced_accuracy": last["test"]["balanced_accuracy"],
+            "tail_classes": tail,
+            "per_generation": [{
+                "generation": r["generation"], "test_accuracy": r["test_accuracy_last"],
+                "test_balanced_accuracy": r["test"]["balanced_accuracy"],
+                "tail_recall": statistics.mean(r["test"]["recall"][c] for c in tail),
+            } for r in self.generation_records],
+            "class_rank": ranks.tolist(),
+        }
+        self.run.write_summary(summary)
+        if self.dist.is_main:
+            from .plots import plot_generations
+            plot_generations(self.generation_records, ranks, self.run)
+        return summary
+
+
+def train(cfg: Config) -> dict:
+    """Run CReST / CReST+ / FixMatch as configured; returns the summary (also in summary.json)."""
+    validate_config(cfg)
+    dist = Distributed(torch.device(cfg.device))
+    try:
+        return _Trainer(cfg, dist).run_all()
+    finally:
+        dist.close()

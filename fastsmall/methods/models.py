@@ -1,0 +1,89 @@
+"""Networks of the method pipelines (written here: torchvision is not available with
+the CPU torch of the development machine).
+
+* ``DigitsCNN``: a small CNN for 8x8 digits;
+* ``WideResNet``: WRN-28-2 as in FixMatch (leaky ReLU 0.1, BN momentum 0.001), for 32x32.
+Every model names its first conv ``stem`` and its classifier ``fc``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32):
+        super().__init__()
+        w = width
+        self.stem = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.conv2 = nn.Conv2d(w, w, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(w)
+        self.conv3 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(2 * w)
+        self.conv4 = nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False)
+        self.bn4 = nn.BatchNorm2d(2 * w)
+        self.fc = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.stem(x)))
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        x = F.relu(self.bn3(self.conv3(x)))
+        x = F.relu(self.bn4(self.conv4(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class _WideBlock(nn.Module):
+    def __init__(self, cin, cout, stride, activate_before_residual=False):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin, momentum=0.001)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout, momentum=0.001)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = None if cin == cout and stride == 1 else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+        self.activate_before_residual = activate_before_residual
+
+    def forward(self, x):
+        o = F.leaky_relu(self.bn1(x), 0.1)
+        if self.activate_before_residual or self.shortcut is not None:
+            x = o if self.activate_before_residual else x
+        y = self.conv1(o)
+        y = self.conv2(F.leaky_relu(self.bn2(y), 0.1))
+        return y + (self.shortcut(o) if self.shortcut is not None else x)
+
+
+class WideResNet(nn.Module):
+    def __init__(self, num_classes: int = 10, depth: int = 28, widen: int = 2, in_channels: int = 3):
+        super().__init__()
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        blocks = []
+        for group in range(3):
+            for i in range(n):
+                cin = widths[group] if i == 0 else widths[group + 1]
+                stride = (1 if group == 0 else 2) if i == 0 else 1
+                blocks.append(_WideBlock(cin, widths[group + 1], stride, activate_before_residual=(group == 0 and i == 0)))
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(widths[3], momentum=0.001)
+        self.fc = nn.Linear(widths[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        x = F.leaky_relu(self.bn(x), 0.1)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def build(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    if name == "digits_cnn":
+        return DigitsCNN(num_classes, in_channels)
+    if name == "wrn28_2":
+        return WideResNet(num_classes, 28, 2, in_channels)
+    raise ValueError(f"unknown model {name!r}; expected 'digits_cnn' or 'wrn28_2'")
