@@ -27,4 +27,22 @@ TORCH_LIBRARY(fastsmall, m) {
   m.def("kcs_inverse(Tensor bones, int[] parents, Tensor? root) -> Tensor");
   // grad_x [..., J, D] -> (grad_bones [..., J-1, D], grad_root [..., 1, D]).
   m.def("kcs_inverse_backward(Tensor grad_x, int[] parents) -> (Tensor, Tensor)");
+
+  // ---- KE re-initialisation / DSD masking (ke-reinit branch) -----------------
+  // In place over a list of tensors (one call for a whole model). Masks, one
+  // per tensor, exactly one kind each: a bool tensor in masks[i]; KELS
+  // W[:kels_out[i], :kels_in[i]] kept (kels_out[i] != -1); WELS Bernoulli
+  // (wels_rate[i]) regenerated from wels_seed[i] (wels_rate[i] != -1.0).
+  // Unused entries are None / -1 / -1.0 / any. fastsmall/masks.py defines
+  // the counter-based RNG and the initialisers.
+  // tensors[i] = where(keep, tensors[i], draw(seed, generation, i, element; init)),
+  // init in {"torch_default", "kaiming_normal", "zero"}.
+  m.def(
+      "ke_reinit_(Tensor(a!)[] tensors, Tensor?[] masks, int[] kels_out, int[] kels_in, "
+      "float[] wels_rate, int[] wels_seed, int seed, int generation, str init) -> ()");
+  // tensors[i] *= keep (DSD's sparse phase: pruned weights become w * 0).
+  m.def(
+      "masked_mul_(Tensor(a!)[] tensors, Tensor?[] masks, int[] kels_out, int[] kels_in, "
+      "float[] wels_rate, int[] wels_seed) -> ()");
+  // ---- end KE re-initialisation / DSD masking --------------------------------
 }
