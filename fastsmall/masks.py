@@ -190,7 +190,10 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def check_int64(v, name: str) -> int:
+def check_int64(v, name: str):
+    """An int in the int64 range (a torch.SymInt under torch.compile passes unchecked)."""
+    if isinstance(v, torch.SymInt):
+        return v
     if not _is_int(v) or not INT64_MIN <= v <= INT64_MAX:
         raise ValueError(f"{name} must be an int in the int64 range, got {v!r}")
     return int(v)
@@ -232,8 +235,11 @@ class Encoded(NamedTuple):
     wels_seed: list
 
 
-def encode(tensors: list[torch.Tensor], masks) -> Encoded:
-    """Validate ``masks`` (one per tensor) and encode them as the registered ops take them."""
+def encode(tensors: list[torch.Tensor], masks, init: str | None = None) -> Encoded:
+    """Validate ``masks`` (one per tensor) and encode them as the registered ops take them.
+
+    ``init`` (when given) is checked against the tensors too (fan_in needs 2+ dims).
+    """
     if isinstance(masks, torch.Tensor) or not isinstance(masks, (list, tuple)):
         raise TypeError(f"masks must be a list or tuple (one mask per tensor), got {type(masks).__name__}")
     if len(masks) != len(tensors):
@@ -263,7 +269,7 @@ def encode(tensors: list[torch.Tensor], masks) -> Encoded:
         out.kels_in.append(ki)
         out.wels_rate.append(rate)
         out.wels_seed.append(seed)
-    check_encoded(tensors, *out)
+    check_encoded(tensors, *out, init=init)
     return out
 
 
