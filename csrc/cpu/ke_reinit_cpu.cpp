@@ -10,8 +10,9 @@
 // state, no temporaries proportional to the model), turned into values, and
 // stored where the element is not kept. KELS segments are split into the runs
 // of reset elements (rows >= k_out, columns >= k_in), so kept blocks cost
-// nothing; stored masks and WELS masks are tested per element. Kept elements
-// are never written: they stay bit-exact.
+// nothing; stored masks and WELS masks are tested per element and the result
+// selected (kept elements are stored back unchanged, bit-exact: a branch-free
+// select vectorises, a branch on a random mask mispredicts).
 //
 // The RNG and the float32 math are exactly those of the Triton kernels and the
 // reference (only +, -, *, correctly rounded / and sqrt, no FMA: the baseline
@@ -35,6 +36,22 @@
 namespace fastsmall {
 namespace {
 
+// On x86-64 Linux with GCC, the per-segment loops are also compiled for AVX2
+// (chosen at load time by the CPU, an ifunc): 8 lanes and a native 32-bit
+// multiply for the hash instead of SSE2's 4 lanes. AVX2 without -mfma cannot
+// contract a*b+c, so the results are the same bits as the SSE2 build.
+// The helpers they call are force-inlined so they are compiled into each clone.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTSMALL_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FASTSMALL_SIMD_CLONES
+#endif
+#if defined(__GNUC__)
+#define FASTSMALL_INLINE inline __attribute__((always_inline))
+#else
+#define FASTSMALL_INLINE inline
+#endif
+
 // ---- counter-based RNG (fastsmall/masks.py) -------------------------------------------
 
 constexpr uint32_t kMixM1 = 0x7FEB352Du;
@@ -45,7 +62,7 @@ constexpr uint32_t kTagReinitB = 0x52454942u;
 constexpr uint32_t kTagWels = 0x57454C53u;
 
 // lowbias32 (C. Wellons): bijective on uint32.
-inline uint32_t mix32(uint32_t x) {
+FASTSMALL_INLINE uint32_t mix32(uint32_t x) {
   x ^= x >> 16;
   x *= kMixM1;
   x ^= x >> 15;
@@ -68,7 +85,7 @@ inline uint32_t lo32(int64_t v) { return static_cast<uint32_t>(static_cast<uint6
 inline uint32_t hi32(int64_t v) { return static_cast<uint32_t>(static_cast<uint64_t>(v) >> 32); }
 
 // 23-bit draws of elements e0 .. e0 + n - 1 of a stream.
-inline void draw_bits(Key k, int64_t e0, int64_t n, uint32_t* __restrict__ out) {
+FASTSMALL_INLINE void draw_bits(Key k, int64_t e0, int64_t n, uint32_t* __restrict__ out) {
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t e = static_cast<uint64_t>(e0 + i);
     const uint32_t h = mix32(static_cast<uint32_t>(e) ^ k.k0);
@@ -91,10 +108,10 @@ constexpr float kTwoPi = 0x1.921fb6p+2f;
 constexpr float kC2 = -0x1.000000p-1f, kC4 = 0x1.555556p-5f, kC6 = -0x1.6c16c2p-10f, kC8 = 0x1.a01a02p-16f;
 constexpr float kS3 = -0x1.555556p-3f, kS5 = 0x1.111112p-7f, kS7 = -0x1.a01a02p-13f, kS9 = 0x1.71de3ap-19f;
 
-inline float uniform01(uint32_t k) { return static_cast<float>(2 * k + 1) * 0x1p-24f; }
+FASTSMALL_INLINE float uniform01(uint32_t k) { return static_cast<float>(2 * k + 1) * 0x1p-24f; }
 
 // ln(u), u in (0, 1): u = m 2^e with m in [sqrt(1/2), sqrt(2)), ln(m) = 2 atanh(f / (2 + f)).
-inline float ke_log(float u) {
+FASTSMALL_INLINE float ke_log(float u) {
   int32_t bits;
   std::memcpy(&bits, &u, sizeof bits);
   int32_t e = (bits >> 23) - 127;
@@ -113,7 +130,7 @@ inline float ke_log(float u) {
 }
 
 // cos(2 pi u), u in (0, 1) on the 2^-24 grid: exact reductions to [0, 1/8], then Taylor polynomials.
-inline float ke_cos2pi(float u) {
+FASTSMALL_INLINE float ke_cos2pi(float u) {
   float a = std::fabs(u - 0.5f);  // cos(2 pi u) = -cos(2 pi a)
   const bool flip = a > 0.25f;
   a = flip ? 0.5f - a : a;  // cos(2 pi a) = -cos(2 pi (1/2 - a))
@@ -249,7 +266,7 @@ std::vector<Job> make_jobs(at::TensorList tensors, const c10::List<std::optional
 
 // Re-initialisation values of elements e0 .. e0 + n - 1 (n <= kTile), in acc_t.
 template <Init I, typename acc_t>
-inline void draw_values(const Job& j, int64_t e0, int64_t n, acc_t* __restrict__ out) {
+FASTSMALL_INLINE void draw_values(const Job& j, int64_t e0, int64_t n, acc_t* __restrict__ out) {
   if constexpr (I == Init::Zero) {
     for (int64_t i = 0; i < n; ++i) out[i] = acc_t(0);
   } else if constexpr (I == Init::TorchDefault) {
@@ -273,9 +290,9 @@ inline void draw_values(const Job& j, int64_t e0, int64_t n, acc_t* __restrict__
 }
 
 // Keep flags of elements e0 .. e0 + n - 1 of a Dense or WELS tensor.
-inline void keep_flags(const Job& j, int64_t e0, int64_t n, bool* __restrict__ keep) {
+FASTSMALL_INLINE void keep_flags(const Job& j, int64_t e0, int64_t n, uint8_t* __restrict__ keep) {
   if (j.kind == Kind::Dense) {
-    std::memcpy(keep, j.mask + e0, n * sizeof(bool));
+    std::memcpy(keep, j.mask + e0, n);  // bool is one byte, 0 or 1
   } else {
     uint32_t k[kTile];
     draw_bits(j.wels, e0, n, k);
@@ -285,7 +302,7 @@ inline void keep_flags(const Job& j, int64_t e0, int64_t n, bool* __restrict__ k
 
 // Calls f(lo, hi) for the runs of not-kept elements of [lo, hi) of a KELS tensor.
 template <typename F>
-inline void kels_runs(const Job& j, int64_t lo, int64_t hi, F&& f) {
+FASTSMALL_INLINE void kels_runs(const Job& j, int64_t lo, int64_t hi, F&& f) {
   int64_t e = lo;
   while (e < hi) {
     const int64_t o = e / j.row_len;
@@ -300,12 +317,34 @@ inline void kels_runs(const Job& j, int64_t lo, int64_t hi, F&& f) {
   }
 }
 
+template <size_t N> struct bits_of;
+template <> struct bits_of<2> { using type = uint16_t; };
+template <> struct bits_of<4> { using type = uint32_t; };
+template <> struct bits_of<8> { using type = uint64_t; };
+
+// w[i] = keep[i] ? w[i] : fresh[i] as a bitwise blend: branch-free, so it vectorises
+// (a branch on a random mask mispredicts half the time), and kept elements are
+// stored back with exactly their bits (no arithmetic on them).
+template <typename scalar_t>
+FASTSMALL_INLINE void select_store(scalar_t* __restrict__ w, const uint8_t* __restrict__ keep,
+                                   const scalar_t* __restrict__ fresh, int64_t n) {
+  using bits_t = typename bits_of<sizeof(scalar_t)>::type;
+  for (int64_t i = 0; i < n; ++i) {
+    bits_t old, nu;
+    std::memcpy(&old, w + i, sizeof old);
+    std::memcpy(&nu, fresh + i, sizeof nu);
+    const bits_t m = bits_t(0) - static_cast<bits_t>(keep[i]);  // all ones where kept
+    const bits_t out = static_cast<bits_t>((old & m) | (nu & static_cast<bits_t>(~m)));
+    std::memcpy(w + i, &out, sizeof out);
+  }
+}
+
 template <typename scalar_t>
 using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // ke_reinit_ over elements [lo, hi) of one tensor.
 template <Init I, typename scalar_t>
-void reinit_segment(const Job& j, int64_t lo, int64_t hi) {
+FASTSMALL_SIMD_CLONES void reinit_segment(const Job& j, int64_t lo, int64_t hi) {
   using acc_t = acc_of<scalar_t>;
   scalar_t* __restrict__ w = static_cast<scalar_t*>(j.data);
   acc_t vals[kTile];
@@ -319,19 +358,20 @@ void reinit_segment(const Job& j, int64_t lo, int64_t hi) {
     });
     return;
   }
-  bool keep[kTile];
+  uint8_t keep[kTile];
+  scalar_t fresh[kTile];
   for (int64_t e0 = lo; e0 < hi; e0 += kTile) {
     const int64_t n = std::min(kTile, hi - e0);
     keep_flags(j, e0, n, keep);
     draw_values<I, acc_t>(j, e0, n, vals);
-    for (int64_t i = 0; i < n; ++i)
-      if (!keep[i]) w[e0 + i] = static_cast<scalar_t>(vals[i]);
+    for (int64_t i = 0; i < n; ++i) fresh[i] = static_cast<scalar_t>(vals[i]);
+    select_store(w + e0, keep, fresh, n);
   }
 }
 
 // masked_mul_ over elements [lo, hi) of one tensor: not-kept w becomes w * 0.
 template <typename scalar_t>
-void mul_segment(const Job& j, int64_t lo, int64_t hi) {
+FASTSMALL_SIMD_CLONES void mul_segment(const Job& j, int64_t lo, int64_t hi) {
   scalar_t* __restrict__ w = static_cast<scalar_t*>(j.data);
   const scalar_t zero(0);
   if (j.kind == Kind::Kels) {
@@ -340,12 +380,13 @@ void mul_segment(const Job& j, int64_t lo, int64_t hi) {
     });
     return;
   }
-  bool keep[kTile];
+  uint8_t keep[kTile];
+  scalar_t zeroed[kTile];
   for (int64_t e0 = lo; e0 < hi; e0 += kTile) {
     const int64_t n = std::min(kTile, hi - e0);
     keep_flags(j, e0, n, keep);
-    for (int64_t i = 0; i < n; ++i)
-      if (!keep[i]) w[e0 + i] = static_cast<scalar_t>(w[e0 + i] * zero);
+    for (int64_t i = 0; i < n; ++i) zeroed[i] = static_cast<scalar_t>(w[e0 + i] * zero);
+    select_store(w + e0, keep, zeroed, n);
   }
 }
 
