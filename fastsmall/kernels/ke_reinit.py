@@ -205,7 +205,12 @@ def _ke_multi_tensor_kernel(tab_ptr, G, OP: tl.constexpr, INIT: tl.constexpr, DT
         tl.store(w_ptr + offs, out, mask=write)
     else:
         w = tl.load(w_ptr + offs, mask=write, other=0)
-        tl.store(w_ptr + offs, w * 0.0, mask=write)
+        zeroed = w.to(ACC) * 0.0  # a signed zero (NaN for inf/NaN), as w.mul_(mask)
+        if DT == tl.bfloat16:
+            out = _to_bf16_rne(zeroed)
+        else:
+            out = zeroed.to(DT)
+        tl.store(w_ptr + offs, out, mask=write)
 
 
 # ---- launchers (same names and signatures as the torch.ops.fastsmall ops) -----------------------

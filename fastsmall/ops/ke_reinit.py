@@ -108,7 +108,8 @@ def ke_reinit_(tensors, masks, seed: int, generation: int = 0, init: str = "torc
             torch.ops.fastsmall.ke_reinit_(tensors, *enc, seed, generation, init)
         elif impl == REFERENCE:
             reference.ke_reinit_(tensors, masks, seed, generation, init)
-        else:
+        else:  # the launcher called directly: bump the versions as the registered op does
+            torch.autograd.graph.increment_version(tensors)
             _triton.ke_reinit_(tensors, *enc, seed, generation, init)
     return None
 
@@ -132,5 +133,6 @@ def masked_mul_(tensors, masks, *, backend: str | None = None) -> None:
         elif impl == REFERENCE:
             reference.masked_mul_(tensors, masks)
         else:
+            torch.autograd.graph.increment_version(tensors)
             _triton.masked_mul_(tensors, *enc)
     return None
