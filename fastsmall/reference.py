@@ -65,7 +65,8 @@ import math  # noqa: E402
 
 from . import masks as _km  # noqa: E402
 
-__all__ += ["ke_uniform_bits", "ke_keep_mask", "ke_draws", "ke_reinit_", "masked_mul_"]
+__all__ += ["ke_uniform_bits", "ke_keep_mask", "ke_draws", "ke_reinit_", "masked_mul_", "official_ke_reinit_",
+            "official_masked_mul_"]
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -201,3 +202,25 @@ def masked_mul_(tensors, masks) -> None:
     with torch.no_grad():
         for w, m in zip(tensors, masks):
             w.mul_(ke_keep_mask(w.shape, m, w.device))
+
+
+def official_ke_reinit_(tensors, keep_masks) -> None:
+    """The official KE code's reset, the benchmarks' baseline (not bit-compatible with ke_reinit_).
+
+    Per tensor: a fresh ``kaiming_uniform_(a=sqrt(5))`` tensor from torch's generator and
+    ``W.data = torch.where(mask, W, R)`` with a stored bool mask -- two full-size
+    temporaries per tensor and one kernel launch per step per tensor.
+    """
+    with torch.no_grad():
+        for w, keep in zip(tensors, keep_masks):
+            r = torch.zeros_like(w)
+            torch.nn.init.kaiming_uniform_(r, a=math.sqrt(5))
+            w.data = torch.where(keep, w, r)
+
+
+def official_masked_mul_(tensors, keep_masks) -> None:
+    """DSD's sparse-phase step as usually written, the benchmarks' baseline: ``W.mul_(mask)`` per tensor."""
+    with torch.no_grad():
+        for w, keep in zip(tensors, keep_masks):
+            w.mul_(keep)
+# ==== end KE re-initialisation and DSD masking ===========================================

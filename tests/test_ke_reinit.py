@@ -533,19 +533,21 @@ def test_compile_fullgraph_aot_eager(dynamic):
     assert torch.equal(ws[0][:4, :2], before[0][:4, :2]) and not torch.equal(ws[0], before[0])
 
 
-@needs_cpp
-def test_compiled_reference_and_official_loop_are_traceable():
-    """The benchmarks' torch.compile baselines compile without graph breaks."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_official_baselines(compiled):
+    """The benchmarks' baselines do what they stand for, and compile without graph breaks."""
     torch._dynamo.reset()
-    w = torch.randn(8, 6)
-    keep = torch.rand(8, 6) > 0.5
-
-    def official(ws, ks):
-        with torch.no_grad():
-            for w, k in zip(ws, ks):
-                r = torch.empty_like(w).uniform_(-0.1, 0.1)
-                w.copy_(torch.where(k, w, r))
-
-    a = w.clone()
-    torch.compile(official, fullgraph=True, backend="aot_eager")([a], [keep])
-    assert torch.equal(a[keep], w[keep]) and (a[~keep].abs() <= 0.1).all()
+    ws = [torch.randn(8, 6, 3), torch.randn(5, 10)]
+    keeps = [torch.rand(8, 6, 3) > 0.5, torch.rand(5, 10) > 0.5]
+    reinit, mul = fs.reference.official_ke_reinit_, fs.reference.official_masked_mul_
+    if compiled:
+        reinit = torch.compile(reinit, fullgraph=True, backend="aot_eager")
+        mul = torch.compile(mul, fullgraph=True, backend="aot_eager")
+    a = [w.clone() for w in ws]
+    reinit(a, keeps)
+    for x, w, k in zip(a, ws, keeps):
+        b = 1 / math.sqrt(km.fan_in(w.shape))
+        assert torch.equal(x[k], w[k]) and (x[~k] != w[~k]).all() and (x[~k].abs() <= b).all()
+    mul(a, keeps)
+    for x, k in zip(a, keeps):
+        assert (x[~k] == 0).all() and (x[k] != 0).all()
