@@ -91,8 +91,8 @@ def ke_reinit_(tensors, masks, seed: int, generation: int = 0, init: str = "torc
     generation, i, element)``: no random temporaries, the same bits on every backend,
     and a different draw for every generation. ``init``: ``"torch_default"`` (U(±1/sqrt(fan_in)),
     nn.Conv/Linear's default, the official KE reset), ``"kaiming_normal"`` (N(0, 2/fan_in))
-    or ``"zero"``; fan_in = size(1) * prod(size(2:)). Kept elements are never written
-    (bit-exact). Definitions: fastsmall/masks.py. Returns None.
+    or ``"zero"``; fan_in = size(1) * prod(size(2:)). Kept elements keep their exact bits
+    (a select, never arithmetic on them). Definitions: fastsmall/masks.py. Returns None.
     """
     tensors = check_tensor_list(tensors)
     init = check_init(init)
