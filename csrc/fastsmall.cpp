@@ -37,4 +37,21 @@ TORCH_LIBRARY(fastsmall, m) {
   m.def(
       "part_kcs_gram_backward(Tensor grad, Tensor bones, int[] part_bones, int[] part_sizes, bool compact) "
       "-> Tensor");
+
+  // ---- KE re-initialisation / DSD masking -----------------------------------
+  // In place over a list of tensors (one call for a whole model). Masks, one
+  // per tensor, exactly one kind each: a bool tensor in masks[i]; KELS
+  // W[:kels_out[i], :kels_in[i]] kept (kels_out[i] != -1); WELS Bernoulli
+  // (wels_rate[i]) regenerated from wels_seed[i] (wels_rate[i] != -1.0).
+  // Unused entries are None / -1 / -1.0 / any. fastsmall/masks.py defines
+  // the counter-based RNG and the initialisers.
+  // tensors[i] = where(keep, tensors[i], draw(seed, generation, i, element; init)),
+  // init in {"torch_default", "kaiming_normal", "zero"}.
+  m.def(
+      "ke_reinit_(Tensor(a!)[] tensors, Tensor?[] masks, int[] kels_out, int[] kels_in, "
+      "float[] wels_rate, int[] wels_seed, int seed, int generation, str init) -> ()");
+  // tensors[i] *= keep (DSD's sparse phase: pruned weights become w * 0).
+  m.def(
+      "masked_mul_(Tensor(a!)[] tensors, Tensor?[] masks, int[] kels_out, int[] kels_in, "
+      "float[] wels_rate, int[] wels_seed) -> ()");
 }

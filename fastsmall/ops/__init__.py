@@ -3,6 +3,8 @@
 Each op takes ``backend=None | "cpp" | "triton" | "reference"`` (see ._backend).
 """
 from .kcs import bone_decompose, kcs_forward, kcs_inverse
+from .ke_reinit import KELS, WELS, ke_reinit_, masked_mul_
 from .part_kcs_gram import part_kcs_gram
 
-__all__ = ["kcs_forward", "bone_decompose", "kcs_inverse", "part_kcs_gram"]
+__all__ = ["kcs_forward", "bone_decompose", "kcs_inverse", "part_kcs_gram", "ke_reinit_", "masked_mul_",
+           "KELS", "WELS"]

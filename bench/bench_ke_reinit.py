@@ -1,0 +1,123 @@
+"""KE re-initialisation and DSD masking of a ResNet-18-shaped parameter list (float32).
+
+    python -m pytest bench/bench_ke_reinit.py --benchmark-json=bench/results/ke_reinit.json
+    python bench/report.py bench/results/*.json --out bench/RESULTS.md
+
+The parameter list is the conv/linear weights of ``fastsmall.methods.models.resnet18``
+(1000 classes: 21 tensors, 11.7 M weights; ``batch`` in the results = that weight count).
+
+* ``ke_reinit_`` (op), one case per mask kind (``mode`` = kels / wels at split rate 0.5,
+  ``torch_default`` init): ``eager`` = the official KE per-module loop
+  (``fastsmall.reference.official_ke_reinit_``: a fresh ``kaiming_uniform_`` tensor and
+  ``torch.where`` with a stored bool mask per tensor), ``compiled`` = that loop under
+  ``torch.compile`` (warm; compile time reported separately), ``fastsmall`` =
+  ``fs.ops.ke_reinit_`` with KELS / WELS masks (no mask tensors). Target: >= 5x eager.
+* ``masked_mul_`` (mode ``dsd``: stored bool masks of 30 % magnitude pruning): ``eager`` =
+  ``W.mul_(mask)`` per tensor (``fastsmall.reference.official_masked_mul_``), ``foreach`` =
+  one ``torch._foreach_mul_`` (not a column of bench/report.py's table; in the JSON),
+  ``fastsmall`` = ``fs.ops.masked_mul_``.
+* ``copy`` floor: one copy of 11.7 M float32 (read + write), for report.py's floor column.
+
+``extra_info["bytes"]`` is the least traffic of the op: ke_reinit_ writes the re-initialised
+weights (4 B each; KELS/WELS need no mask read), masked_mul_ reads the masks (1 B per weight)
+and reads + writes the pruned weights (8 B each). ``extra_info["allocated_bytes"]`` is what
+one call allocates (CPU: torch.profiler's memory events; CUDA: the peak above the start),
+to show which implementations allocate memory proportional to the model.
+"""
+import pytest
+import torch
+
+import fastsmall as fs
+from conftest import DEVICE, compile_and_time, measure
+from fastsmall.methods import dsd, ke
+from fastsmall.methods.models import resnet18
+
+F32 = 4
+SPLIT_RATE = 0.5
+SPARSITY = 0.3
+
+
+def _weights():
+    """The conv/linear weights of ResNet-18 (1000 classes) on DEVICE, with their names."""
+    torch.manual_seed(0)
+    model = resnet18(num_classes=1000).to(DEVICE)
+    names = list(ke.split_masks(model, SPLIT_RATE))
+    params = dict(model.named_parameters())
+    return model, names, [params[n].detach() for n in names]
+
+
+MODEL, NAMES, WEIGHTS = _weights()
+NUMEL = sum(w.numel() for w in WEIGHTS)
+
+
+def _allocated(fn) -> int:
+    """Bytes one call of ``fn`` allocates."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return sum(max(e.cpu_memory_usage, 0) for e in prof.events())
+
+
+def _ke_case(mode, impl):
+    masks = ke.split_masks(MODEL, SPLIT_RATE, mode=mode, seed=0)
+    objs = [masks[n] for n in NAMES]
+    ws = [w.clone() for w in WEIGHTS]
+    keeps = [fs.reference.ke_keep_mask(w.shape, m, w.device) for w, m in zip(ws, objs)]
+    reset = sum((~k).sum().item() for k in keeps)
+    if impl == "fastsmall":
+        state = {"generation": 0}
+
+        def run():
+            state["generation"] += 1
+            fs.ops.ke_reinit_(ws, objs, seed=0, generation=state["generation"])
+    else:
+        def run():
+            fs.reference.official_ke_reinit_(ws, keeps)
+    return run, reset * F32
+
+
+@pytest.mark.parametrize("mode", ["kels", "wels"])
+@pytest.mark.parametrize("impl", ["eager", "compiled", "fastsmall"])
+def bench_ke_reinit(benchmark, impl, mode):
+    run, bytes_moved = _ke_case(mode, impl)
+    compile_s = None
+    if impl == "compiled":
+        run, compile_s = compile_and_time(run)
+    run()
+    allocated = _allocated(run)
+    measure(benchmark, run, family="ke_reinit", op="ke_reinit_", mode=mode, batch=NUMEL, impl=impl,
+            bytes_moved=bytes_moved, compile_s=compile_s)
+    benchmark.extra_info["allocated_bytes"] = allocated
+
+
+@pytest.mark.parametrize("impl", ["eager", "foreach", "fastsmall"])
+def bench_masked_mul(benchmark, impl):
+    masks = dsd.magnitude_masks(MODEL, SPARSITY)
+    keeps = [masks[n] for n in NAMES]
+    ws = [w.clone() for w in WEIGHTS]
+    pruned = sum((~k).sum().item() for k in keeps)
+    if impl == "fastsmall":
+        run = lambda: fs.ops.masked_mul_(ws, keeps)  # noqa: E731
+    elif impl == "foreach":
+        run = lambda: torch._foreach_mul_(ws, keeps)  # noqa: E731
+    else:
+        run = lambda: fs.reference.official_masked_mul_(ws, keeps)  # noqa: E731
+    run()
+    allocated = _allocated(run)
+    measure(benchmark, run, family="ke_reinit", op="masked_mul_", mode="dsd", batch=NUMEL, impl=impl,
+            bytes_moved=NUMEL + 2 * F32 * pruned)
+    benchmark.extra_info["allocated_bytes"] = allocated
+
+
+def bench_copy_floor_weights(benchmark):
+    """Memory-traffic floor: a plain copy of as many float32 values as the weights (read + write)."""
+    src = torch.randn(NUMEL, device=DEVICE)
+    dst = torch.empty_like(src)
+    measure(benchmark, lambda: dst.copy_(src), family="floor", op="copy", mode="forward", batch=NUMEL,
+            impl="copy", bytes_moved=2 * NUMEL * F32)
