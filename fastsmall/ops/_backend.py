@@ -12,6 +12,8 @@ Backends (the ``backend=`` argument of every op in fastsmall.ops):
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -74,3 +76,28 @@ def autograd_function(name: str, forward, formulas) -> type[torch.autograd.Funct
         "setup_context": staticmethod(setup_context),
         "backward": staticmethod(once_differentiable(backward)),
     })
+
+
+def register_family(formulas: dict, fakes: dict, triton_module) -> None:
+    """Register an op family on torch.ops.fastsmall: a fake per op, autograd formulas bound
+    to the ops' own backward kernels, and the Triton launchers as the CUDA kernels."""
+    if ext.C is None:
+        return
+    for name, make_formulas in formulas.items():
+        qualname = f"fastsmall::{name}"
+        torch.library.register_fake(qualname)(fakes[name])
+        setup_context, backward = make_formulas(torch.ops.fastsmall)
+        torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+        if triton_module is not None:
+            torch.library.register_kernel(qualname, "cuda", getattr(triton_module, name))
+
+
+def triton_direct(names, formulas: dict, triton_module) -> SimpleNamespace:
+    """The ops ``names`` as autograd functions over the Triton launchers, for calling Triton
+    directly (CPU tensors under TRITON_INTERPRET=1, or CUDA without the extension)."""
+    out = SimpleNamespace()
+    if triton_module is not None:
+        for name in names:
+            setattr(out, name, autograd_function(f"_Triton_{name}", getattr(triton_module, name),
+                                                 formulas[name](triton_module)).apply)
+    return out

@@ -9,15 +9,13 @@ Followable through five files with matching names:
 from __future__ import annotations
 
 from functools import lru_cache
-from types import SimpleNamespace
-
 import torch
 
 from .. import _extension as ext
 from .. import reference
 from .._checks import check_eps, check_like, check_points, check_tensor
 from ..skeleton import Skeleton, tree_of
-from ._backend import OPS, REFERENCE, autograd_function, select
+from ._backend import OPS, REFERENCE, register_family, select, triton_direct
 
 __all__ = ["kcs_forward", "bone_decompose", "kcs_inverse"]
 
@@ -162,22 +160,11 @@ _triton = None  # Triton launchers (fastsmall.kernels.kcs), when Triton imports
 if ext.TRITON_ERROR is None:
     from ..kernels import kcs as _triton
 
-if ext.C is not None:
-    for _name in _FORMULAS:
-        _qualname = f"fastsmall::{_name}"
-        torch.library.register_fake(_qualname)(_FAKES[_name])
-        _setup, _backward = _FORMULAS[_name](torch.ops.fastsmall)
-        torch.library.register_autograd(_qualname, _backward, setup_context=_setup)
-        if _triton is not None:
-            torch.library.register_kernel(_qualname, "cuda", getattr(_triton, _name))
+register_family(_FORMULAS, _FAKES, _triton)
 
 # Triton called directly (CPU tensors under TRITON_INTERPRET=1, or CUDA without the
 # extension): the same formulas bound to the launchers.
-_triton_direct = SimpleNamespace()
-if _triton is not None:
-    for _name in ("kcs_forward", "bone_decompose", "kcs_inverse"):
-        setattr(_triton_direct, _name, autograd_function(
-            f"_Triton_{_name}", getattr(_triton, _name), _FORMULAS[_name](_triton)).apply)
+_triton_direct = triton_direct(("kcs_forward", "bone_decompose", "kcs_inverse"), _FORMULAS, _triton)
 
 
 # ---- public API -----------------------------------------------------------------------

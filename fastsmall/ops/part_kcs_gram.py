@@ -6,14 +6,12 @@ tested in tests/test_part_kcs_gram.py, benchmarked in bench/bench_part_kcs_gram.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
 from .. import _extension as ext
 from .. import reference
 from .._checks import check_points
-from ._backend import OPS, REFERENCE, autograd_function, select
+from ._backend import OPS, REFERENCE, register_family, select, triton_direct
 from .kcs import _as_skeleton
 
 __all__ = ["part_kcs_gram"]
@@ -74,19 +72,8 @@ _triton = None
 if ext.TRITON_ERROR is None:
     from ..kernels import part_kcs_gram as _triton
 
-if ext.C is not None:
-    for _name in _FORMULAS:
-        _qualname = f"fastsmall::{_name}"
-        torch.library.register_fake(_qualname)(_FAKES[_name])
-        _setup, _backward = _FORMULAS[_name](torch.ops.fastsmall)
-        torch.library.register_autograd(_qualname, _backward, setup_context=_setup)
-        if _triton is not None:
-            torch.library.register_kernel(_qualname, "cuda", getattr(_triton, _name))
-
-_triton_direct = SimpleNamespace()
-if _triton is not None:
-    _triton_direct.part_kcs_gram = autograd_function(
-        "_Triton_part_kcs_gram", _triton.part_kcs_gram, _FORMULAS["part_kcs_gram"](_triton)).apply
+register_family(_FORMULAS, _FAKES, _triton)
+_triton_direct = triton_direct(("part_kcs_gram",), _FORMULAS, _triton)
 
 
 def part_kcs_gram(unit: torch.Tensor, skeleton, layout: str = "masked", *, backend: str | None = None) -> torch.Tensor:
