@@ -77,7 +77,7 @@ def test_resume_with_another_config_is_refused(tmp_path):
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    args = TINY + ["--epochs", "3", "--seed", "5"]
+    args = TINY + ["--epochs", "4", "--seed", "5"]  # long enough to be killed part-way
     straight = _cli(args + ["--out", str(tmp_path / "a")])
     assert straight.wait(timeout=600) == 0, straight.stderr.read()
 
