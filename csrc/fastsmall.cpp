@@ -27,4 +27,20 @@ TORCH_LIBRARY(fastsmall, m) {
   m.def("kcs_inverse(Tensor bones, int[] parents, Tensor? root) -> Tensor");
   // grad_x [..., J, D] -> (grad_bones [..., J-1, D], grad_root [..., 1, D]).
   m.def("kcs_inverse_backward(Tensor grad_x, int[] parents) -> (Tensor, Tensor)");
+
+  // ---- distribution alignment (FixMatch / CReST+ pseudo-labels) --------------
+  // Section added by branch dist-align. Kernels: csrc/cpu/distribution_align_cpu.cpp,
+  // fastsmall/kernels/distribution_align.py; wrappers: fastsmall/ops/distribution_align.py.
+  // logits [B, C], prior [C], running [C] -> (aligned probs [B, C] ([B, 0] unless return_probs),
+  // pseudo_label [B] int64, mask [B] bool, batch mean of softmax(logits) [C] in the compute dtype).
+  // The outputs are targets: no gradient flows through this op.
+  m.def(
+      "distribution_align(Tensor logits, Tensor prior, Tensor running, float temperature, float threshold, "
+      "float eps, bool return_probs) -> (Tensor, Tensor, Tensor, Tensor)");
+  // logits [B, C] -> batch mean of softmax(logits) [C] (for USB's EMA, updated before aligning).
+  m.def("softmax_batch_mean(Tensor logits) -> Tensor");
+  // logits [B, C], target [B] int64, mask [B] bool/float -> sum_i mask_i * CE_i / B (0-dim).
+  m.def("masked_cross_entropy(Tensor logits, Tensor target, Tensor mask) -> Tensor");
+  // grad (0-dim) -> grad_logits [B, C].
+  m.def("masked_cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, Tensor mask) -> Tensor");
 }
