@@ -107,9 +107,13 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch
     or floating (weights); it receives no gradient.
     """
     z = _opmath(logits)
-    ce = torch.nn.functional.cross_entropy(z, target, reduction="none")
     w = mask.detach().to(z.dtype)
-    loss = torch.where(w != 0, ce * w, torch.zeros((), dtype=z.dtype, device=z.device)).sum() / max(z.shape[0], 1)
+    keep = w != 0
+    zero = torch.zeros((), dtype=z.dtype, device=z.device)
+    # masked-out rows are replaced before the CE, so non-finite logits there cannot leak NaN into
+    # the gradient (where() alone would give 0 * NaN)
+    ce = torch.nn.functional.cross_entropy(torch.where(keep[:, None], z, zero), target, reduction="none")
+    loss = torch.where(keep, ce * w, zero).sum() / max(z.shape[0], 1)
     return loss.to(logits.dtype)
 
 
