@@ -307,16 +307,21 @@ int64_t rows_per_block(int64_t B, int64_t C) {
   return std::max<int64_t>(kRowAlign, (rows + kRowAlign - 1) / kRowAlign * kRowAlign);
 }
 
-// Tiles of 32 rows for small C, 16 for large C (a tile, [C][R], stays within L1/L2).
-constexpr int64_t kWideTileMaxC = 128;
+// C <= kTileMaxC: tiles of 32 rows, transposed (vectors across rows). Larger C: one row at a time,
+// vectors along the row (a row, its exp and the batch-mean partials stay in L1, where a
+// transposed tile of several rows would not).
+constexpr int64_t kTileMaxC = 128;
+constexpr int64_t kMaxLanes = 16;  // the widest vector (AVX-512 float32)
 
-// Per-thread scratch of a tile: t ([C][R], the tile itself) and bm ([C][R], batch-mean
-// partials), 64-byte aligned (std::vector would drop the vector types' alignment attribute).
+int64_t padded_classes(int64_t C) { return (C + kMaxLanes - 1) / kMaxLanes * kMaxLanes; }
+
+// Per-thread scratch, 64-byte aligned (std::vector would drop the vector types' alignment
+// attribute): t (a tile [C][R], or a padded row) and bm (batch-mean partials of the same size).
 struct Scratch {
   void* t = nullptr;
   void* bm = nullptr;
-  Scratch(int64_t C, int64_t R, size_t elem, bool with_bm) {
-    const size_t bytes = (static_cast<size_t>(C * R) * elem + 63) / 64 * 64;
+  Scratch(int64_t elems, size_t elem_bytes, bool with_bm) {
+    const size_t bytes = (static_cast<size_t>(elems) * elem_bytes + 63) / 64 * 64;
     t = std::aligned_alloc(64, bytes);
     bm = with_bm ? std::aligned_alloc(64, bytes) : nullptr;
     TORCH_CHECK(t != nullptr && (bm != nullptr || !with_bm), "fastsmall: out of memory for ", bytes,
@@ -329,6 +334,9 @@ struct Scratch {
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
 };
+
+// Scratch elements for tile rows R (0: one padded row).
+int64_t scratch_elems(int64_t C, int64_t R) { return R > 0 ? C * R : padded_classes(C); }
 
 // Rows [0, n) of z (row-major, C columns) -> t ([C][R]); rows n..R-1 are 0.
 template <int R, typename scalar_t, typename acc_t>
@@ -582,6 +590,183 @@ FASTSMALL_INLINE void ce_backward_block(const scalar_t* __restrict__ z, const in
   *bad = any_bad;
 }
 
+// ---- one row at a time (large C) ------------------------------------------------------------------
+// The row is copied into x (compute type, padded with -inf to whole vectors: exp gives 0 there),
+// then every pass runs over whole vectors in L1. Horizontal reductions go over lanes in a fixed
+// order. `ratio` is padded with zeros to padded_classes(C).
+
+template <typename V>
+FASTSMALL_INLINE lane_t<V> hmax(const V& v) {
+  lane_t<V> m = v[0];
+  for (int l = 1; l < static_cast<int>(sizeof(V) / sizeof(lane_t<V>)); ++l) m = v[l] > m ? v[l] : m;
+  return m;
+}
+
+template <typename V>
+FASTSMALL_INLINE lane_t<V> hsum(const V& v) {
+  lane_t<V> s = 0;
+  for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(lane_t<V>)); ++l) s += v[l];
+  return s;
+}
+
+template <typename V>
+FASTSMALL_INLINE V load_vec(const lane_t<V>* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+// x <- row i of z (padded), returns the row max; then x <- exp(x - max), returns the row sum.
+template <int W, typename scalar_t, typename acc_t, typename V>
+FASTSMALL_INLINE void exp_row(const scalar_t* __restrict__ zi, int64_t C, int64_t NC, V* __restrict__ x,
+                              acc_t& m, acc_t& s) {
+  acc_t* xs = reinterpret_cast<acc_t*>(x);
+  for (int64_t j = 0; j < C; ++j) xs[j] = static_cast<acc_t>(zi[j]);
+  for (int64_t j = C; j < NC * W; ++j) xs[j] = -std::numeric_limits<acc_t>::infinity();
+  // Four independent accumulators, so the loop-carried max / add latencies overlap.
+  V mv[4] = {x[0], x[0], x[0], x[0]};
+  int64_t v = 0;
+  for (; v + 4 <= NC; v += 4)
+    for (int u = 0; u < 4; ++u) mv[u] = x[v + u] > mv[u] ? x[v + u] : mv[u];
+  for (; v < NC; ++v) mv[0] = x[v] > mv[0] ? x[v] : mv[0];
+  for (int u = 1; u < 4; ++u) mv[0] = mv[u] > mv[0] ? mv[u] : mv[0];
+  m = hmax(mv[0]);
+  const V mm = splat<V>(m);
+  V sv[4] = {V{}, V{}, V{}, V{}};
+  for (v = 0; v + 4 <= NC; v += 4)
+    for (int u = 0; u < 4; ++u) {
+      const V e = exp_nonpos(x[v + u] - mm);
+      x[v + u] = e;
+      sv[u] += e;
+    }
+  for (; v < NC; ++v) {
+    const V e = exp_nonpos(x[v] - mm);
+    x[v] = e;
+    sv[0] += e;
+  }
+  s = hsum((sv[0] + sv[1]) + (sv[2] + sv[3]));
+}
+
+template <int BYTES, bool ALIGN, typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void align_rows(const scalar_t* __restrict__ z, int64_t row0, int64_t row1, int64_t C,
+                                 const acc_t* __restrict__ ratio, acc_t threshold, AlignOutputs out,
+                                 Scratch& scratch, acc_t* __restrict__ part) {
+  using V = typename Simd<acc_t, BYTES>::V;
+  constexpr int W = Simd<acc_t, BYTES>::W;
+  const int64_t NC = (C + W - 1) / W;
+  V* __restrict__ x = static_cast<V*>(scratch.t);
+  V* __restrict__ bm = static_cast<V*>(scratch.bm);
+  const acc_t* xs = static_cast<const acc_t*>(scratch.t);
+  std::fill(bm, bm + NC, V{});
+  scalar_t* probs = static_cast<scalar_t*>(out.probs);
+  V iota;
+  for (int l = 0; l < W; ++l) iota[l] = static_cast<acc_t>(l);
+  const acc_t inf = std::numeric_limits<acc_t>::infinity();
+  for (int64_t i = row0; i < row1; ++i) {
+    acc_t m, s;
+    exp_row<W>(z + i * C, C, NC, x, m, s);
+    const acc_t inv_s = acc_t(1) / s;
+    for (int64_t v = 0; v < NC; ++v) bm[v] += x[v] * inv_s;
+    if constexpr (ALIGN) {
+      V av0 = V{}, av1 = V{};
+      int64_t v = 0;
+      for (; v + 2 <= NC; v += 2) {
+        const V a0 = x[v] * load_vec<V>(ratio + v * W), a1 = x[v + 1] * load_vec<V>(ratio + (v + 1) * W);
+        x[v] = a0;
+        x[v + 1] = a1;
+        av0 += a0;
+        av1 += a1;
+      }
+      if (v < NC) {
+        const V a0 = x[v] * load_vec<V>(ratio + v * W);
+        x[v] = a0;
+        av0 += a0;
+      }
+      const acc_t inv_a = acc_t(1) / hsum(av0 + av1);
+      // Lane-wise first maximum (strictly greater), then the smallest index among the lanes
+      // holding the maximum: the first maximal index overall, as torch.argmax.
+      V best = splat<V>(-inf), arg = V{};
+      const acc_t Cf = static_cast<acc_t>(C);
+      for (int64_t v = 0; v < NC; ++v) {
+        const V p = x[v] * inv_a;
+        x[v] = p;
+        const V jv = iota + static_cast<acc_t>(v * W);
+        const V q = jv < Cf ? p : splat<V>(-inf);  // padding never wins
+        const auto greater = q > best;
+        best = greater ? q : best;
+        arg = greater ? jv : arg;
+      }
+      const acc_t b = hmax(best);
+      acc_t idx = Cf;
+      for (int l = 0; l < W; ++l) idx = best[l] == b && arg[l] < idx ? arg[l] : idx;
+      out.label[i] = idx < Cf ? static_cast<int64_t>(idx) : 0;  // a NaN row: 0, as torch.argmax
+      out.mask[i] = b >= threshold;
+      if (probs != nullptr) {
+        scalar_t* pi = probs + i * C;
+        for (int64_t j = 0; j < C; ++j) pi[j] = static_cast<scalar_t>(xs[j]);
+      }
+    }
+  }
+  const acc_t* bms = static_cast<const acc_t*>(scratch.bm);
+  for (int64_t j = 0; j < C; ++j) part[j] = bms[j];
+}
+
+template <int BYTES, typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void ce_rows(const scalar_t* __restrict__ z, const int64_t* __restrict__ y, MaskView<acc_t> mask,
+                              int64_t row0, int64_t row1, int64_t C, Scratch& scratch, acc_t* __restrict__ part,
+                              bool* bad) {
+  using V = typename Simd<acc_t, BYTES>::V;
+  constexpr int W = Simd<acc_t, BYTES>::W;
+  const int64_t NC = (C + W - 1) / W;
+  V* __restrict__ x = static_cast<V*>(scratch.t);
+  acc_t sum = 0;
+  bool any_bad = false;
+  for (int64_t i = row0; i < row1; ++i) {
+    const int64_t yi = y[i];
+    if (static_cast<uint64_t>(yi) >= static_cast<uint64_t>(C)) {
+      any_bad = true;
+      continue;
+    }
+    const acc_t w = mask.b != nullptr ? static_cast<acc_t>(mask.b[i]) : mask.w[i];
+    if (w == acc_t(0)) continue;  // exactly 0, whatever the logits
+    acc_t m, s;
+    exp_row<W>(z + i * C, C, NC, x, m, s);
+    sum += w * (std::log(s) + m - static_cast<acc_t>(z[i * C + yi]));
+  }
+  part[0] = sum;
+  *bad = any_bad;
+}
+
+template <int BYTES, typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void ce_backward_rows(const scalar_t* __restrict__ z, const int64_t* __restrict__ y,
+                                       MaskView<acc_t> mask, acc_t scale, int64_t row0, int64_t row1, int64_t C,
+                                       Scratch& scratch, scalar_t* __restrict__ gz, bool* bad) {
+  using V = typename Simd<acc_t, BYTES>::V;
+  constexpr int W = Simd<acc_t, BYTES>::W;
+  const int64_t NC = (C + W - 1) / W;
+  V* __restrict__ x = static_cast<V*>(scratch.t);
+  acc_t* xs = static_cast<acc_t*>(scratch.t);
+  bool any_bad = false;
+  for (int64_t i = row0; i < row1; ++i) {
+    scalar_t* gi = gz + i * C;
+    const int64_t yi = y[i];
+    const bool ok = static_cast<uint64_t>(yi) < static_cast<uint64_t>(C);
+    any_bad |= !ok;
+    const acc_t w = mask.b != nullptr ? static_cast<acc_t>(mask.b[i]) : mask.w[i];
+    if (!ok || w == acc_t(0)) {  // exact zeros
+      for (int64_t j = 0; j < C; ++j) gi[j] = scalar_t(0);
+      continue;
+    }
+    acc_t m, s;
+    exp_row<W>(z + i * C, C, NC, x, m, s);
+    const acc_t coef = scale * w / s;
+    for (int64_t v = 0; v < NC; ++v) x[v] = x[v] * coef;
+    xs[yi] -= scale * w;
+    for (int64_t j = 0; j < C; ++j) gi[j] = static_cast<scalar_t>(xs[j]);
+  }
+  *bad = any_bad;
+}
+
 // The block kernels per instruction set: each is force-inlined into three wrappers (NAME_base,
 // NAME_avx2, NAME_avx512) compiled with the matching target attribute.
 #define FASTSMALL_DA_ISA_WRAPPERS(NAME, KERNEL)                \
@@ -598,21 +783,26 @@ FASTSMALL_INLINE void ce_backward_block(const scalar_t* __restrict__ z, const in
     KERNEL<R, 64>(std::forward<Args>(args)...);              \
   }
 
+// R > 0: tiles of R rows; R == 0: one row at a time.
 template <int R, int BYTES, typename... Args>
 FASTSMALL_INLINE void align_kernel(Args&&... args) {
-  align_block<R, BYTES, true>(std::forward<Args>(args)...);
+  if constexpr (R > 0) align_block<R, BYTES, true>(std::forward<Args>(args)...);
+  else align_rows<BYTES, true>(std::forward<Args>(args)...);
 }
 template <int R, int BYTES, typename... Args>
 FASTSMALL_INLINE void softmax_mean_kernel(Args&&... args) {
-  align_block<R, BYTES, false>(std::forward<Args>(args)...);
+  if constexpr (R > 0) align_block<R, BYTES, false>(std::forward<Args>(args)...);
+  else align_rows<BYTES, false>(std::forward<Args>(args)...);
 }
 template <int R, int BYTES, typename... Args>
 FASTSMALL_INLINE void ce_kernel(Args&&... args) {
-  ce_block<R, BYTES>(std::forward<Args>(args)...);
+  if constexpr (R > 0) ce_block<R, BYTES>(std::forward<Args>(args)...);
+  else ce_rows<BYTES>(std::forward<Args>(args)...);
 }
 template <int R, int BYTES, typename... Args>
 FASTSMALL_INLINE void ce_backward_kernel(Args&&... args) {
-  ce_backward_block<R, BYTES>(std::forward<Args>(args)...);
+  if constexpr (R > 0) ce_backward_block<R, BYTES>(std::forward<Args>(args)...);
+  else ce_backward_rows<BYTES>(std::forward<Args>(args)...);
 }
 
 FASTSMALL_DA_ISA_WRAPPERS(align_isa, align_kernel)
@@ -620,7 +810,8 @@ FASTSMALL_DA_ISA_WRAPPERS(softmax_mean_isa, softmax_mean_kernel)
 FASTSMALL_DA_ISA_WRAPPERS(ce_isa, ce_kernel)
 FASTSMALL_DA_ISA_WRAPPERS(ce_backward_isa, ce_backward_kernel)
 
-// Calls f(R, BYTES) with compile-time tile rows and vector bytes for this C and machine.
+// Calls f(R, BYTES) with compile-time tile rows (0: row at a time) and vector bytes for this C and
+// machine.
 template <typename F>
 void dispatch_tile(int64_t C, F&& f) {
   const int bytes = simd_bytes();
@@ -629,8 +820,8 @@ void dispatch_tile(int64_t C, F&& f) {
     if (bytes == 32) return f(rows, std::integral_constant<int, 32>{});
     return f(rows, std::integral_constant<int, 16>{});
   };
-  if (C <= kWideTileMaxC) return with_rows(std::integral_constant<int, 32>{});
-  return with_rows(std::integral_constant<int, 16>{});
+  if (C <= kTileMaxC) return with_rows(std::integral_constant<int, 32>{});
+  return with_rows(std::integral_constant<int, 0>{});
 }
 
 // Calls the NAME##_base / _avx2 / _avx512 wrapper for BYTES.
@@ -657,7 +848,7 @@ std::vector<acc_t> alignment_ratio(const at::Tensor& prior_, const at::Tensor& r
   const acc_t* pp = prior.const_data_ptr<acc_t>();
   const acc_t* rp = running.const_data_ptr<acc_t>();
   const acc_t t = static_cast<acc_t>(temperature), e = static_cast<acc_t>(eps);
-  std::vector<acc_t> ratio(C);
+  std::vector<acc_t> ratio(padded_classes(C), acc_t(0));  // zeros past C, for whole-vector loads
   acc_t sum = 0;
   for (int64_t j = 0; j < C; ++j) {
     ratio[j] = std::pow(pp[j], t);
@@ -682,7 +873,7 @@ at::Tensor run_align(const at::Tensor& z, const std::vector<at::opmath_type<scal
   dispatch_tile(C, [&](auto tile, auto simd) {
     constexpr int R = decltype(tile)::value, BYTES = decltype(simd)::value;
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      Scratch scratch(C, R, sizeof(acc_t), true);
+      Scratch scratch(scratch_elems(C, R), sizeof(acc_t), true);
       for (int64_t b = begin; b < end; ++b) {
         const int64_t r0 = b * rows, r1 = std::min(B, (b + 1) * rows);
         acc_t* part = partials.data() + b * C;
@@ -774,7 +965,7 @@ at::Tensor masked_cross_entropy_cpu(const at::Tensor& logits_, const at::Tensor&
     dispatch_tile(C, [&](auto tile, auto simd) {
       constexpr int R = decltype(tile)::value, BYTES = decltype(simd)::value;
       at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-        Scratch scratch(C, R, sizeof(acc_t), false);
+        Scratch scratch(scratch_elems(C, R), sizeof(acc_t), false);
         for (int64_t b = begin; b < end; ++b) {
           const int64_t r0 = b * rows, r1 = std::min(B, (b + 1) * rows);
           bool blk_bad = false;
@@ -817,7 +1008,7 @@ at::Tensor masked_cross_entropy_backward_cpu(const at::Tensor& grad, const at::T
     dispatch_tile(C, [&](auto tile, auto simd) {
       constexpr int R = decltype(tile)::value, BYTES = decltype(simd)::value;
       at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-        Scratch scratch(C, R, sizeof(acc_t), false);
+        Scratch scratch(scratch_elems(C, R), sizeof(acc_t), false);
         for (int64_t b = begin; b < end; ++b) {
           const int64_t r0 = b * rows, r1 = std::min(B, (b + 1) * rows);
           bool blk_bad = false;
