@@ -8,16 +8,17 @@
 // per block and the block partials are added in block order afterwards, so every result is
 // bitwise the same for any number of threads.
 //
-// Inside a block, rows go through in tiles of R rows held transposed ([C][R], compute precision):
-// every inner loop runs over the R rows of a tile with a compile-time trip count, so it
-// vectorises whatever C is (a row of C = 10 classes would not even fill one vector). A tile is
-// read once from memory; all passes over it (max, exp + sum, align + sum, normalise + argmax)
-// stay in L1/L2.
+// Inside a block, for C <= 128 rows go through in tiles of 32 rows held transposed ([C][32],
+// compute precision): every vector holds one class of several rows, so the code vectorises
+// whatever C is (a row of C = 10 classes would not fill one vector) and the row statistics
+// (max, sums, argmax) are lane-wise. For larger C, one row at a time with vectors along the row
+// (row, exp and partial sums stay in L1). A tile or row is read from memory once; all passes
+// over it (max, exp + sum, align + sum, normalise + argmax) run in cache.
 //
-// float16/bfloat16 are computed in float32 (at::opmath_type), float64 in float64. The float32
-// exponential is a branch-free polynomial (exp_nonpos, ~1 ulp) that the compiler vectorises;
-// float64 uses std::exp. The hot loops are compiled twice, for the baseline x86-64 ISA the
-// extension is built for and for AVX2+FMA, chosen at run time (__builtin_cpu_supports).
+// float16/bfloat16 are computed in float32 (at::opmath_type), float64 in float64. The code is
+// explicit SIMD on GCC/Clang vector types, instantiated for SSE2, AVX2+FMA and AVX-512 and chosen
+// at run time (__builtin_cpu_supports); the float32 exp and log are branch-free Cephes
+// polynomials (~1 ulp), float64 uses std::exp / std::log per lane.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -37,6 +38,10 @@
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #include <immintrin.h>
 #endif
+
+// The vector helpers take and return vector types by value; they are always inlined, so GCC's
+// note that such calls would have a different ABI without AVX does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace fastsmall {
 namespace {
@@ -178,7 +183,7 @@ FASTSMALL_INLINE V exp_nonpos(V x) {
   if constexpr (std::is_same_v<lane_t<V>, float>) {
     return exp_nonpos_f32(x);
   } else {  // float64: std::exp per lane
-    V y;
+    V y = V{};
     for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(lane_t<V>)); ++l) y[l] = std::exp(x[l]);
     return y;
   }
@@ -189,7 +194,7 @@ FASTSMALL_INLINE V log_pos(V x) {
   if constexpr (std::is_same_v<lane_t<V>, float>) {
     return log_f32(x);
   } else {
-    V y;
+    V y = V{};
     for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(lane_t<V>)); ++l) y[l] = std::log(x[l]);
     return y;
   }
@@ -455,9 +460,9 @@ FASTSMALL_INLINE void align_block(const scalar_t* __restrict__ z, int64_t row0, 
     V m[NV], s[NV], inv_s[NV];
     exp_tile<NV>(t, C, m, s);
     for (int v = 0; v < NV; ++v) {
-      inv_s[v] = acc_t(1) / s[v];
-      for (int l = 0; l < W; ++l)
-        if (v * W + l >= n) inv_s[v][l] = 0;  // padding rows add nothing to the batch mean
+      V row;  // row index within the tile; padding rows (>= n) add nothing to the batch mean
+      for (int l = 0; l < W; ++l) row[l] = static_cast<acc_t>(v * W + l);
+      inv_s[v] = row < static_cast<acc_t>(n) ? acc_t(1) / s[v] : V{};
     }
     for (int64_t j = 0; j < C; ++j)
       for (int v = 0; v < NV; ++v) bm[j * NV + v] += t[j * NV + v] * inv_s[v];
