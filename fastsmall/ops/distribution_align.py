@@ -65,10 +65,11 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _targets_formulas(k):
     """distribution_align, softmax_batch_mean: targets, no gradient (outputs are non-differentiable)."""
     def setup_context(ctx, inputs, output):
+        ctx.num_inputs = len(inputs)
         ctx.mark_non_differentiable(*(output if isinstance(output, tuple) else (output,)))
 
     def backward(ctx, *grads):
-        return (None,) * 7
+        return (None,) * ctx.num_inputs
 
     return setup_context, backward
 
