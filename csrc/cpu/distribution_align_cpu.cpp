@@ -55,6 +55,9 @@ void check_logits(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 2, "fastsmall: ", name, " must have shape [B, C], got ", t.sizes());
   TORCH_CHECK(t.size(1) >= 1, "fastsmall: ", name, " must have at least one class (C >= 1), got shape ",
               t.sizes());
+  // class indices are carried in the compute type inside the kernels: exact below 2^24
+  TORCH_CHECK(t.size(1) <= (int64_t(1) << 24), "fastsmall: ", name, " has ", t.size(1),
+              " classes; the CPU kernels take at most 2^24");
 }
 
 void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
