@@ -54,4 +54,20 @@ TORCH_LIBRARY(fastsmall, m) {
   m.def(
       "masked_mul_(Tensor(a!)[] tensors, Tensor?[] masks, int[] kels_out, int[] kels_in, "
       "float[] wels_rate, int[] wels_seed) -> ()");
+
+  // ---- distribution alignment (FixMatch / CReST+ pseudo-labels) --------------
+  // Kernels: csrc/cpu/distribution_align_cpu.cpp,
+  // fastsmall/kernels/distribution_align.py; wrappers: fastsmall/ops/distribution_align.py.
+  // logits [B, C], prior [C], running [C] -> (aligned probs [B, C] ([B, 0] unless return_probs),
+  // pseudo_label [B] int64, mask [B] bool, batch mean of softmax(logits) [C] in the compute dtype).
+  // The outputs are targets: no gradient flows through this op.
+  m.def(
+      "distribution_align(Tensor logits, Tensor prior, Tensor running, float temperature, float threshold, "
+      "float eps, bool return_probs) -> (Tensor, Tensor, Tensor, Tensor)");
+  // logits [B, C] -> batch mean of softmax(logits) [C] (for USB's EMA, updated before aligning).
+  m.def("softmax_batch_mean(Tensor logits) -> Tensor");
+  // logits [B, C], target [B] int64, mask [B] bool/float -> sum_i mask_i * CE_i / B (0-dim).
+  m.def("masked_cross_entropy(Tensor logits, Tensor target, Tensor mask) -> Tensor");
+  // grad (0-dim) -> grad_logits [B, C].
+  m.def("masked_cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, Tensor mask) -> Tensor");
 }

@@ -42,3 +42,70 @@ def check_eps(eps) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"eps must be a float >= 0, got {eps!r}")
     return float(eps)
+
+
+# ==== distribution alignment =================================================================
+# Section added by branch dist-align (fastsmall/ops/distribution_align.py and its kernels).
+
+import math  # noqa: E402
+
+
+def check_logits(t, name: str = "logits") -> None:
+    """``t`` must be a float tensor of shape ``[B, C]`` with C >= 1."""
+    check_tensor(t, name)
+    if t.dim() != 2:
+        raise ValueError(f"{name} must have shape [B, C], got {tuple(t.shape)}")
+    if t.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one class (C >= 1), got shape {tuple(t.shape)}")
+
+
+def check_class_vector(t, name: str, logits: torch.Tensor) -> None:
+    """``t`` must be a float tensor of shape ``[C]`` on the device of ``logits`` (any float dtype)."""
+    check_tensor(t, name)
+    C = logits.shape[1]
+    if t.dim() != 1 or t.shape[0] != C:
+        raise ValueError(f"{name} must have shape [C] = [{C}] (one entry per class of logits), got {tuple(t.shape)}")
+    if t.device != logits.device:
+        raise ValueError(f"{name} is on {t.device} but logits is on {logits.device}")
+
+
+def _check_rows(t, name: str, logits: torch.Tensor) -> None:
+    B = logits.shape[0]
+    if t.dim() != 1 or t.shape[0] != B:
+        raise ValueError(f"{name} must have shape [B] = [{B}] (one entry per row of logits), got {tuple(t.shape)}")
+    if t.device != logits.device:
+        raise ValueError(f"{name} is on {t.device} but logits is on {logits.device}")
+
+
+def check_target(t, logits: torch.Tensor, name: str = "target") -> None:
+    """``t`` must be an int64 tensor of shape ``[B]`` (class indices) on the device of ``logits``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.int64:
+        raise TypeError(f"{name} must be an int64 tensor of class indices, got {t.dtype}")
+    _check_rows(t, name, logits)
+
+
+def check_mask(t, logits: torch.Tensor, name: str = "mask") -> None:
+    """``t`` must be a bool or float tensor of shape ``[B]`` on the device of ``logits``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.bool and t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a bool or floating-point tensor, got {t.dtype}")
+    _check_rows(t, name, logits)
+
+
+def _real(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float))
+
+
+def check_temperature(t) -> float:
+    if not _real(t) or not math.isfinite(t) or not t > 0:
+        raise ValueError(f"temperature must be a float > 0, got {t!r}")
+    return float(t)
+
+
+def check_threshold(x) -> float:
+    if not _real(x) or not 0 <= x <= 1:
+        raise ValueError(f"threshold must be a float in [0, 1], got {x!r}")
+    return float(x)

@@ -8,7 +8,8 @@ into the pseudo-labels (they are targets).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from ... import ops as fs_ops
 
 WINDOW = 128  # batch means averaged by the official (ReMixMatch / CReST) running prior
 
@@ -18,6 +19,7 @@ class PseudoLabeler:
                  impl: str, device: torch.device, ema_momentum: float = 0.999):
         self.num_classes, self.plus, self.threshold = num_classes, plus, threshold
         self.convention, self.impl, self.momentum = convention, impl, ema_momentum
+        self.backend = None if impl == "fused" else "reference"  # fastsmall's kernels vs the reference
         self.prior = prior.to(device=device, dtype=torch.float32)
         self.window = torch.full((WINDOW, num_classes), 1.0 / num_classes, device=device)
         self.ema = torch.full((num_classes,), 1.0 / num_classes, device=device)
@@ -40,29 +42,21 @@ class PseudoLabeler:
 
     @torch.no_grad()
     def __call__(self, logits_weak: torch.Tensor, temperature: float):
-        z = logits_weak.detach().float()
+        z = logits_weak.detach()
         if not self.plus:
-            probs = torch.softmax(z, dim=-1)
-            conf, label = probs.max(dim=-1)
+            conf, label = torch.softmax(z.float(), dim=-1).max(dim=-1)
             return label, conf >= self.threshold
-        batch_mean = torch.softmax(z, dim=-1).mean(0)
         if self.convention == "ema":  # USB: update before aligning
-            self._update_ema(batch_mean)
-        running = self._running()
-        target = self.prior ** temperature
-        target = target / target.sum()
-        eps = 1e-6
-        aligned = torch.softmax(z, dim=-1) * (target + eps) / (running + eps)
-        aligned = aligned / aligned.sum(-1, keepdim=True)
-        conf, label = aligned.max(dim=-1)
+            self._update_ema(fs_ops.softmax_batch_mean(z, backend=self.backend))
+        out = fs_ops.distribution_align(z, self.prior, self._running(), temperature, self.threshold,
+                                        return_probs=False, backend=self.backend)
         if self.convention == "window":  # CReST / ReMixMatch: update after the step
-            self._update_window(batch_mean)
-        return label, conf >= self.threshold
+            self._update_window(out.batch_mean)
+        return out.pseudo_label, out.mask
 
     def unlabelled_loss(self, logits_strong: torch.Tensor, label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``mean_i mask_i * CE(z_i, label_i)`` over the whole unlabelled batch."""
-        ce = F.cross_entropy(logits_strong, label, reduction="none")
-        return (ce * mask.to(ce.dtype)).mean()
+        return fs_ops.masked_cross_entropy(logits_strong, label, mask, backend=self.backend)
 
     def state_dict(self) -> dict:
         return {"window": self.window, "ema": self.ema, "ema_started": self.ema_started}
