@@ -38,22 +38,26 @@ def plot_run(records: list[dict], metrics: list[dict], method: str, run, xlabel:
     plt.close(fig)
 
 
-def plot_comparison(curves: dict[str, list[list[float]]], path, title: str) -> None:
-    """``curves[label]`` = one list of per-generation values per seed; mean +- std bands."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for label, runs in curves.items():
-        n = min(len(r) for r in runs)
-        gens = list(range(1, n + 1))
-        mean = [statistics.mean(r[i] for r in runs) for i in range(n)]
-        std = [statistics.stdev([r[i] for r in runs]) if len(runs) > 1 else 0.0 for i in range(n)]
-        line, = ax.plot(gens, mean, marker="o", ms=3, label=label, ls="--" if "slim" in label else "-")
-        ax.fill_between(gens, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color=line.get_color(), alpha=0.12)
-    ax.set_xlabel("generation (equal compute: generation g = g x E epochs)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+def plot_comparison(panels: dict[str, dict[str, list[list[float]]]], path, title: str) -> None:
+    """One axis per panel; ``panels[panel][label]`` = per-generation values, one list per seed;
+    mean +- std bands."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (panel, curves) in zip(axes[0], panels.items()):
+        for label, runs in curves.items():
+            n = min(len(r) for r in runs)
+            gens = list(range(1, n + 1))
+            mean = [statistics.mean(r[i] for r in runs) for i in range(n)]
+            std = [statistics.stdev([r[i] for r in runs]) if len(runs) > 1 else 0.0 for i in range(n)]
+            line, = ax.plot(gens, mean, marker="o", ms=3, label=label)
+            ax.fill_between(gens, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=line.get_color(), alpha=0.12)
+        ax.set_xlabel("generation g (compute: g x E epochs)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(panel, fontsize=10)
+        ax.set_xticks(gens)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
