@@ -165,7 +165,6 @@ def main(argv=None) -> int:
             name: _series(results, name, args.seeds, "slim_test_accuracy")
             for name in RUNS if RUNS[name]["split"] == "kels"},
     }
-    panels["dense network"]["KE (KELS) slim"] = _series(results, "KE (KELS)", args.seeds, "slim_test_accuracy")
     plot_comparison(panels, plot, f"digits-small, {args.per_class} images/class, mean ± std over "
                                   f"{len(args.seeds)} seeds")
     text = report(results, args.seeds, base, command, time.perf_counter() - start, plot.name)

@@ -64,15 +64,17 @@ def kaiming_init_(model: nn.Module) -> None:
 
 
 def reset_hypothesis_(model: nn.Module, masks: dict, *, seed: int, generation: int, init: str = "torch_default",
-                      impl: str = "fused") -> None:
+                      impl: str = "fused", keeps: list | None = None) -> None:
     """KE's generation boundary: re-initialise every weight outside the fit hypothesis, in place.
 
     ``impl="fused"``: one ``fs.ops.ke_reinit_`` call (draws keyed by (seed, generation, tensor
     index), no mask tensors). ``impl="reference"``: the official per-module loop
-    (``fastsmall.reference.official_ke_reinit_``: a bool mask, a fresh kaiming_uniform(a=sqrt 5)
-    tensor from torch's generator seeded by (seed, generation), and ``torch.where`` per tensor);
-    other initialisers than ``torch_default`` use ``fastsmall.reference.ke_reinit_``. Only the
-    conv/linear weights named in ``masks`` change; biases and BatchNorm never do.
+    (``fastsmall.reference.official_ke_reinit_``: a stored bool mask per tensor -- ``keeps``, in
+    ``masks``' order, built from ``masks`` when not given, as the official layers hold theirs --,
+    a fresh kaiming_uniform(a=sqrt 5) tensor from torch's generator seeded by (seed, generation),
+    and ``torch.where`` per tensor); other initialisers than ``torch_default`` use
+    ``fastsmall.reference.ke_reinit_``. Only the conv/linear weights named in ``masks`` change;
+    biases and BatchNorm never do.
     """
     if impl == "fused":
         reinitialize_(model, masks, seed, generation, init)
@@ -80,11 +82,18 @@ def reset_hypothesis_(model: nn.Module, masks: dict, *, seed: int, generation: i
     params = dict(model.named_parameters())
     tensors = [params[n] for n in masks]
     if init == "torch_default":
-        keeps = [reference.ke_keep_mask(t.shape, m, t.device) for t, m in zip(tensors, masks.values())]
+        if keeps is None:
+            keeps = keep_masks(model, masks)
         torch.manual_seed(derive_seed(seed, generation, 0x4B45))
         reference.official_ke_reinit_(tensors, keeps)
     else:
         reference.ke_reinit_(tensors, list(masks.values()), seed, generation, init)
+
+
+def keep_masks(model: nn.Module, masks: dict) -> list[torch.Tensor]:
+    """The bool keep mask of every tensor named in ``masks`` (what the official layers store)."""
+    params = dict(model.named_parameters())
+    return [reference.ke_keep_mask(params[n].shape, m, params[n].device) for n, m in masks.items()]
 
 
 def fit_fraction(model: nn.Module, masks: dict) -> float:
@@ -360,6 +369,8 @@ class KETrainer(GenerationTrainer):
             except TypeError:
                 self.has_slim = False
         self.fit_sparsity = 1.0 - fit_fraction(self.model, self.masks)
+        # the official code's layers hold bool masks; its loop is what --impl reference runs
+        self.keeps = keep_masks(self.model, self.masks) if cfg.impl == "reference" else None
 
     def schedule_position(self) -> tuple[int, int]:
         if self.cfg.mode == "long":
@@ -370,7 +381,7 @@ class KETrainer(GenerationTrainer):
         cfg = self.cfg
         if cfg.mode == "ke":
             reset_hypothesis_(self.model, self.masks, seed=cfg.seed, generation=self.generation, init=cfg.reinit,
-                              impl=cfg.impl)
+                              impl=cfg.impl, keeps=self.keeps)
         if cfg.mode in ("ke", "restart"):
             self.fresh_optimizer()
 
