@@ -28,6 +28,16 @@ TINY_ARGS = ["--per-class", "4", "--test-per-class", "5", "--width", "8", "--epo
              "--batch-size", "8", "--generations", "2", "--quiet"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny networks gain nothing from intra-op threads, and on a loaded machine every parallel
+    region can wait a scheduler tick for its second thread: one thread keeps these tests fast."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(out, **changes):
     return ke.Config(out=str(out), **{**TINY, **changes})
 
