@@ -1,7 +1,8 @@
 """The Knowledge Evolution / DSD pipelines' masked steps, ``--impl fused`` vs ``--impl reference``.
 
-    python -m pytest bench/bench_ke_pipeline.py --benchmark-json=bench/results/ke_pipeline.json
-    python bench/report.py bench/results/ke_pipeline.json --notes bench/NOTES_ke_pipeline.md \
+    python -m pytest bench/bench_ke_pipeline.py --benchmark-json=bench/results/ke_pipeline/threads2.json
+    OMP_NUM_THREADS=1 python -m pytest bench/bench_ke_pipeline.py --benchmark-json=bench/results/ke_pipeline/threads1.json
+    python bench/report.py bench/results/ke_pipeline/threads2.json --notes bench/NOTES_ke_pipeline.md \
         --out bench/RESULTS_ke_pipeline.md
 
 What the trainers call, on two networks (float32): ResNet-18 with 102 classes (Flower-102;
