@@ -56,7 +56,8 @@ def rounds_for(batch: int) -> dict:
     return dict(rounds=8, iterations=1, warmup_rounds=2)
 
 
-def measure(benchmark, fn, *, family, op, mode, batch, impl, bytes_moved, compile_s=None):
+def measure(benchmark, fn, *, family, op, mode, batch, impl, bytes_moved, compile_s=None, rounds=None):
+    """Time ``fn`` (``rounds``: pytest-benchmark pedantic options; default ``rounds_for(batch)``)."""
     def timed():
         fn()
         sync()
@@ -66,7 +67,7 @@ def measure(benchmark, fn, *, family, op, mode, batch, impl, bytes_moved, compil
         family=family, op=op, mode=mode, batch=batch, impl=impl, bytes=bytes_moved,
         device=str(DEVICE), compile_s=compile_s,
     )
-    benchmark.pedantic(timed, **rounds_for(batch))
+    benchmark.pedantic(timed, **(rounds or rounds_for(batch)))
 
 
 def compile_and_time(fn):

@@ -3,6 +3,8 @@
     fastsmall info      versions, build and usable backends
     fastsmall demo      the main job on embedded data
     fastsmall crest     CReST / CReST+ / FixMatch
+    fastsmall ke        Knowledge Evolution (KELS / WELS) and its controls
+    fastsmall dsd       Dense-Sparse-Dense
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         "info": ("versions, build flags and usable backends", "fastsmall.info"),
         "demo": ("the main job on embedded data (generated poses)", "fastsmall.demo"),
         "crest": ("CReST / CReST+ / FixMatch training (fastsmall crest --help)", "fastsmall.methods.crest.__main__"),
+        "ke": ("Knowledge Evolution training (fastsmall ke --help)", "fastsmall.methods.ke.__main__"),
+        "dsd": ("Dense-Sparse-Dense training (fastsmall dsd --help)", "fastsmall.methods.dsd.__main__"),
     }
     parser = argparse.ArgumentParser(prog="fastsmall", description="fastsmall: fused ops for learning from small data")
     parser.add_argument("command", choices=sorted(commands), help="; ".join(f"{k}: {v[0]}" for k, v in commands.items()))

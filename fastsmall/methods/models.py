@@ -2,12 +2,15 @@
 the CPU torch of the development machine).
 
 * ``DigitsCNN``: a small CNN for 8x8 digits (first conv ``stem``, classifier ``fc``);
+  ``width`` sets the base width (``widths = (w, w, 2w, 2w)``), or ``widths`` the four conv
+  widths explicitly (Knowledge Evolution's slim network is ``widths = ceil(s_r * w)``);
 * ``WideResNet``: WRN-28-2 as in FixMatch (leaky ReLU 0.1, BN momentum 0.001), for 32x32;
 * ``resnet18``: torchvision's layout and parameter names exactly (``conv1`` 7x7 stem,
   ``bn1``, ``layer1..4`` of two BasicBlocks each with ``conv1``/``bn1``/``conv2``/``bn2``
   and a ``downsample`` = (1x1 conv, BatchNorm) where the shape changes, ``fc``), so
   masks and state dicts line up with code written for torchvision's model; layers keep
-  PyTorch's default initialisation.
+  PyTorch's default initialisation. ``widths`` (default ``(64, 128, 256, 512)``, the stem
+  has ``widths[0]`` channels) gives narrower variants with the same parameter names.
 """
 from __future__ import annotations
 
@@ -18,18 +21,23 @@ __all__ = ["DigitsCNN", "WideResNet", "BasicBlock", "ResNet", "resnet18", "build
 
 
 class DigitsCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32,
+                 widths: tuple[int, int, int, int] | None = None):
         super().__init__()
-        w = width
-        self.stem = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(w)
-        self.conv2 = nn.Conv2d(w, w, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(w)
-        self.conv3 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(2 * w)
-        self.conv4 = nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False)
-        self.bn4 = nn.BatchNorm2d(2 * w)
-        self.fc = nn.Linear(2 * w, num_classes)
+        widths = (width, width, 2 * width, 2 * width) if widths is None else tuple(int(w) for w in widths)
+        if len(widths) != 4 or min(widths) < 1:
+            raise ValueError(f"widths must be 4 positive ints, got {widths}")
+        self.num_classes, self.in_channels, self.widths = num_classes, in_channels, widths
+        w1, w2, w3, w4 = widths
+        self.stem = nn.Conv2d(in_channels, w1, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w1)
+        self.conv2 = nn.Conv2d(w1, w2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(w2)
+        self.conv3 = nn.Conv2d(w2, w3, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(w3)
+        self.conv4 = nn.Conv2d(w3, w4, 3, padding=1, bias=False)
+        self.bn4 = nn.BatchNorm2d(w4)
+        self.fc = nn.Linear(w4, num_classes)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.stem(x)))
@@ -106,19 +114,24 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 1000, in_channels: int = 3):
+    def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 1000, in_channels: int = 3,
+                 widths: tuple[int, int, int, int] = (64, 128, 256, 512)):
         super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        widths = tuple(int(w) for w in widths)
+        if len(widths) != 4 or min(widths) < 1:
+            raise ValueError(f"widths must be 4 positive ints, got {widths}")
+        self.layers, self.num_classes, self.in_channels, self.widths = tuple(layers), num_classes, in_channels, widths
+        self.inplanes = widths[0]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, layers[0])
-        self.layer2 = self._make_layer(128, layers[1], stride=2)
-        self.layer3 = self._make_layer(256, layers[2], stride=2)
-        self.layer4 = self._make_layer(512, layers[3], stride=2)
+        self.layer1 = self._make_layer(widths[0], layers[0])
+        self.layer2 = self._make_layer(widths[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(widths[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(widths[3], layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(widths[3], num_classes)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
@@ -136,14 +149,16 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+def resnet18(num_classes: int = 1000, in_channels: int = 3,
+             widths: tuple[int, int, int, int] = (64, 128, 256, 512)) -> ResNet:
     """ResNet-18 (11.7 M parameters at 1000 classes), torchvision's BasicBlock layout."""
-    return ResNet((2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels)
+    return ResNet((2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, widths=widths)
 
 
-def build(name: str, num_classes: int, in_channels: int) -> nn.Module:
+def build(name: str, num_classes: int, in_channels: int, *, width: int | None = None) -> nn.Module:
+    """A network by name; ``width`` is DigitsCNN's base width (default 32; ignored by the others)."""
     if name == "digits_cnn":
-        return DigitsCNN(num_classes, in_channels)
+        return DigitsCNN(num_classes, in_channels, width=32 if width is None else width)
     if name == "wrn28_2":
         return WideResNet(num_classes, 28, 2, in_channels)
     if name == "resnet18":

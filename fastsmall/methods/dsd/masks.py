@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import masked_mul_
-from .ke import _param_name, prunable_layers
+from ...ops import masked_mul_
+from ..ke.masks import _param_name, prunable_layers
 
 __all__ = ["magnitude_masks", "apply_masks_"]
 

@@ -16,8 +16,8 @@ import math
 
 from torch import nn
 
-from .. import masks as km
-from ..ops import KELS, WELS, ke_reinit_
+from ... import masks as km
+from ...ops import KELS, WELS, ke_reinit_
 
 __all__ = ["split_masks", "reinitialize_", "prunable_layers"]
 

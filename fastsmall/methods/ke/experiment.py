@@ -1,0 +1,184 @@
+"""The documented digits-small experiment: Knowledge Evolution vs its controls over several seeds.
+
+    python -m fastsmall.methods.ke.experiment --out runs/ke-experiment --doc docs/ke_digits_small.md
+
+Per seed, four runs of N generations x E epochs on the same training subset, initial
+weights and batch order: KE with KELS (dense and slim accuracy), KE with WELS, and the
+two controls at equal compute -- ``restart`` (every generation restarts the optimizer and
+the LR schedule, nothing is re-initialised) and ``long`` (one schedule over N x E epochs,
+evaluated every E epochs). The N1 baseline is generation 1 of these runs (the same
+computation as a 1-generation run). Writes a Markdown report (mean +- std over seeds,
+paired per-seed differences) and a plot next to it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .plots import plot_comparison
+from .train import train
+
+RUNS = {
+    "KE (KELS)": dict(mode="ke", split="kels"),
+    "KE (WELS)": dict(mode="ke", split="wels"),
+    "restart": dict(mode="restart", split="kels"),
+    "long": dict(mode="long", split="kels"),
+}
+
+
+def _fmt(values, digits=3):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _paired(a, b):
+    """mean ± std of a - b over seeds, and how many seeds have a > b."""
+    d = [x - y for x, y in zip(a, b)]
+    return f"{_fmt(d)} ({sum(x > 0 for x in d)}/{len(d)} seeds > 0)"
+
+
+def run(out: Path, seeds: list[int], base: Config) -> dict:
+    results = {}
+    for seed in seeds:
+        for name, changes in RUNS.items():
+            cfg = dataclasses.replace(base, seed=seed, out=str(out / f"{name.split()[0].lower()}"
+                                                             f"{'-' + changes['split'] if changes['mode'] == 'ke' else ''}"
+                                                             f"-seed{seed}"), quiet=True, **changes)
+            start = time.perf_counter()
+            summary = train(cfg)
+            summary["seconds"] = time.perf_counter() - start
+            results[(name, seed)] = summary
+            print(f"[experiment] {name} seed {seed}: gen 1 {summary['n1_test_accuracy']:.3f} -> gen {base.generations} "
+                  f"{summary['test_accuracy']:.3f}" + (f" (slim {summary['slim_test_accuracy']:.3f})"
+                                                       if summary["slim_test_accuracy"] is not None else "")
+                  + f" ({summary['seconds']:.0f} s)", flush=True)
+    return results
+
+
+def _series(results, name, seeds, key):
+    return [[g[key] for g in results[(name, s)]["per_generation"]] for s in seeds]
+
+
+def report(results: dict, seeds: list[int], base: Config, command: str, elapsed: float, plot_name: str) -> str:
+    N, E = base.generations, base.epochs
+    first = results[("KE (KELS)", seeds[0])]
+    d, s = first["dense"], first["slim"]
+    lines = [
+        "# Knowledge Evolution on digits-small: KE vs N1, slim vs dense, KE vs equal-compute controls", "",
+        f"Reproduce: `{command}` ({elapsed / 60:.1f} min on this machine: {platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}).", "",
+        f"Data: digits-small (scikit-learn's bundled 8×8 digits), {base.per_class or 10} training images per class "
+        f"drawn per seed, a fixed held-out test set of {base.test_per_class} images per class "
+        f"({10 * base.test_per_class} images). Network: DigitsCNN width {base.width} "
+        f"({d['params']:,} parameters, {d['macs']:,} MACs); slim network at s_r = {base.split_rate:g}: "
+        f"{s['params']:,} parameters ({s['params'] / d['params']:.1%}), {s['macs']:,} MACs "
+        f"({s['macs'] / d['macs']:.1%}); fit-hypothesis sparsity (share of conv/linear weights outside the fit "
+        f"hypothesis) {first['fit_sparsity']:.3f} for KELS. Training: N = {N} generations × E = {E} epochs, batch "
+        f"{base.batch_size}, SGD lr {base.lr:g} (momentum {base.momentum:g}, weight decay {base.weight_decay:g}, "
+        f"label smoothing {base.label_smoothing:g}), {base.warmup_epochs} warm-up epochs + cosine, reset with "
+        f"`{base.reinit}`. Seeds: {seeds}. Accuracy is that of the last epoch of a generation (never a best-on-test "
+        "pick), mean ± std over seeds. All runs of a seed share the training subset, the initial weights and the "
+        "batch order; generation 1 of KE (KELS), KE (WELS) and restart is the same computation, the N1 baseline "
+        "(long's first E epochs differ: its learning rate has not decayed yet).", "",
+        "Runs: **KE (KELS)** / **KE (WELS)**: re-initialise the reset hypothesis every generation; **restart**: "
+        "every generation only restarts the optimizer and the LR schedule; **long**: one optimizer and one LR "
+        f"schedule over {N}×{E} epochs, evaluated every {E} epochs. Slim accuracy is the KELS slim network "
+        "(leading slices copied, no fine-tuning) extracted from each run's dense network, controls included.", "",
+        f"![accuracy vs generation]({plot_name})", "",
+        "## Test accuracy per generation (generation g = g × E epochs of compute)", "",
+        "| run | " + " | ".join(f"g{g}" for g in range(1, N + 1)) + " |",
+        "|---|" + "---|" * N,
+    ]
+    for name in RUNS:
+        for key, label in (("test_accuracy", "dense"), ("slim_test_accuracy", "slim")):
+            series = _series(results, name, seeds, key)
+            if all(v is None for row in series for v in row):
+                continue
+            cols = [_fmt([row[g] for row in series]) for g in range(N)]
+            lines.append(f"| {name} {label} | " + " | ".join(cols) + " |")
+    ke_dense = [results[("KE (KELS)", s)]["test_accuracy"] for s in seeds]
+    ke_slim = [results[("KE (KELS)", s)]["slim_test_accuracy"] for s in seeds]
+    n1 = [results[("KE (KELS)", s)]["n1_test_accuracy"] for s in seeds]
+    lines += [
+        "", "## Headline comparisons (paired over seeds)", "",
+        "| comparison | difference in test accuracy |", "|---|---|",
+        f"| KE (KELS) N{N} − N1 | {_paired(ke_dense, n1)} |",
+        f"| KE (WELS) N{N} − N1 | {_paired([results[('KE (WELS)', s)]['test_accuracy'] for s in seeds], n1)} |",
+        f"| KE (KELS) N{N} − restart N{N} | "
+        f"{_paired(ke_dense, [results[('restart', s)]['test_accuracy'] for s in seeds])} |",
+        f"| KE (KELS) N{N} − long ({N}×{E} epochs) | "
+        f"{_paired(ke_dense, [results[('long', s)]['test_accuracy'] for s in seeds])} |",
+        f"| KE (KELS) slim N{N} − KE dense N{N} | {_paired(ke_slim, ke_dense)} |",
+        f"| KE (KELS) slim N{N} − N1 dense | {_paired(ke_slim, n1)} |",
+        f"| KE slim N{N} − restart slim N{N} | "
+        f"{_paired(ke_slim, [results[('restart', s)]['slim_test_accuracy'] for s in seeds])} |",
+        f"| KE slim N{N} − long slim | "
+        f"{_paired(ke_slim, [results[('long', s)]['slim_test_accuracy'] for s in seeds])} |",
+        "", "## Mean |w| of the reset hypothesis / mean |w| of the fit hypothesis (KELS masks), at each "
+        "generation's end", "",
+        "| run | " + " | ".join(f"g{g}" for g in range(1, N + 1)) + " |", "|---|" + "---|" * N,
+    ]
+    for name in ("KE (KELS)", "restart", "long"):
+        series = _series(results, name, seeds, "reset_to_fit_magnitude")
+        lines.append(f"| {name} | " + " | ".join(_fmt([row[g] for row in series], 2) for g in range(N)) + " |")
+    lines += ["", f"## Final (generation {N}) test accuracy per seed", "",
+              "| run | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for name in RUNS:
+        lines.append(f"| {name} dense | " + " | ".join(f"{results[(name, s)]['test_accuracy']:.3f}" for s in seeds)
+                     + " |")
+    lines.append("| N1 (generation 1) | " + " | ".join(f"{v:.3f}" for v in n1) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/ke-experiment")
+    parser.add_argument("--doc", default="docs/ke_digits_small.md")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    parser.add_argument("--generations", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (an 8x8 CNN gains nothing from more)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    base = Config(generations=args.generations, epochs=args.epochs, per_class=args.per_class)
+    start = time.perf_counter()
+    results = run(Path(args.out), args.seeds, base)
+    command = ("python -m fastsmall.methods.ke.experiment --seeds " + " ".join(map(str, args.seeds))
+               + f" --generations {args.generations} --epochs {args.epochs} --per-class {args.per_class}")
+    doc = Path(args.doc)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    plot = doc.with_suffix(".png")
+    panels = {
+        "dense network": {name: _series(results, name, args.seeds, "test_accuracy") for name in RUNS},
+        f"slim network (KELS fit hypothesis, s_r = {base.split_rate:g})": {
+            name: _series(results, name, args.seeds, "slim_test_accuracy")
+            for name in RUNS if RUNS[name]["split"] == "kels"},
+    }
+    plot_comparison(panels, plot, f"digits-small, {args.per_class} images/class, mean ± std over "
+                                  f"{len(args.seeds)} seeds")
+    text = report(results, args.seeds, base, command, time.perf_counter() - start, plot.name)
+    existing = doc.read_text() if doc.exists() else ""
+    marker = "\n## What reproduces"
+    notes = existing[existing.index(marker):] if marker in existing else ""
+    doc.write_text(text + notes)
+    (Path(args.out) / "results.json").write_text(json.dumps(
+        {f"{name}|{seed}": s for (name, seed), s in results.items()}, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
