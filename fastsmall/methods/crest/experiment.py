@@ -37,7 +37,9 @@ def run(out: Path, seeds: list[int], base: Config) -> dict:
     results = {}
     for name, changes in METHODS.items():
         for seed in seeds:
-            cfg = dataclasses.replace(base, seed=seed, out=str(out / f"{name}-seed{seed}"), quiet=True, **changes)
+            # resume=True: an interrupted experiment continues where it stopped
+            cfg = dataclasses.replace(base, seed=seed, out=str(out / f"{name}-seed{seed}"), quiet=True, resume=True,
+                                      **changes)
             start = time.perf_counter()
             summary = train(cfg)
             summary["seconds"] = time.perf_counter() - start
