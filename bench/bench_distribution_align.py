@@ -72,5 +72,5 @@ def bench_copy_floor(benchmark, B, C):
     """Memory-traffic floor: a plain copy of one batch of logits (read + write)."""
     src = torch.randn(B, C, device=DEVICE)
     dst = torch.empty_like(src)
-    measure(benchmark, lambda: dst.copy_(src), family="floor", op="copy", mode="forward", batch=B,
+    measure(benchmark, lambda: dst.copy_(src), family="distribution_align", op="copy", mode="forward", batch=B,
             impl="copy", bytes_moved=2 * src.numel() * F32)
