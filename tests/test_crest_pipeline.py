@@ -119,3 +119,10 @@ def test_cli_bad_value_names_the_field():
     assert proc.returncode != 0 and "labeled_fraction must be <= 1.0" in err
     with pytest.raises(ConfigError, match="data_dir must be set"):
         crest.train(crest.Config(dataset="cifar10-lt"))
+
+
+def test_compiled_model_step(tmp_path):
+    """--compile: the model runs under torch.compile and the run completes."""
+    summary = crest.train(tiny_config(tmp_path / "c", compile=True, generations=1, epochs=1, eval_last=1,
+                                      steps_per_epoch=2))
+    assert summary["generations"] == 1 and 0 <= summary["test_accuracy"] <= 1

@@ -66,3 +66,64 @@ def test_digits_lt_split(seed):
 def test_class_to_rank_map_is_shuffled_per_seed():
     maps = {tuple(digits_lt(seed=s).class_of_rank.tolist()) for s in range(4)}
     assert len(maps) > 1 and all(sorted(m) == list(range(10)) for m in maps)
+
+
+def _write_cifar(folder, names, label_bytes, per_file, num_classes, rng):
+    import numpy as np
+
+    for name in names:
+        labels = rng.integers(0, num_classes, per_file).astype(np.uint8)
+        pixels = rng.integers(0, 256, (per_file, 3072)).astype(np.uint8)
+        head = np.stack([labels // 2, labels], 1)[:, -label_bytes:] if label_bytes == 2 else labels[:, None]
+        np.concatenate([head, pixels], 1).tofile(folder / name)
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_cifar_binary_loader(tmp_path, num_classes):
+    import numpy as np
+
+    from fastsmall.methods.crest.data import cifar_lt
+
+    rng = np.random.default_rng(0)
+    if num_classes == 10:
+        _write_cifar(tmp_path, [f"data_batch_{i}.bin" for i in range(1, 6)], 1, 60, 10, rng)
+        _write_cifar(tmp_path, ["test_batch.bin"], 1, 40, 10, rng)
+    else:
+        _write_cifar(tmp_path, ["train.bin"], 2, 2000, 100, rng)
+        _write_cifar(tmp_path, ["test.bin"], 2, 50, 100, rng)
+    split = cifar_lt(tmp_path, num_classes, imbalance=2, labelled_fraction=0.5, n_max=None, seed=0)
+    assert split.x_test.shape[1:] == (3, 32, 32) and split.num_classes == num_classes
+    counts = split.train_counts()
+    assert counts.max() / counts.min() <= 2.2 and split.x_labelled.max() <= 1.0
+    raw = np.fromfile(tmp_path / ("test_batch.bin" if num_classes == 10 else "test.bin"), dtype=np.uint8)
+    first = raw[:3072 + (1 if num_classes == 10 else 2)]
+    assert int(split.y_test[0]) == int(first[0 if num_classes == 10 else 1])  # the fine label for CIFAR-100
+    if num_classes == 100:
+        (tmp_path / "train.bin").write_bytes(b"\x00" * 100)
+        with pytest.raises(ValueError, match="not a CIFAR binary file"):
+            cifar_lt(tmp_path, 100, imbalance=2, labelled_fraction=0.5, n_max=None, seed=0)
+
+
+def test_cifar_missing_file_names_it(tmp_path):
+    from fastsmall.methods.crest.data import cifar_lt
+
+    with pytest.raises(FileNotFoundError, match="data_batch_1.bin is missing"):
+        cifar_lt(tmp_path, 10, imbalance=2, labelled_fraction=0.5, n_max=None, seed=0)
+
+
+def test_image_folder_loader(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fastsmall.methods.crest.data import image_folder_lt
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["cat", "dog", "eel"]):
+        (tmp_path / name).mkdir()
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3)).astype(np.uint8)).save(tmp_path / name / f"{i}.png")
+    split = image_folder_lt(tmp_path, imbalance=2, labelled_fraction=0.5, test_per_class=2, n_max=None, seed=0)
+    assert split.x_test.shape == (6, 3, 32, 32)
+    assert sorted(split.train_counts().tolist()) == [5, 7, 10]
+    with pytest.raises(FileNotFoundError, match="no class sub-folders"):
+        image_folder_lt(tmp_path / "cat", imbalance=2, labelled_fraction=0.5, test_per_class=2, n_max=None, seed=0)
