@@ -98,7 +98,9 @@ def main(argv=None) -> int:
         failures += status != "ok"
         print(f"{name:<16}{backend:<9}{err:>12.2e}{gerr:>12.2e}  {status}")
 
-    print("\nSpeed, float32 forward (medians; compile time is the first call of the compiled reference)")
+    print("\nSpeed, float32 forward (medians; compile time is the first call of the compiled reference;\n"
+          "large batches include the page faults of every fresh output for all three -- bench/ measures\n"
+          "with freed memory reused, see bench/RESULTS.md)")
     print(f"{'op':<16}{'B':>7}{'eager':>11}{'compiled':>11}{'fastsmall':>11}{'vs eager':>10}{'vs comp.':>10}"
           f"{'compile':>9}")
     for name, batch, e, c, f, cs in (row for b in args.sizes for row in time_ops(b, device, args.min_run_time)):
