@@ -4,6 +4,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 
 namespace fastsmall {
 
@@ -37,6 +40,18 @@ inline std::vector<int64_t> with_tail(std::vector<int64_t> shape, int64_t rows, 
   shape.push_back(rows);
   shape.push_back(cols);
   return shape;
+}
+
+// Number of [rows, D] items in a [..., rows, D] tensor (the product of the batch dims).
+inline int64_t batch_numel(const at::Tensor& t) {
+  int64_t n = 1;
+  for (int64_t i = 0; i < t.dim() - 2; ++i) n *= t.size(i);
+  return n;
+}
+
+// Items per parallel chunk: about at::internal::GRAIN_SIZE scalars of work.
+inline int64_t grain(int64_t scalars_per_item) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, scalars_per_item));
 }
 
 }  // namespace fastsmall

@@ -23,11 +23,6 @@
 namespace fastsmall {
 namespace {
 
-// Poses per parallel chunk: about at::internal::GRAIN_SIZE scalars of work.
-int64_t grain(int64_t scalars_per_pose) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, scalars_per_pose));
-}
-
 template <typename F>
 void dispatch_dim(int64_t D, F&& f) {
   if (D == 2) {
@@ -35,12 +30,6 @@ void dispatch_dim(int64_t D, F&& f) {
   } else {
     f(std::integral_constant<int, 3>{});
   }
-}
-
-int64_t batch_numel(const at::Tensor& t) {
-  int64_t n = 1;
-  for (int64_t i = 0; i < t.dim() - 2; ++i) n *= t.size(i);
-  return n;
 }
 
 // ---- kcs_forward --------------------------------------------------------------

@@ -19,16 +19,6 @@
 namespace fastsmall {
 namespace {
 
-int64_t batch_numel(const at::Tensor& t) {
-  int64_t n = 1;
-  for (int64_t i = 0; i < t.dim() - 2; ++i) n *= t.size(i);
-  return n;
-}
-
-int64_t grain(int64_t scalars_per_pose) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, scalars_per_pose));
-}
-
 at::Tensor part_kcs_gram_cpu(const at::Tensor& bones_, c10::IntArrayRef part_bones, c10::IntArrayRef part_sizes,
                              bool compact) {
   TORCH_CHECK(bones_.dim() >= 2, "fastsmall: bones must have shape [..., NB, D], got ", bones_.sizes());

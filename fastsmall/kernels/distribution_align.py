@@ -27,6 +27,7 @@ import triton.language as tl
 
 from .._checks import check_class_vector, check_eps, check_logits, check_mask, check_target
 from .._checks import check_temperature, check_threshold
+from .kcs import _acc
 
 __all__ = ["distribution_align", "softmax_batch_mean", "masked_cross_entropy", "masked_cross_entropy_backward"]
 
@@ -152,10 +153,6 @@ def _ce_backward_kernel(g_ptr, z_ptr, y_ptr, w_ptr, out_ptr, B, C, den_hi, den_l
 
 
 # ---- launchers (same names and signatures as the torch.ops.fastsmall ops) ------------------------
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
