@@ -1,0 +1,164 @@
+"""PoseAug's discriminators: 3D on part-aware KCS features, 2D on the projected pose.
+
+``PartKCSDiscriminator`` (released ``Pos3dDiscriminator``): the pose's unit bone vectors,
+one Gram matrix per body part, one "KCS path" MLP per part, one score per part.
+Parameters are stored stacked over parts in the released layout (first layer reads the
+part's full flattened ``NB x NB`` Gram), so released weights load with
+:meth:`load_released_state_dict`.
+
+``impl="fused"``: one ``fastsmall.ops.bone_decompose`` and one compact
+``fastsmall.ops.part_kcs_gram`` (only the ``n_p x n_p`` block of each part: the other
+entries of the released masked Gram are zeros), the first layer reads only the weight
+rows of those entries, and the five paths run as batched matmuls. ``impl="reference"``:
+the released arithmetic -- unit bones, back to a pose, bones again, five full masked
+Grams, five separate MLPs. Same function, same parameters, same gradients.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ... import ops
+from ...skeleton import Skeleton
+from . import released
+from .augmentor import IMPLS
+
+
+def _kaiming(shape, fan_in_dim: int) -> torch.Tensor:
+    w = torch.empty(shape)
+    for p in range(shape[0]):
+        # per part, as nn.init.kaiming_normal_ on nn.Linear(in, out).weight ([out, in])
+        nn.init.kaiming_normal_(w[p].transpose(0, 1) if fan_in_dim == 1 else w[p])
+    return w
+
+
+def _bias(parts: int, fan_in: int, out: int) -> torch.Tensor:
+    bound = 1 / fan_in ** 0.5  # nn.Linear's default bias init
+    return torch.empty(parts, 1, out).uniform_(-bound, bound)
+
+
+class PartKCSDiscriminator(nn.Module):
+    """``forward(poses [B, J, 3]) -> scores [B, P]`` (P = parts of the skeleton)."""
+
+    def __init__(self, skeleton: Skeleton | None = None, *, channel: int = 256, channel_mid: int = 100,
+                 impl: str = "fused"):
+        super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.skeleton = skeleton or Skeleton.h36m16()
+        if not self.skeleton.parts:
+            raise ValueError("the 3D discriminator needs a skeleton with parts (Skeleton(parents, parts={...}))")
+        self.impl = impl
+        P, NB = len(self.skeleton.parts), self.skeleton.num_bones
+        F_in = NB * NB
+        # [P, in, out] weights (x @ W + b): part p's KCS path is kcs_layer_1..3, layer_last, layer_pred
+        self.w1 = nn.Parameter(_kaiming((P, F_in, channel), 1))
+        self.b1 = nn.Parameter(_bias(P, F_in, channel))
+        self.w2 = nn.Parameter(_kaiming((P, channel, channel), 1))
+        self.b2 = nn.Parameter(_bias(P, channel, channel))
+        self.w3 = nn.Parameter(_kaiming((P, channel, channel), 1))
+        self.b3 = nn.Parameter(_bias(P, channel, channel))
+        self.w_last = nn.Parameter(_kaiming((P, channel, channel_mid), 1))
+        self.b_last = nn.Parameter(_bias(P, channel, channel_mid))
+        self.w_pred = nn.Parameter(_kaiming((P, channel_mid, 1), 1))
+        self.b_pred = nn.Parameter(_bias(P, channel_mid, 1))
+        # compact layout -> rows of w1 (padded per part to the largest block; padding rows
+        # read a zero feature, so their weights never matter)
+        sizes = [len(b) for b in self.skeleton.part_bones]
+        width = max(s * s for s in sizes)
+        rows = torch.zeros(P, width, dtype=torch.int64)
+        gather = torch.full((P, width), sum(s * s for s in sizes), dtype=torch.int64)  # -> the zero column
+        offset = 0
+        for p, bones in enumerate(self.skeleton.part_bones):
+            entries = [bi * NB + bj for bi in bones for bj in bones]
+            rows[p, :len(entries)] = torch.tensor(entries)
+            gather[p, :len(entries)] = torch.arange(offset, offset + len(entries))
+            offset += len(entries)
+        self.register_buffer("compact_rows", rows, persistent=False)
+        self.register_buffer("compact_gather", gather.flatten(), persistent=False)
+
+    def _paths(self, features: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+        """The P KCS paths as batched matmuls: ``[P, B, F] -> [B, P]``."""
+        psi = F.leaky_relu(torch.baddbmm(self.b1, features, w1))
+        d1 = F.leaky_relu(torch.baddbmm(self.b2, psi, self.w2))
+        d2 = torch.baddbmm(self.b3, d1, self.w3) + psi
+        y = F.leaky_relu(torch.baddbmm(self.b_last, d2, self.w_last))
+        return torch.baddbmm(self.b_pred, y, self.w_pred).squeeze(-1).t()
+
+    def forward(self, poses: torch.Tensor) -> torch.Tensor:
+        sk = self.skeleton
+        if poses.dim() != 3 or poses.shape[1:] != (sk.num_joints, 3):
+            raise ValueError(f"poses must have shape [B, {sk.num_joints}, 3], got {tuple(poses.shape)}")
+        if self.impl == "reference":
+            return self._forward_released(poses)
+        unit, _ = ops.bone_decompose(poses, sk)
+        gram = ops.part_kcs_gram(unit, sk, "compact")  # [B, sum n_p^2]
+        gram = F.pad(gram, (0, 1))  # the zero column padding reads
+        features = gram.index_select(1, self.compact_gather).view(gram.shape[0], *self.compact_rows.shape)
+        w1 = torch.gather(self.w1, 1, self.compact_rows.unsqueeze(-1).expand(-1, -1, self.w1.shape[-1]))
+        return self._paths(features.transpose(0, 1), w1)
+
+    def _forward_released(self, inputs_3d: torch.Tensor) -> torch.Tensor:
+        sk = self.skeleton
+        x = inputs_3d - inputs_3d[:, :1, :]
+        x = released.poses_from_bones(released.bone_units(x, sk), sk)
+        scores = []
+        for p in range(len(sk.parts)):
+            psi_vec = released.part_gram(x, sk, p).view(x.size(0), -1)
+            psi = F.leaky_relu(F.linear(psi_vec, self.w1[p].t(), self.b1[p, 0]))
+            d1 = F.leaky_relu(F.linear(psi, self.w2[p].t(), self.b2[p, 0]))
+            d2 = F.linear(d1, self.w3[p].t(), self.b3[p, 0]) + psi
+            y = F.leaky_relu(F.linear(d2, self.w_last[p].t(), self.b_last[p, 0]))
+            scores.append(F.linear(y, self.w_pred[p].t(), self.b_pred[p, 0]))
+        return torch.cat(scores, dim=1)
+
+    # released checkpoints name the paths kcs_path_1..5 with nn.Linear layers
+    _RELEASED = (("w1", "b1", "kcs_layer_1"), ("w2", "b2", "kcs_layer_2"), ("w3", "b3", "kcs_layer_3"),
+                 ("w_last", "b_last", "layer_last"), ("w_pred", "b_pred", "layer_pred"))
+
+    @torch.no_grad()
+    def load_released_state_dict(self, state: dict) -> None:
+        """Load a released ``Pos3dDiscriminator`` state dict (``kcs_path_{1..5}.*``)."""
+        for w, b, layer in self._RELEASED:
+            for p in range(len(self.skeleton.parts)):
+                prefix = f"kcs_path_{p + 1}.{layer}"
+                if f"{prefix}.weight" not in state:
+                    raise KeyError(f"released 3D discriminator state has no {prefix}.weight")
+                getattr(self, w)[p].copy_(state[f"{prefix}.weight"].t())
+                getattr(self, b)[p, 0].copy_(state[f"{prefix}.bias"])
+
+    def released_state_dict(self) -> dict:
+        out = {}
+        for w, b, layer in self._RELEASED:
+            for p in range(len(self.skeleton.parts)):
+                out[f"kcs_path_{p + 1}.{layer}.weight"] = getattr(self, w)[p].t().detach().clone()
+                out[f"kcs_path_{p + 1}.{layer}.bias"] = getattr(self, b)[p, 0].detach().clone()
+        return out
+
+
+class Pose2DDiscriminator(nn.Module):
+    """The released ``Pos2dDiscriminator``: an MLP with one residual, ``[B, J, 2] -> [B, 1]``."""
+
+    def __init__(self, num_joints: int = 16, width: int = 100):
+        super().__init__()
+        self.num_joints = num_joints
+        self.pose_layer_1 = nn.Linear(num_joints * 2, width)
+        self.pose_layer_2 = nn.Linear(width, width)
+        self.pose_layer_3 = nn.Linear(width, width)
+        self.pose_layer_4 = nn.Linear(width, width)
+        self.layer_last = nn.Linear(width, width)
+        self.layer_pred = nn.Linear(width, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[1:] != (self.num_joints, 2):
+            raise ValueError(f"x must have shape [B, {self.num_joints}, 2], got {tuple(x.shape)}")
+        x = x.reshape(x.size(0), -1)
+        d1 = F.leaky_relu(self.pose_layer_1(x))
+        d2 = F.leaky_relu(self.pose_layer_2(d1))
+        d3 = F.leaky_relu(self.pose_layer_3(d2) + d1)
+        d4 = self.pose_layer_4(d3)
+        return self.layer_pred(F.leaky_relu(self.layer_last(d4)))

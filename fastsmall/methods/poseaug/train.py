@@ -1,0 +1,368 @@
+"""PoseAug training, as the released ``run_poseaug.py``:
+
+    stage 0 (unless --pretrained): train the estimator on real data       (poseaug-baseline)
+    evaluate the estimator
+    for epoch e = 1 .. E:
+        swap bone lengths of the training poses for random templates, re-project
+        for each batch (X, camera) of the swapped set:
+            augmentor step (adversarial 2D + 3D, regularisers, feedback after the warm-up)
+            every df-th iteration: discriminator steps on real targets vs pooled fakes
+            keep the augmented pairs (X'_rt, x'_rt) that stay inside the image
+        if e > warm-up: train the estimator once on the augmented pairs, once on real data
+        evaluate; decay every learning rate linearly
+
+``augment=False`` is the baseline at equal schedule: the same stage 0 and the same real
+passes after the warm-up, without the augmentor. Checkpoints (atomic) after every epoch;
+``resume=True`` continues a killed run and ends with the same metrics: every epoch reseeds
+noise, permutations and pool draws from (seed, stage, epoch, rank). Under torchrun each
+rank takes its share of every batch and gradients are averaged (BatchNorm statistics stay
+per rank, as with DistributedDataParallel; rank 0's are broadcast after every epoch).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ... import ops
+from ...skeleton import Skeleton
+from ..common import (CheckpointError, Distributed, RunDir, get_rng_state, load_checkpoint, progress,
+                      save_checkpoint, set_rng_state, validate_config)
+from .camera import project_to_2d
+from .config import Config
+from .data import PoseSet
+from .datasets import load_eval_sets, load_train_set
+from .estimators import build_estimator
+from .gan import AugmentationGAN, set_requires_grad
+from .metrics import evaluate
+
+STAGE_BASELINE, STAGE_POSEAUG = 0, 1
+
+
+def derive_seed(*values: int) -> int:
+    """A 63-bit seed from several integers (splitmix64 steps)."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def linear_decay(epoch: int, epochs: int) -> float:
+    """Released ``get_scheduler(policy='lambda', nepoch_fix=0)``: 1 - e / (E + 1)."""
+    return 1.0 - epoch / float(epochs + 1)
+
+
+def swap_bone_lengths(poses: PoseSet, templates: torch.Tensor, generator: torch.Generator) -> PoseSet:
+    """Released ``random_bl_aug``: every pose takes the bone lengths of a random template
+    (same directions, same root, same camera) and is re-projected."""
+    sk = poses.skeleton
+    pick = torch.randint(0, templates.shape[0], (len(poses),), generator=generator, device=templates.device)
+    unit, _ = ops.bone_decompose(poses.poses_3d, sk)
+    root = poses.poses_3d[:, sk.root:sk.root + 1]
+    poses_3d = ops.kcs_inverse(unit * templates[pick].unsqueeze(-1), sk, root)
+    return PoseSet(poses_3d, project_to_2d(poses_3d, poses.cams), poses.cams, poses.actions,
+                   list(poses.action_names), poses.name + "+bl-swap", sk)
+
+
+class PoseAugTrainer:
+    method = "poseaug"
+
+    def __init__(self, cfg: Config, dist: Distributed, *, stage0_only: bool = False):
+        self.cfg, self.dist, self.stage0_only = cfg, dist, stage0_only
+        self.device = torch.device(cfg.device)
+        self.run = RunDir(cfg.out, writer=dist.is_main)
+        self.train_set = load_train_set(cfg).to(self.device)
+        self.skeleton: Skeleton = self.train_set.skeleton
+        self.eval_sets = load_eval_sets(cfg, self.train_set)  # name -> (PoseSet on CPU, flip)
+        self.templates = self._bone_length_templates()
+        self.per_rank = max(2, cfg.batch_size // dist.world_size)
+        self.stage0_epochs = 0 if cfg.pretrained else cfg.baseline_epochs
+        self.poseaug_epochs = 0 if stage0_only else cfg.epochs
+        # progress (all of it is in the checkpoint)
+        self.stage, self.epoch, self.iteration = STAGE_BASELINE, 0, 0
+        self.records: list[dict] = []
+        self.metrics_lines = 0
+        self._build()
+
+    # ---- models --------------------------------------------------------------------------
+    def _build(self):
+        cfg = self.cfg
+        torch.manual_seed(derive_seed(cfg.seed, 7))
+        self.estimator = build_estimator(cfg.estimator, self.skeleton).to(self.device)
+        self.gan = AugmentationGAN(cfg, self.skeleton, self.device) if cfg.augment and not self.stage0_only else None
+        self._fresh_estimator_optimizer(cfg.lr_p)
+
+    def _fresh_estimator_optimizer(self, lr: float):
+        self.lr_estimator = lr
+        self.opt_p = torch.optim.Adam(self.estimator.parameters(), lr=lr)
+
+    def _bone_length_templates(self) -> torch.Tensor:
+        if self.cfg.bl_templates:
+            try:
+                t = torch.from_numpy(np.load(self.cfg.bl_templates)).float()
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"bl_templates {self.cfg.bl_templates}: cannot read a .npy array ({exc})") from exc
+            if t.dim() != 2 or t.shape[1] != self.skeleton.num_bones:
+                raise ValueError(f"bl_templates {self.cfg.bl_templates}: expected shape [S, {self.skeleton.num_bones}]"
+                                 f" (bone lengths in metres), got {tuple(t.shape)}")
+            return t.to(self.device)
+        _, lengths = ops.bone_decompose(self.train_set.poses_3d, self.skeleton)
+        return lengths.squeeze(-1)
+
+    def _average_gradients(self, model: nn.Module) -> None:
+        if not self.dist.enabled:
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.flatten() for g in grads])
+        self.dist.all_reduce_sum(flat)
+        flat /= self.dist.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _sync_buffers(self) -> None:
+        if self.dist.enabled:
+            import torch.distributed as tdist
+            models = [self.estimator] + (self.gan.models if self.gan else [])
+            for model in models:
+                for b in model.buffers():
+                    tdist.broadcast(b, 0)
+
+    # ---- batches -------------------------------------------------------------------------
+    def _shard(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``[steps, per_rank]``: a permutation shared by all ranks, sharded, last partial batch
+        dropped (a batch of one would break BatchNorm)."""
+        perm = torch.randperm(n, generator=generator)
+        steps = n // (self.per_rank * self.dist.world_size)
+        return perm[:steps * self.per_rank * self.dist.world_size].view(steps, self.dist.world_size,
+                                                                         self.per_rank)[:, self.dist.rank]
+
+    def _epoch_generator(self, salt: int) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.stage, self.epoch, salt))
+
+    # ---- estimator training (released train_posenet) ---------------------------------------
+    def _train_estimator(self, poses_3d: torch.Tensor, poses_2d: torch.Tensor, salt: int, desc: str) -> float:
+        n = poses_3d.shape[0]
+        if self.dist.enabled:  # every rank must take the same number of steps
+            counts = self.dist.all_gather_cat(torch.tensor([n], device=self.device))
+            n = int(counts.min())
+        batches = self._shard(n, self._epoch_generator(salt)) if n else torch.empty(0, 1, dtype=torch.int64)
+        set_requires_grad([self.estimator], True)
+        self.estimator.train()
+        total, count = 0.0, 0
+        for idx in progress(batches, desc=desc, quiet=self.cfg.quiet or not self.dist.is_main):
+            idx = idx.to(self.device)
+            target = poses_3d[idx] - poses_3d[idx, :1]
+            loss = F.mse_loss(self.estimator(poses_2d[idx]), target)
+            self.opt_p.zero_grad(set_to_none=True)
+            loss.backward()
+            self._average_gradients(self.estimator)
+            if self.cfg.max_norm:
+                nn.utils.clip_grad_norm_(self.estimator.parameters(), max_norm=self.cfg.max_norm)
+            self.opt_p.step()
+            total, count = total + float(loss), count + 1
+        return total / max(count, 1)
+
+    def _set_estimator_lr(self, scale: float) -> None:
+        for group in self.opt_p.param_groups:
+            group["lr"] = self.lr_estimator * scale
+
+    # ---- one PoseAug epoch (released train_gan + train_posenet) --------------------------------
+    def _poseaug_epoch(self) -> dict:
+        cfg, gan = self.cfg, self.gan
+        torch.manual_seed(derive_seed(cfg.seed, self.stage, self.epoch, self.dist.rank, 3))
+        pool_rng = self._epoch_generator(100 + self.dist.rank) if self.device.type == "cpu" else None
+        swapped = swap_bone_lengths(self.train_set, self.templates, self._epoch_generator(1).manual_seed(
+            derive_seed(cfg.seed, self.epoch, 11)) if self.device.type == "cpu" else None)
+        n = len(swapped)
+        g_batches, d3_batches, d2_batches = (self._shard(n, self._epoch_generator(s)) for s in (2, 3, 4))
+        self.estimator.train()
+        for m in gan.models:
+            m.train()
+        sums: dict[str, float] = {}
+        d_steps = 0
+        kept_3d, kept_2d = [], []
+        for s in progress(range(len(g_batches)), desc=f"poseaug epoch {self.epoch}", quiet=cfg.quiet or not self.dist.is_main):
+            idx = g_batches[s].to(self.device)
+            out, rt_2d, log = gan.generator_step(swapped.poses_3d[idx], swapped.cams[idx], self.estimator, self.epoch,
+                                                 self._average_gradients)
+            if self.iteration % cfg.df == 0:
+                d3, d2 = d3_batches[s].to(self.device), d2_batches[s].to(self.device)
+                log.update(gan.discriminator_step(swapped.poses_3d[d3], swapped.poses_2d[d2], out["pose_ba"], rt_2d,
+                                                  generator=pool_rng, average_gradients=self._average_gradients))
+                d_steps += 1
+            # released keeps the augmented pairs with no projected coordinate above 1
+            valid = (rt_2d > 1).sum((1, 2)) < 1
+            kept_3d.append(out["pose_rt"].detach()[valid])
+            kept_2d.append(rt_2d[valid])
+            for k, v in log.items():
+                sums[k] = sums.get(k, 0.0) + v
+            self.iteration += 1
+        steps = max(len(g_batches), 1)
+        record = {k: v / (d_steps if k.startswith("d_") else steps) for k, v in sums.items()}
+        fake_3d, fake_2d = torch.cat(kept_3d), torch.cat(kept_2d)
+        record["augmented_kept"] = fake_3d.shape[0]
+        record["augmented_kept_fraction"] = fake_3d.shape[0] / max(steps * self.per_rank, 1)
+        if self.epoch + 1 > cfg.warmup:
+            record["estimator_loss_augmented"] = self._train_estimator(fake_3d, fake_2d, 5, "estimator (augmented)")
+            record["estimator_loss_real"] = self._train_estimator(self.train_set.poses_3d, self.train_set.poses_2d, 6,
+                                                                  "estimator (real)")
+        self._last_fakes = (self.train_set, swapped, out)
+        return record
+
+    def _baseline_epoch(self) -> dict:
+        """Stage 0, or an epoch of the no-augmentation baseline: one pass over real data."""
+        torch.manual_seed(derive_seed(self.cfg.seed, self.stage, self.epoch, self.dist.rank, 3))
+        if self.stage == STAGE_POSEAUG and self.epoch + 1 <= self.cfg.warmup:
+            return {}
+        return {"estimator_loss_real": self._train_estimator(self.train_set.poses_3d, self.train_set.poses_2d, 6,
+                                                             "estimator (real)")}
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def _evaluate(self) -> dict:
+        return {name: evaluate(self.estimator, pose_set.to(self.device), flip=flip)
+                for name, (pose_set, flip) in self.eval_sets.items()}
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def _config_json(self) -> str:
+        fields = dataclasses.asdict(self.cfg)
+        for volatile in ("resume", "quiet", "out", "device"):
+            fields.pop(volatile)
+        return json.dumps({**fields, "stage0_only": self.stage0_only}, sort_keys=True)
+
+    def _checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
+        state = {"method": self.method, "config": self._config_json(), "world_size": self.dist.world_size,
+                 "stage": self.stage, "epoch": self.epoch, "iteration": self.iteration,
+                 "estimator": self.estimator.state_dict(), "opt_p": self.opt_p.state_dict(),
+                 "lr_estimator": self.lr_estimator, "records": self.records, "metrics_lines": self.metrics_lines,
+                 "rng": get_rng_state()}
+        if self.gan is not None:
+            state["gan"] = self.gan.state_dict()
+        save_checkpoint(self.run.checkpoint_path, state)
+        save_checkpoint(self.run.root / "checkpoints" / "estimator.pt",
+                        {"estimator": self.cfg.estimator, "skeleton_parents": list(self.skeleton.parents),
+                         "state_dict": self.estimator.state_dict()})
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.run.checkpoint_path, map_location=self.device,
+                                expect={"method": self.method, "config": self._config_json(),
+                                        "world_size": self.dist.world_size})
+        self.stage, self.epoch, self.iteration = state["stage"], state["epoch"], state["iteration"]
+        self.records, self.metrics_lines = state["records"], state["metrics_lines"]
+        self.estimator.load_state_dict(state["estimator"])
+        self._fresh_estimator_optimizer(state["lr_estimator"])
+        self.opt_p.load_state_dict(state["opt_p"])
+        if self.gan is not None:
+            self.gan.load_state_dict(state["gan"])
+        set_rng_state(state["rng"])
+        self.run.truncate_metrics(self.metrics_lines)
+
+    def _load_pretrained(self) -> None:
+        state = load_checkpoint(self.cfg.pretrained, map_location=self.device)
+        if state.get("estimator") != self.cfg.estimator or "state_dict" not in state:
+            raise CheckpointError(f"pretrained {self.cfg.pretrained}: holds estimator {state.get('estimator')!r}, "
+                                  f"expected {self.cfg.estimator!r} weights from `fastsmall poseaug-baseline`")
+        if tuple(state.get("skeleton_parents", ())) != self.skeleton.parents:
+            raise CheckpointError(f"pretrained {self.cfg.pretrained}: trained for another skeleton")
+        self.estimator.load_state_dict(state["state_dict"])
+
+    def _log(self, record: dict) -> None:
+        self.records.append(record)
+        self.run.log_metrics(record)
+        self.metrics_lines += 1
+
+    # ---- the algorithm ----------------------------------------------------------------------
+    def run_all(self) -> dict:
+        cfg = self.cfg
+        if cfg.resume and self.run.checkpoint_path.exists():
+            self._restore()
+        else:
+            if self.run.read_metrics() and not cfg.resume:
+                raise CheckpointError(f"{cfg.out} already holds a run; pass resume=True (--resume) or another out")
+            self.run.write_config(cfg)
+            self.run.truncate_metrics(0)
+            if cfg.pretrained:
+                self._load_pretrained()
+            if self.stage0_epochs == 0:
+                self._begin_poseaug()
+        while self.stage == STAGE_BASELINE and self.epoch < self.stage0_epochs:
+            self._run_epoch(self._baseline_epoch, linear_decay(self.epoch, self.stage0_epochs))
+            if self.epoch == self.stage0_epochs:
+                self._begin_poseaug()
+                self._checkpoint()
+        while self.stage == STAGE_POSEAUG and self.epoch < self.poseaug_epochs:
+            scale = linear_decay(self.epoch, cfg.epochs)
+            if self.gan is not None:
+                self.gan.set_lr_scale(scale)
+            self._run_epoch(self._poseaug_epoch if self.gan is not None else self._baseline_epoch, scale)
+        return self._summary()
+
+    def _begin_poseaug(self) -> None:
+        """Evaluate the (pre)trained estimator (the released epoch-0 evaluation) and switch stage."""
+        self._log({"type": "initial", "stage": "poseaug", "eval": self._evaluate()})
+        self.stage, self.epoch = STAGE_POSEAUG, 0
+        self._fresh_estimator_optimizer(self.cfg.lr_p_poseaug)
+
+    def _run_epoch(self, body, lr_scale: float) -> None:
+        start = time.perf_counter()
+        self._set_estimator_lr(lr_scale)
+        record = body()
+        self._sync_buffers()
+        stage = "baseline" if self.stage == STAGE_BASELINE else ("poseaug" if self.gan is not None else "no-augment")
+        record = {"type": "epoch", "stage": stage, "epoch": self.epoch, "lr_scale": lr_scale, **record,
+                  "eval": self._evaluate(), "seconds": time.perf_counter() - start}
+        self._log(record)
+        if self.dist.is_main:
+            first = next(iter(record["eval"]))
+            print(f"[poseaug] {stage} epoch {self.epoch}: {first} MPJPE {record['eval'][first]['mpjpe']:.1f} mm, "
+                  f"P-MPJPE {record['eval'][first]['p_mpjpe']:.1f} mm ({record['seconds']:.1f} s)", flush=True)
+        self.epoch += 1
+        if self.gan is not None and self.dist.is_main and self.stage == STAGE_POSEAUG:
+            self._plot_augmentations()
+        self._checkpoint()
+
+    # ---- results ----------------------------------------------------------------------------
+    def _summary(self) -> dict:
+        stage = [r for r in self.records if r["type"] == "epoch" and r["stage"] != "baseline"] or \
+                [r for r in self.records if r["type"] == "epoch"]
+        initial = next((r["eval"] for r in self.records if r["type"] == "initial"), None)
+        summary = {"method": "poseaug" if self.gan is not None else ("baseline" if self.stage0_only else "no-augment"),
+                   "estimator": self.cfg.estimator, "data": self.cfg.data, "epochs": len(stage),
+                   "initial": initial, "last": stage[-1]["eval"] if stage else None, "best": {},
+                   "note": "'best' picks the best epoch by MPJPE on each test set itself, as the official "
+                           "result summary does: optimistic; 'last' is the honest number"}
+        for name in self.eval_sets:
+            if stage:
+                best = min(stage, key=lambda r: r["eval"][name]["mpjpe"])
+                summary["best"][name] = {**best["eval"][name], "epoch": best["epoch"]}
+        self.run.write_summary(summary)
+        if self.dist.is_main:
+            from .plots import plot_curves
+            plot_curves(self.records, self.run.plot_path("mpjpe_by_epoch.png"))
+        return summary
+
+    def _plot_augmentations(self) -> None:
+        from .plots import plot_augmentations
+        original, _, out = self._last_fakes
+        plot_augmentations(out, self.skeleton, self.run.plot_path("augmentations.png"))
+
+
+def train(cfg: Config, *, stage0_only: bool = False) -> dict:
+    """Run PoseAug (or, with ``stage0_only``, only the estimator pre-training); returns the summary."""
+    validate_config(cfg)
+    dist = Distributed(torch.device(cfg.device))
+    try:
+        return PoseAugTrainer(cfg, dist, stage0_only=stage0_only).run_all()
+    finally:
+        dist.close()
