@@ -1,0 +1,190 @@
+"""PoseAug's 3D pose estimators: shapes, gradients, eval behaviour, errors, sizes, fitting."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastsmall.methods.poseaug.estimators import (ESTIMATORS, SemGCN, SimpleBaseline, VideoPose3D, build_estimator,
+                                                  skeleton_adjacency)
+from fastsmall.skeleton import Skeleton
+
+H16 = Skeleton.h36m16()
+H17 = Skeleton.h36m17()
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def models16():
+    torch.manual_seed(0)
+    return {name: build_estimator(name) for name in ESTIMATORS}
+
+
+def test_output_shape_and_root(models16):
+    x = torch.randn(5, 16, 2)
+    for name, model in models16.items():
+        model.train()
+        y = model(x)
+        assert y.shape == (5, 16, 3), name
+        assert y.dtype == x.dtype and torch.isfinite(y).all(), name
+    # SimpleBaseline / VideoPose3D regress the non-root joints and place the root at the origin
+    for name in ("simple_baseline", "videopose"):
+        assert (models16[name](x)[:, 0] == 0).all(), name
+
+
+def test_gradients_reach_every_parameter(models16):
+    torch.manual_seed(1)
+    x, target = torch.randn(8, 16, 2), torch.randn(8, 16, 3)
+    for name, model in models16.items():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), target).backward()
+        for pname, p in model.named_parameters():
+            assert p.grad is not None, f"{name}.{pname} got no gradient"
+            assert torch.isfinite(p.grad).all(), f"{name}.{pname}"
+            assert p.grad.abs().sum() > 0, f"{name}.{pname} has an all-zero gradient"
+
+
+def test_gradients_reach_non_local_blocks():
+    torch.manual_seed(2)
+    model = SemGCN(non_local=True)
+    # the block's output BN starts at zero (identity block), which blocks gradients to the
+    # layers before it; give it a non-zero scale to check every parameter is connected
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "W_bn"):
+                m.W_bn.weight.fill_(0.5)
+    torch.nn.functional.mse_loss(model(torch.randn(6, 16, 2)), torch.randn(6, 16, 3)).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_eval_is_deterministic_and_batch_size_one_works(models16):
+    x = torch.randn(7, 16, 2)
+    for name, model in models16.items():
+        model.eval()
+        with torch.no_grad():
+            y1, y2 = model(x), model(x)
+            single = model(x[3:4])
+        assert torch.equal(y1, y2), name
+        assert single.shape == (1, 16, 3), name
+        torch.testing.assert_close(single[0], y1[3], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("bad_shape", [(4, 32), (4, 17, 2), (4, 16, 3), (16, 2), (1, 4, 16, 2)])
+def test_wrong_input_shape_is_a_clear_error(models16, bad_shape):
+    for name, model in models16.items():
+        with pytest.raises(ValueError, match=r"x2d must have shape \[B, 16, 2\]"):
+            model(torch.randn(*bad_shape))
+
+
+def test_non_float_input_is_rejected(models16):
+    with pytest.raises(TypeError, match="x2d"):
+        models16["semgcn"](torch.zeros(2, 16, 2, dtype=torch.long))
+
+
+def test_other_skeleton():
+    torch.manual_seed(3)
+    x = torch.randn(3, 17, 2)
+    for name in ESTIMATORS:
+        model = build_estimator(name, H17)
+        assert model(x).shape == (3, 17, 3), name
+        with pytest.raises(ValueError, match=r"\[B, 17, 2\]"):
+            model(torch.randn(3, 16, 2))
+    # a root that is not joint 0: the zero root lands at the skeleton's root index
+    sk = Skeleton(parents=[1, -1, 1, 2], names=["a", "root", "c", "d"])
+    y = SimpleBaseline(sk, linear_size=32).eval()(torch.randn(2, 4, 2))
+    assert (y[:, 1] == 0).all() and (y[:, [0, 2, 3]] != 0).any()
+
+
+def test_semgcn_graph_is_the_skeleton_with_self_loops():
+    adj = skeleton_adjacency(H16)
+    assert adj.shape == (16, 16) and torch.equal(adj, adj.T) and adj.diagonal().all()
+    assert int(adj.sum()) == 16 + 2 * 15  # self-loops + both directions of every bone
+    conv = SemGCN().gconv_output
+    A = conv.edge_weights()
+    torch.testing.assert_close(A.sum(1), torch.ones(16))
+    assert (A[~adj] == 0).all()
+    # e starts at 1: uniform weights over each joint's neighbourhood (as released)
+    torch.testing.assert_close(A[adj.nonzero(as_tuple=True)],
+                               (1.0 / adj.sum(1).float())[adj.nonzero(as_tuple=True)[0]])
+
+
+def test_build_estimator_names_and_errors():
+    assert ESTIMATORS == ("simple_baseline", "videopose", "semgcn")
+    assert isinstance(build_estimator("mlp", linear_size=16), SimpleBaseline)
+    assert isinstance(build_estimator("simple_baseline", linear_size=16), SimpleBaseline)
+    assert isinstance(build_estimator("videopose", channels=16), VideoPose3D)
+    assert isinstance(build_estimator("gcn", hid_dim=8), SemGCN)
+    assert isinstance(build_estimator("SemGCN", hid_dim=8), SemGCN)
+    m = build_estimator("semgcn", H17, hid_dim=8, num_blocks=1)
+    assert m.num_joints == 17 and len(m.gconv_layers) == 1
+    with pytest.raises(ValueError, match=r"unknown estimator 'resnet'.*valid names.*semgcn"):
+        build_estimator("resnet")
+    with pytest.raises(TypeError):
+        build_estimator("mlp", no_such_option=1)
+
+
+def test_parameter_counts_match_the_released_models():
+    """Sizes of the released architectures, counted by hand (J joints, J2 = 2J inputs, O = 3(J-1)):
+
+    SimpleBaseline (LinearModel, linear 1024, 2 stages):
+        w1 J2*1024+1024 + BN 2*1024 + 2 stages * 2*(1024^2+1024 + 2*1024) + w2 1024*O+O
+        J=16: 33,792 + 2,048 + 4,206,592 + 46,125 = 4,288,557 (PoseAug prints 4.29M)
+    VideoPose3D (TemporalModelOptimized1f, widths [1]*5, channels 1024):
+        expand J2*1024 (no bias) + BN 2048 + 4 blocks * 2*(1024^2 + 2048) + shrink 1024*O+O
+        J=16: 32,768 + 2,048 + 8,404,992 + 46,125 = 8,485,933 (8.49M)
+    SemGCN (hid 128, 4 blocks; E = J + 2(J-1) edges incl. self-loops):
+        input 2*2*128+E+128 + BN 256 + 8 * (2*128*128+E+128 + BN 256) + output 2*128*3+E+3
+        J=16 (E=46): 942 + 265,584 + 817 = 267,343 (the SemGCN paper's 0.27M);
+        with the non-local block (5 x 33,472): 434,703 (the paper's 0.43M)
+    """
+    def expected(J):
+        J2, O, E = 2 * J, 3 * (J - 1), 3 * J - 2
+        mlp = (J2 * 1024 + 1024) + 2 * 1024 + 2 * 2 * (1024 * 1024 + 1024 + 2 * 1024) + (1024 * O + O)
+        vp = J2 * 1024 + 2048 + 4 * 2 * (1024 * 1024 + 2048) + (1024 * O + O)
+        gcn = (2 * 2 * 128 + E + 128 + 256) + 8 * (2 * 128 * 128 + E + 128 + 256) + (2 * 128 * 3 + E + 3)
+        return {"simple_baseline": mlp, "videopose": vp, "semgcn": gcn}
+
+    assert expected(16) == {"simple_baseline": 4_288_557, "videopose": 8_485_933, "semgcn": 267_343}
+    for sk in (H16, H17):
+        for name, count in expected(sk.num_joints).items():
+            assert n_params(build_estimator(name, sk)) == count, (name, sk.num_joints)
+    assert n_params(SemGCN(non_local=True)) == 434_703
+    groups = [[2, 3], [5, 6], [1, 4], [0, 7], [8, 9], [14, 15], [11, 12], [10, 13]]  # SemGCN's H36M grouping
+    model = SemGCN(non_local=True, nodes_group=groups)
+    assert n_params(model) == 434_703 and model(torch.randn(2, 16, 2)).shape == (2, 16, 3)
+
+
+def test_non_local_starts_as_identity_and_checks_groups():
+    torch.manual_seed(4)
+    from fastsmall.methods.poseaug.estimators import GraphNonLocal
+    block = GraphNonLocal(8, 16, [[2, 3], [5, 6], [1, 4], [0, 7], [8, 9], [14, 15], [11, 12], [10, 13]])
+    x = torch.randn(3, 16, 8)
+    torch.testing.assert_close(block(x), x)
+    with pytest.raises(ValueError, match="nodes_group"):
+        GraphNonLocal(8, 16, [[0, 1, 2]] + [[j] for j in range(3, 16)])
+
+
+@pytest.mark.parametrize("name, small", [("simple_baseline", dict(linear_size=128)),
+                                         ("videopose", dict(channels=128)),
+                                         ("semgcn", dict(hid_dim=32))])
+def test_fits_a_tiny_regression(name, small):
+    # widths reduced to keep the test fast: this checks learnability, not capacity
+    torch.manual_seed(5)
+    model = build_estimator(name, dropout=0.0, **small)
+    x = torch.randn(64, 16, 2)
+    target = torch.randn(64, 16, 3) * 0.2
+    target[:, 0] = 0  # root-relative targets, as in training
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3 if name != "semgcn" else 1e-2)
+    model.train()
+    losses = []
+    for _ in range(50):
+        loss = torch.nn.functional.mse_loss(model(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], (name, losses[0], losses[-1])
