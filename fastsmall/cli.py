@@ -5,6 +5,8 @@
     fastsmall crest     CReST / CReST+ / FixMatch
     fastsmall ke        Knowledge Evolution (KELS / WELS) and its controls
     fastsmall dsd       Dense-Sparse-Dense
+    fastsmall poseaug   PoseAug: 3D pose estimation with a learnable augmentor
+    fastsmall poseaug-baseline   PoseAug's stage 0: the estimator on real data only
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         "crest": ("CReST / CReST+ / FixMatch training (fastsmall crest --help)", "fastsmall.methods.crest.__main__"),
         "ke": ("Knowledge Evolution training (fastsmall ke --help)", "fastsmall.methods.ke.__main__"),
         "dsd": ("Dense-Sparse-Dense training (fastsmall dsd --help)", "fastsmall.methods.dsd.__main__"),
+        "poseaug": ("PoseAug training (fastsmall poseaug --help)", "fastsmall.methods.poseaug.__main__"),
+        "poseaug-baseline": ("PoseAug stage 0: estimator on real data only", "fastsmall.methods.poseaug.baseline"),
     }
     parser = argparse.ArgumentParser(prog="fastsmall", description="fastsmall: fused ops for learning from small data")
     parser.add_argument("command", choices=sorted(commands), help="; ".join(f"{k}: {v[0]}" for k, v in commands.items()))

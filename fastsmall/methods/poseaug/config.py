@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..common import ConfigError
 from .losses import FEEDBACKS
 
-ESTIMATOR_NAMES = ["videopose", "simple_baseline", "semgcn", "stgcn"]
+ESTIMATOR_NAMES = ["videopose", "simple_baseline", "semgcn"]
 DATA_SOURCES = ["synthetic", "h36m", "bvh"]
 
 
@@ -39,6 +39,8 @@ class Config:
                                         "(default: bone lengths of random training poses)")
     # ---- estimator ----------------------------------------------------------------------
     estimator: str = _f("videopose", "3D pose estimator", choices=ESTIMATOR_NAMES)
+    estimator_width: int | None = _f(None, "estimator width (SimpleBaseline linear size, VideoPose3D channels, "
+                                           "SemGCN hidden dim); default: the released size", min=8)
     pretrained: str | None = _f(None, "estimator weights from `fastsmall poseaug-baseline` (its checkpoints/estimator.pt)")
     baseline_epochs: int = _f(4, "without --pretrained: epochs of plain estimator training on real data first "
                                  "(stage 0, part of the run)", min=0)

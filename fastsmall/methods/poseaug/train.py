@@ -53,6 +53,13 @@ def derive_seed(*values: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
+def estimator_overrides(cfg: Config) -> dict:
+    if cfg.estimator_width is None:
+        return {}
+    key = {"simple_baseline": "linear_size", "videopose": "channels", "semgcn": "hid_dim"}[cfg.estimator]
+    return {key: cfg.estimator_width}
+
+
 def linear_decay(epoch: int, epochs: int) -> float:
     """Released ``get_scheduler(policy='lambda', nepoch_fix=0)``: 1 - e / (E + 1)."""
     return 1.0 - epoch / float(epochs + 1)
@@ -94,7 +101,7 @@ class PoseAugTrainer:
     def _build(self):
         cfg = self.cfg
         torch.manual_seed(derive_seed(cfg.seed, 7))
-        self.estimator = build_estimator(cfg.estimator, self.skeleton).to(self.device)
+        self.estimator = build_estimator(cfg.estimator, self.skeleton, **estimator_overrides(cfg)).to(self.device)
         self.gan = AugmentationGAN(cfg, self.skeleton, self.device) if cfg.augment and not self.stage0_only else None
         self._fresh_estimator_optimizer(cfg.lr_p)
 
