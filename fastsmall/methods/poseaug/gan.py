@@ -88,8 +88,8 @@ class AugmentationGAN:
         cfg, spec = self.cfg, self.spec
         err = [losses.group_errors(estimator(p2), p3, spec) for p2, p3 in ((x2d, x3d), (ba_2d, ba_3d), (rt_2d, rt_3d))]
         origin, ba, rt = err
-        log.update(feedback_err_origin=float(origin.mean()), feedback_err_ba=float(ba.mean()),
-                   feedback_err_rt=float(rt.mean()))
+        log.update(feedback_err_origin=float(origin.detach().mean()), feedback_err_ba=float(ba.detach().mean()),
+                   feedback_err_rt=float(rt.detach().mean()))
         if cfg.feedback == "paper":
             return (losses.paper_feedback(ba, origin, cfg.beta) * cfg.gloss_feedback_ba
                     + losses.paper_feedback(rt, origin, cfg.beta) * cfg.gloss_feedback_rt)
@@ -123,14 +123,15 @@ class AugmentationGAN:
                                   epoch, log)
         if epoch + 1 > cfg.warmup:
             loss = loss + feedback
-        log["g_feedback"] = float(feedback)
+        log["g_feedback"] = float(feedback.detach())
         loss.backward()
         average_gradients(self.generator)
         if cfg.max_norm:
             nn.utils.clip_grad_norm_(self.generator.parameters(), max_norm=cfg.max_norm)
         self.opt_g.step()
         with torch.no_grad():
-            log.update(g_loss=float(loss), g_adv_3d=float(adv_3d), g_adv_2d=float(adv_2d), g_reg=float(reg),
+            log.update(g_loss=float(loss.detach()), g_adv_3d=float(adv_3d.detach()), g_adv_2d=float(adv_2d.detach()),
+                       g_reg=float(reg.detach()),
                        ba_angle_deg=float(torch.rad2deg(torch.acos((1 - out["ba_diff"]).clamp(-1, 1))).mean()),
                        blr_abs=float(out["blr"].abs().mean()))
         return out, rt_2d.detach(), log
@@ -139,14 +140,17 @@ class AugmentationGAN:
     def _discriminator_step(self, disc, opt, pool, real, fake, generator, average_gradients, log, tag):
         opt.zero_grad(set_to_none=True)
         fake = pool(fake.detach(), generator)
-        d_real, d_fake = disc(real.detach()), disc(fake)
+        if self.cfg.impl == "fused":  # no BatchNorm in the discriminators: one pass over both
+            d_real, d_fake = disc(torch.cat([real.detach(), fake])).split([real.shape[0], fake.shape[0]])
+        else:
+            d_real, d_fake = disc(real.detach()), disc(fake)
         loss = losses.discriminator_loss(d_real, d_fake)
         loss.backward()
         average_gradients(disc)
         if self.cfg.max_norm:
             nn.utils.clip_grad_norm_(disc.parameters(), max_norm=self.cfg.max_norm)
         opt.step()
-        log.update({f"d_{tag}_loss": float(loss), f"d_{tag}_real_acc": _accuracy(d_real, True),
+        log.update({f"d_{tag}_loss": float(loss.detach()), f"d_{tag}_real_acc": _accuracy(d_real, True),
                     f"d_{tag}_fake_acc": _accuracy(d_fake, False)})
 
     def discriminator_step(self, real_3d, real_2d, fake_3d, fake_2d, *, generator: torch.Generator | None = None,

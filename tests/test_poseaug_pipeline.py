@@ -1,0 +1,190 @@
+"""PoseAug end to end with a tiny budget: files, fused = released arithmetic, resume after
+SIGKILL, torchrun, the baseline CLI, real data sources."""
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from fastsmall.methods import poseaug
+from fastsmall.methods.common import CheckpointError, ConfigError
+from fastsmall.methods.poseaug.data import synthetic
+from fastsmall.methods.poseaug.gan import AugmentationGAN
+
+TINY = dict(train_size=256, test_size=64, batch_size=64, epochs=3, warmup=1, baseline_epochs=1,
+            estimator="simple_baseline", estimator_width=64, pool_size=96, quiet=True)
+TINY_ARGS = ["--train-size", "256", "--test-size", "64", "--batch-size", "64", "--epochs", "3", "--warmup", "1",
+             "--baseline-epochs", "1", "--estimator", "simple_baseline", "--estimator-width", "64",
+             "--pool-size", "96", "--quiet", "--json"]
+CMU = SHARED_DATA / "cmu"
+NEEDS_SHARED = pytest.mark.skipif(not CMU.exists(), reason=f"real fixtures not found at {SHARED_DATA}")
+
+
+def tiny(out, **changes):
+    return poseaug.Config(out=str(out), **{**TINY, **changes})
+
+
+def _cli(module, args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _records(run):
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        record.pop("seconds", None)
+        out.append(record)
+    return out
+
+
+def test_end_to_end_writes_every_documented_file(tmp_path):
+    run = tmp_path / "run"
+    summary = poseaug.train(tiny(run))
+    assert summary["method"] == "poseaug" and summary["epochs"] == 3
+    assert json.loads((run / "summary.json").read_text()) == summary
+    records = _records(run)
+    assert [(r["type"], r.get("stage")) for r in records] == [
+        ("epoch", "baseline"), ("initial", "poseaug"), ("epoch", "poseaug"), ("epoch", "poseaug"), ("epoch", "poseaug")]
+    warm, after = records[2], records[3]
+    assert "estimator_loss_augmented" not in warm and "g_feedback" in warm  # feedback computed, not yet used
+    assert after["estimator_loss_augmented"] > 0 and after["augmented_kept"] > 0
+    assert 0 < after["augmented_kept_fraction"] <= 1
+    for key in ("g_adv_3d", "g_adv_2d", "g_reg", "d_3d_loss", "d_2d_loss", "ba_angle_deg", "blr_abs"):
+        assert key in after, key
+    assert after["blr_abs"] <= 0.2 and 0 < after["ba_angle_deg"] < 180
+    for block in (summary["initial"], summary["last"], summary["best"]):
+        m = block["synthetic-broad"]
+        assert m["mpjpe"] > 0 and m["p_mpjpe"] <= m["mpjpe"] and 0 <= m["pck"] <= 100 and 0 <= m["auc"] <= 100
+    assert "best epoch" in summary["note"]
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "estimator.pt").exists()
+    for plot in ("mpjpe_by_epoch.png", "augmentations.png"):
+        assert (run / "plots" / plot).stat().st_size > 1000
+
+
+def test_one_iteration_fused_equals_released_arithmetic():
+    """Same initial weights, same batch and noise: after a G step and a D step the fused and
+    the released-arithmetic implementations hold the same parameters."""
+    poses = synthetic.generate(64, subset="broad", seed=3)
+    x3d, x2d, cams = (t.double() for t in (poses.poses_3d, poses.poses_2d, poses.cams))
+    gans, estimators = [], []
+    for impl in ("fused", "reference"):
+        torch.manual_seed(0)
+        gan = AugmentationGAN(poseaug.Config(impl=impl, pool_size=32), poses.skeleton, torch.device("cpu"))
+        for model in gan.models:
+            model.double()
+        gans.append(gan)
+        estimators.append(poseaug.build_estimator("simple_baseline", poses.skeleton, linear_size=32).double())
+    estimators[1].load_state_dict(estimators[0].state_dict())
+    for gan, est in zip(gans, estimators):
+        torch.manual_seed(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out, rt_2d, log = gan.generator_step(x3d, cams, est, epoch=4)
+        gan.discriminator_step(x3d, x2d, out["pose_ba"], rt_2d, generator=torch.Generator().manual_seed(2))
+        gan.log = log
+    (a, b) = gans
+    for key in ("g_loss", "g_adv_3d", "g_adv_2d", "g_reg", "g_feedback"):
+        assert a.log[key] == pytest.approx(b.log[key], rel=1e-9), key
+    for ma, mb in zip(a.models, b.models):
+        for (name, pa), pb in zip(ma.named_parameters(), mb.parameters()):
+            torch.testing.assert_close(pa, pb, msg=name)
+
+
+def test_no_augment_baseline_and_paper_feedback(tmp_path):
+    base = poseaug.train(tiny(tmp_path / "base", augment=False))
+    assert base["method"] == "no-augment"
+    kinds = [r.get("stage") for r in _records(tmp_path / "base") if r["type"] == "epoch"]
+    assert kinds == ["baseline", "no-augment", "no-augment", "no-augment"]
+    paper = poseaug.train(tiny(tmp_path / "paper", feedback="paper", epochs=2))
+    assert paper["epochs"] == 2
+
+
+def test_baseline_cli_then_pretrained_poseaug(tmp_path):
+    proc = _cli("fastsmall.methods.poseaug.baseline", TINY_ARGS + ["--epochs", "2", "--out", str(tmp_path / "b")])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out)["method"] == "baseline"
+    weights = tmp_path / "b" / "checkpoints" / "estimator.pt"
+    summary = poseaug.train(tiny(tmp_path / "p", pretrained=str(weights), epochs=2))
+    stages = [r.get("stage") for r in _records(tmp_path / "p")]
+    assert "baseline" not in stages and summary["method"] == "poseaug"
+    # the pretrained estimator is what the first evaluation sees
+    base_last = json.loads((tmp_path / "b" / "summary.json").read_text())["last"]["synthetic-broad"]
+    assert summary["initial"]["synthetic-broad"]["mpjpe"] == pytest.approx(base_last["mpjpe"], rel=1e-6)
+    with pytest.raises(CheckpointError, match="expected 'videopose' weights"):
+        poseaug.train(tiny(tmp_path / "q", pretrained=str(weights), estimator="videopose"))
+
+
+def test_existing_run_and_changed_config_are_refused(tmp_path):
+    poseaug.train(tiny(tmp_path / "run", epochs=2))
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        poseaug.train(tiny(tmp_path / "run", epochs=2))
+    with pytest.raises(CheckpointError, match="does not match this run"):
+        poseaug.train(tiny(tmp_path / "run", epochs=2, lr_g=1e-3, resume=True))
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="data_dir must be set for data 'h36m'"):
+        poseaug.train(poseaug.Config(data="h36m"))
+    with pytest.raises(ConfigError, match="warmup"):
+        poseaug.train(poseaug.Config(epochs=2, warmup=2))
+    with pytest.raises(ConfigError, match="eval entry 'mpii:x'"):
+        poseaug.train(poseaug.Config(eval=["mpii:x"]))
+    with pytest.raises(ConfigError, match="needs a path"):
+        poseaug.train(poseaug.Config(eval=["3dhp"]))
+    proc = _cli("fastsmall.methods.poseaug", ["--batch-size", "1"])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "batch_size must be >= 2" in err
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    args = TINY_ARGS + ["--epochs", "4", "--seed", "3"]
+    straight = _cli("fastsmall.methods.poseaug", args + ["--out", str(tmp_path / "a")])
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()[-3000:]
+    killed = _cli("fastsmall.methods.poseaug", args + ["--out", str(tmp_path / "b")])
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill inside the PoseAug epochs, after a checkpoint
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _cli("fastsmall.methods.poseaug", args + ["--out", str(tmp_path / "b"), "--resume"])
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _records(a) == _records(b)
+    assert json.loads((a / "summary.json").read_text()) == json.loads((b / "summary.json").read_text())
+
+
+def test_torchrun_two_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "fastsmall.methods.poseaug", *TINY_ARGS, "--epochs", "2",
+                          "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["epochs"] == 2
+    assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 4  # rank 0 writes
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 2 and lines[0]["last"] == lines[1]["last"]  # both ranks hold the same estimator
+
+
+@NEEDS_SHARED
+def test_bvh_training_and_real_evaluation_sets(tmp_path):
+    """Train on CMU motion capture; evaluate on the real 3DHP frames (with flip) and generated poses."""
+    dhp = SHARED_DATA / "mpi_inf_3dhp" / "test_3dhp_test.npz"
+    summary = poseaug.train(tiny(tmp_path / "bvh", data="bvh", data_dir=str(CMU / "01_01.bvh"), stride=4, epochs=2,
+                                 eval=[f"3dhp:{dhp}", "synthetic-broad"]))
+    assert set(summary["last"]) == {"bvh", "3dhp", "synthetic-broad"}
+    assert summary["last"]["3dhp"]["n"] == 2
