@@ -60,8 +60,11 @@ def project_to_2d(x: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
     """
     _check_last(x, "x", 3, min_dim=2)
     _check_last(cams, "cams", 9)
-    if cams.dim() > x.dim() - 1:
-        raise ValueError(f"cams {tuple(cams.shape)} has more leading dims than x {tuple(x.shape)}")
+    try:
+        torch.broadcast_shapes(x.shape[:-2], cams.shape[:-1])
+    except RuntimeError:
+        raise ValueError(f"cams {tuple(cams.shape)} does not broadcast against the poses of x "
+                         f"{tuple(x.shape)}: expected cams [..., 9] with ... matching x's [..., J, 3]") from None
     cams = cams.unsqueeze(-2)  # one camera per pose, shared by its J points
     f, c, k, p = cams[..., 0:2], cams[..., 2:4], cams[..., 4:7], cams[..., 7:9]
     xx = torch.clamp(x[..., :2] / x[..., 2:], min=-1, max=1)

@@ -345,7 +345,7 @@ def load_bvh(paths_or_dir: str | Path | Iterable[str | Path], *,
         world[..., 2] -= world[..., 2].min()
         world[..., :2] -= world[:, sk.root:sk.root + 1, :2].clone()
         world = world.repeat(views, 1, 1)
-        x3d, x2d, cams = _view(world, sk.root, g)
+        x3d, x2d, cams = _view(world, sk.root, g, path)
         action_names.append(path.stem)
         out3.append(x3d), out2.append(x2d), outc.append(cams)
         outa.append(torch.full((x3d.shape[0],), fi, dtype=torch.int64))
@@ -353,7 +353,7 @@ def load_bvh(paths_or_dir: str | Path | Iterable[str | Path], *,
                    action_names, "bvh:" + "+".join(action_names), sk)
 
 
-def _view(world: torch.Tensor, root: int, g: torch.Generator, tries: int = 50):
+def _view(world: torch.Tensor, root: int, g: torch.Generator, path, tries: int = 50):
     """Camera-frame 3D, 2D and intrinsics for ``world [N, J, 3]``, one valid random camera per pose."""
     n = world.shape[0]
     x3d = torch.empty_like(world)
@@ -369,4 +369,5 @@ def _view(world: torch.Tensor, root: int, g: torch.Generator, tries: int = 50):
         todo = todo[~ok]
         if todo.numel() == 0:
             return x3d, x2d, cams
-    raise DataFormatError(f"{todo.numel()} poses fit no camera (joints > 4 m from the pelvis?)")
+    raise DataFormatError(f"{path}: {todo.numel()} frames fit no camera (joints > 4 m from the pelvis? "
+                          "wrong units_to_metres?)")

@@ -14,7 +14,7 @@ Each pose is built in a body frame (x = the person's right, y = forward, z = up,
    camera, projection with :func:`..camera.project_to_2d`.
 
 Poses with a joint closer than 0.5 m to the camera or off the normalised image ([-1, 1])
-are redrawn, so every returned pose is valid.
+are redrawn (rare: cameras stand 4-6 m away), so every returned pose is valid.
 
 ``subset="narrow"`` is a source domain for cross-domain experiments: standing and walking
 only, the subject facing the camera within ±30°, upright (no pitch/roll).
@@ -173,7 +173,10 @@ def _draw(n: int, names: tuple[str, ...], subset: str, lengths: torch.Tensor, sk
 
 
 def generate(n: int, *, subset: str = "broad", seed: int = 0, skeleton: Skeleton | None = None) -> PoseSet:
-    """``n`` valid synthetic h36m16 poses (camera frame, metres) with 2D and cameras; deterministic in ``seed``."""
+    """``n`` valid synthetic h36m16 poses (camera frame, metres) with 2D and cameras.
+
+    Deterministic in ``(n, seed)``; different ``n`` with one seed give different draws.
+    """
     if subset not in _SUBSETS:
         raise ValueError(f"subset must be one of {sorted(_SUBSETS)}, got {subset!r}")
     if not isinstance(n, int) or n < 0:
@@ -186,13 +189,14 @@ def generate(n: int, *, subset: str = "broad", seed: int = 0, skeleton: Skeleton
     g = torch.Generator().manual_seed(int(seed))
     lengths = _subject_lengths(g)
     parts, have = [], 0
-    while have < n:  # ~1-3 % of draws are rejected; redraw until n are valid
+    while have < n:  # rejections are rare with the default camera ranges; redraw until n are valid
         want = n - have
         x3d, x2d, cams, motion, valid = _draw(want + want // 8 + 16, names, subset, lengths, sk, g)
         idx = valid.nonzero().squeeze(1)[:want]
         parts.append((x3d[idx], x2d[idx], cams[idx], motion[idx]))
         have += idx.numel()
-    x3d, x2d, cams, motion = (torch.cat(t) if t else torch.empty(0) for t in zip(*parts)) if parts else (
-        torch.empty(0, 16, 3), torch.empty(0, 16, 2), torch.empty(0, 9), torch.empty(0, dtype=torch.int64))
+    if not parts:  # n == 0
+        parts = [(torch.empty(0, 16, 3), torch.empty(0, 16, 2), torch.empty(0, 9), torch.empty(0, dtype=torch.int64))]
+    x3d, x2d, cams, motion = (torch.cat(t) for t in zip(*parts))
     return PoseSet(x3d.float().contiguous(), x2d.float().contiguous(), cams.float().contiguous(),
                    motion.to(torch.int64), list(names), f"synthetic-{subset}", sk)
