@@ -13,7 +13,7 @@ import torch
 
 from conftest import SHARED_DATA
 from fastsmall.methods.poseaug import camera as C
-from fastsmall.methods.poseaug.data import (BVHFormatError, DataFormatError, PoseSet, load, load_3dhp, load_bvh,
+from fastsmall.methods.poseaug.data import (BVHFormatError, PoseSet, load, load_3dhp, load_bvh,
                                             load_h36m, load_h36m_frames, parse_bvh)
 from fastsmall.methods.poseaug.data import bvh as B
 from fastsmall.methods.poseaug.data import h36m as H

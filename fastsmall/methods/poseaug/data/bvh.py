@@ -13,9 +13,12 @@ axis of the offset (roots: the channel gives the position; CMU's root offsets ar
 
 **CMU rig and units** (cgspeed's conversion of the CMU database): 31 joints, y up, lengths in
 CMU's ASF units. CMU's ASF files declare ``:units length 0.45``: one unit is 1/0.45 inch, so
-``CMU_UNITS_TO_METRES = 0.0254 / 0.45`` (0.05644 m). With it subject 01 (``01_01.bvh``) has
-thighs of 0.40 m, shins of 0.42 m, upper arms of 0.28 m, and a pelvis-to-head-top height of
-0.73 m: adult-sized (H36M's subjects: thigh 0.43-0.49 m, shin 0.44-0.46 m).
+``CMU_UNITS_TO_METRES = 0.0254 / 0.45`` (0.05644 m; the factor usually quoted for the cgspeed
+files). With it subject 01 (``01_01.bvh``) maps to h36m16 thighs of 0.40-0.42 m, shins of
+0.42 m, upper arms of 0.28-0.30 m and forearms of 0.20 m: adult-sized (H36M's subjects:
+thigh 0.43-0.49 m, shin 0.44-0.46 m, upper arm 0.26-0.30 m, forearm 0.24-0.26 m). CMU's hip
+joints are narrower than H36M's (pelvis half-width 0.075 m vs 0.12-0.15 m); nothing is
+rescaled to hide that.
 """
 from __future__ import annotations
 
