@@ -28,7 +28,7 @@ from ..camera import (H36M_CAMERA_IDS, load_h36m_cameras, normalize_screen_coord
 from ._common import DataFormatError, MissingKeyError, check_array, npz_get, open_npz
 from .poseset import PoseSet
 
-__all__ = ["load_h36m", "load_h36m_frames", "H36M_TRAIN", "H36M_TEST", "H36M_ACTIONS", "KEEP_17", "DROP_17"]
+__all__ = ["load_h36m", "load_h36m_frames", "parse_h36m_imgname", "H36M_TRAIN", "H36M_TEST", "H36M_ACTIONS", "KEEP_17", "DROP_17"]
 
 H36M_TRAIN = ("S1", "S5", "S6", "S7", "S8")
 H36M_TEST = ("S9", "S11")
