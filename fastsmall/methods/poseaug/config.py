@@ -51,6 +51,9 @@ class Config:
     warmup: int = _f(2, "epochs that train only the augmentor and discriminators (estimator and feedback from "
                         "epoch warmup + 1, as released)", min=0)
     batch_size: int = _f(1024, "batch size of every stage", min=2)
+    gan_passes: int = _f(1, "passes over the training set per epoch for the augmentor and discriminators "
+                            "(released: 1 pass over H36M's 1.5M poses, ~1,500 iterations; small sets need more); "
+                            "the estimator trains on the last pass's augmented poses", min=1)
     df: int = _f(2, "train the discriminators every df-th iteration", min=1)
     lr_g: float = _f(1e-4, "augmentor Adam learning rate", min=0.0)
     lr_d: float = _f(1e-4, "discriminator Adam learning rate", min=0.0)

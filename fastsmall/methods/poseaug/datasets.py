@@ -60,6 +60,8 @@ def load_eval_sets(cfg: Config, train_set: PoseSet) -> dict[str, tuple[PoseSet, 
         sets["bvh"] = (_split_frames(poses)[1], False)
     for spec in cfg.eval:
         kind, _, path = spec.partition(":")
+        if kind in sets and not path:  # the source's own test split already covers it
+            continue
         name = kind if kind not in sets else f"{kind}:{path}"
         sets[name] = _load_eval(kind, path or None, cfg)
     for name, (pose_set, _) in sets.items():

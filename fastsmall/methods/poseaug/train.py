@@ -176,7 +176,7 @@ class PoseAugTrainer:
             if self.cfg.max_norm:
                 nn.utils.clip_grad_norm_(self.estimator.parameters(), max_norm=self.cfg.max_norm)
             self.opt_p.step()
-            total, count = total + float(loss), count + 1
+            total, count = total + float(loss.detach()), count + 1
         return total / max(count, 1)
 
     def _set_estimator_lr(self, scale: float) -> None:
@@ -191,34 +191,40 @@ class PoseAugTrainer:
         swapped = swap_bone_lengths(self.train_set, self.templates, self._epoch_generator(1).manual_seed(
             derive_seed(cfg.seed, self.epoch, 11)) if self.device.type == "cpu" else None)
         n = len(swapped)
-        g_batches, d3_batches, d2_batches = (self._shard(n, self._epoch_generator(s)) for s in (2, 3, 4))
+        sums: dict[str, float] = {}
+        g_steps = d_steps = 0
         self.estimator.train()
         for m in gan.models:
             m.train()
-        sums: dict[str, float] = {}
-        d_steps = 0
-        kept_3d, kept_2d = [], []
-        for s in progress(range(len(g_batches)), desc=f"poseaug epoch {self.epoch}", quiet=cfg.quiet or not self.dist.is_main):
-            idx = g_batches[s].to(self.device)
-            out, rt_2d, log = gan.generator_step(swapped.poses_3d[idx], swapped.cams[idx], self.estimator, self.epoch,
-                                                 self._average_gradients)
-            if self.iteration % cfg.df == 0:
-                d3, d2 = d3_batches[s].to(self.device), d2_batches[s].to(self.device)
-                log.update(gan.discriminator_step(swapped.poses_3d[d3], swapped.poses_2d[d2], out["pose_ba"], rt_2d,
-                                                  generator=pool_rng, average_gradients=self._average_gradients))
-                d_steps += 1
-            # released keeps the augmented pairs with no projected coordinate above 1
-            valid = (rt_2d > 1).sum((1, 2)) < 1
-            kept_3d.append(out["pose_rt"].detach()[valid])
-            kept_2d.append(rt_2d[valid])
-            for k, v in log.items():
-                sums[k] = sums.get(k, 0.0) + v
-            self.iteration += 1
-        steps = max(len(g_batches), 1)
-        record = {k: v / (d_steps if k.startswith("d_") else steps) for k, v in sums.items()}
+        for gan_pass in range(cfg.gan_passes):
+            g_batches, d3_batches, d2_batches = (self._shard(n, self._epoch_generator(10 * gan_pass + s))
+                                                 for s in (2, 3, 4))
+            kept_3d, kept_2d = [], []  # the estimator trains on the last pass's augmented poses
+            for s in progress(range(len(g_batches)), desc=f"poseaug epoch {self.epoch}"
+                              + (f" pass {gan_pass}" if cfg.gan_passes > 1 else ""),
+                              quiet=cfg.quiet or not self.dist.is_main):
+                idx = g_batches[s].to(self.device)
+                out, rt_2d, log = gan.generator_step(swapped.poses_3d[idx], swapped.cams[idx], self.estimator,
+                                                     self.epoch, self._average_gradients)
+                if self.iteration % cfg.df == 0:
+                    d3, d2 = d3_batches[s].to(self.device), d2_batches[s].to(self.device)
+                    log.update(gan.discriminator_step(swapped.poses_3d[d3], swapped.poses_2d[d2], out["pose_ba"],
+                                                      rt_2d, generator=pool_rng,
+                                                      average_gradients=self._average_gradients))
+                    d_steps += 1
+                # released keeps the augmented pairs with no projected coordinate above 1
+                valid = (rt_2d > 1).sum((1, 2)) < 1
+                kept_3d.append(out["pose_rt"].detach()[valid])
+                kept_2d.append(rt_2d[valid])
+                for k, v in log.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                self.iteration += 1
+                g_steps += 1
+        steps = max(g_steps, 1)
+        record = {k: v / max(d_steps if k.startswith("d_") else g_steps, 1) for k, v in sums.items()}
         fake_3d, fake_2d = torch.cat(kept_3d), torch.cat(kept_2d)
         record["augmented_kept"] = fake_3d.shape[0]
-        record["augmented_kept_fraction"] = fake_3d.shape[0] / max(steps * self.per_rank, 1)
+        record["augmented_kept_fraction"] = fake_3d.shape[0] / max(len(kept_3d) * self.per_rank, 1)
         if self.epoch + 1 > cfg.warmup:
             record["estimator_loss_augmented"] = self._train_estimator(fake_3d, fake_2d, 5, "estimator (augmented)")
             record["estimator_loss_real"] = self._train_estimator(self.train_set.poses_3d, self.train_set.poses_2d, 6,
