@@ -112,7 +112,7 @@ def test_baseline_cli_then_pretrained_poseaug(tmp_path):
     proc = _cli("fastsmall.methods.poseaug.baseline", TINY_ARGS + ["--epochs", "2", "--out", str(tmp_path / "b")])
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert json.loads(out)["method"] == "baseline"
+    assert json.loads(out.splitlines()[-1])["method"] == "baseline"  # --json: the last line
     weights = tmp_path / "b" / "checkpoints" / "estimator.pt"
     summary = poseaug.train(tiny(tmp_path / "p", pretrained=str(weights), epochs=2))
     stages = [r.get("stage") for r in _records(tmp_path / "p")]

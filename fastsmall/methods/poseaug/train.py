@@ -145,13 +145,19 @@ class PoseAugTrainer:
                     tdist.broadcast(b, 0)
 
     # ---- batches -------------------------------------------------------------------------
-    def _shard(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``[steps, per_rank]``: a permutation shared by all ranks, sharded, last partial batch
-        dropped (a batch of one would break BatchNorm)."""
+    def _shard(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """This rank's batches of one epoch: a permutation shared by all ranks, split into global
+        batches, each sharded by rank. Like the released DataLoader the last batch may be
+        partial, but a batch of fewer than 2 poses per rank is dropped (BatchNorm needs 2)."""
         perm = torch.randperm(n, generator=generator)
-        steps = n // (self.per_rank * self.dist.world_size)
-        return perm[:steps * self.per_rank * self.dist.world_size].view(steps, self.dist.world_size,
-                                                                         self.per_rank)[:, self.dist.rank]
+        W, b = self.dist.world_size, self.per_rank
+        batches = []
+        for start in range(0, n - n % W, b * W):
+            chunk = perm[start:min(start + b * W, n - n % W)]
+            mine = chunk[self.dist.rank::W]
+            if mine.numel() >= 2:
+                batches.append(mine)
+        return batches
 
     def _epoch_generator(self, salt: int) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.stage, self.epoch, salt))
@@ -162,7 +168,7 @@ class PoseAugTrainer:
         if self.dist.enabled:  # every rank must take the same number of steps
             counts = self.dist.all_gather_cat(torch.tensor([n], device=self.device))
             n = int(counts.min())
-        batches = self._shard(n, self._epoch_generator(salt)) if n else torch.empty(0, 1, dtype=torch.int64)
+        batches = self._shard(n, self._epoch_generator(salt))
         set_requires_grad([self.estimator], True)
         self.estimator.train()
         total, count = 0.0, 0
@@ -199,7 +205,7 @@ class PoseAugTrainer:
         for gan_pass in range(cfg.gan_passes):
             g_batches, d3_batches, d2_batches = (self._shard(n, self._epoch_generator(10 * gan_pass + s))
                                                  for s in (2, 3, 4))
-            kept_3d, kept_2d = [], []  # the estimator trains on the last pass's augmented poses
+            kept_3d, kept_2d, seen = [], [], 0  # the estimator trains on the last pass's augmented poses
             for s in progress(range(len(g_batches)), desc=f"poseaug epoch {self.epoch}"
                               + (f" pass {gan_pass}" if cfg.gan_passes > 1 else ""),
                               quiet=cfg.quiet or not self.dist.is_main):
@@ -216,15 +222,17 @@ class PoseAugTrainer:
                 valid = (rt_2d > 1).sum((1, 2)) < 1
                 kept_3d.append(out["pose_rt"].detach()[valid])
                 kept_2d.append(rt_2d[valid])
+                seen += idx.numel()
                 for k, v in log.items():
                     sums[k] = sums.get(k, 0.0) + v
                 self.iteration += 1
                 g_steps += 1
-        steps = max(g_steps, 1)
         record = {k: v / max(d_steps if k.startswith("d_") else g_steps, 1) for k, v in sums.items()}
-        fake_3d, fake_2d = torch.cat(kept_3d), torch.cat(kept_2d)
+        J = self.skeleton.num_joints
+        fake_3d = torch.cat(kept_3d) if kept_3d else self.train_set.poses_3d.new_empty(0, J, 3)
+        fake_2d = torch.cat(kept_2d) if kept_2d else self.train_set.poses_2d.new_empty(0, J, 2)
         record["augmented_kept"] = fake_3d.shape[0]
-        record["augmented_kept_fraction"] = fake_3d.shape[0] / max(len(kept_3d) * self.per_rank, 1)
+        record["augmented_kept_fraction"] = fake_3d.shape[0] / max(seen, 1)
         if self.epoch + 1 > cfg.warmup:
             record["estimator_loss_augmented"] = self._train_estimator(fake_3d, fake_2d, 5, "estimator (augmented)")
             record["estimator_loss_real"] = self._train_estimator(self.train_set.poses_3d, self.train_set.poses_2d, 6,
