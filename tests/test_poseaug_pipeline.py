@@ -146,6 +146,18 @@ def test_config_errors_name_the_field():
     assert proc.returncode != 0 and "batch_size must be >= 2" in err
 
 
+def test_cli_bad_data_files_are_clear_errors(tmp_path):
+    """A missing or malformed file ends the CLI with exit 2 and a message naming it (no traceback)."""
+    proc = _cli("fastsmall.methods.poseaug", ["--data", "h36m", "--data-dir", str(tmp_path / "none"), "--quiet"])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "cameras.json" in err and "Traceback" not in err
+    bad = tmp_path / "bad.bvh"
+    bad.write_text("not a bvh file\n")
+    proc = _cli("fastsmall.methods.poseaug", ["--data", "bvh", "--data-dir", str(bad), "--quiet"])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "bad.bvh" in err and "HIERARCHY" in err
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     args = TINY_ARGS + ["--epochs", "4", "--seed", "3"]
     straight = _cli("fastsmall.methods.poseaug", args + ["--out", str(tmp_path / "a")])
@@ -188,3 +200,9 @@ def test_bvh_training_and_real_evaluation_sets(tmp_path):
                                  eval=[f"3dhp:{dhp}", "synthetic-broad"]))
     assert set(summary["last"]) == {"bvh", "3dhp", "synthetic-broad"}
     assert summary["last"]["3dhp"]["n"] == 2
+
+
+@pytest.mark.parametrize("estimator", ["videopose", "semgcn"])
+def test_every_estimator_trains_in_the_pipeline(tmp_path, estimator):
+    summary = poseaug.train(tiny(tmp_path / estimator, estimator=estimator, estimator_width=32, epochs=2))
+    assert summary["estimator"] == estimator and summary["last"]["synthetic-broad"]["mpjpe"] > 0

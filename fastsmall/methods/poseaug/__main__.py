@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 
-from ..common import add_config_arguments, config_from_args
+from ..common import CheckpointError, add_config_arguments, config_from_args
 from .config import Config
 from .train import train
 
@@ -33,7 +33,11 @@ def main(argv=None, *, stage0_only: bool = False) -> int:
     if stage0_only:
         args.augment, args.baseline_epochs, args.pretrained = False, args.epochs, None
     cfg = config_from_args(Config, args)
-    summary = train(cfg, stage0_only=stage0_only)
+    try:
+        summary = train(cfg, stage0_only=stage0_only)
+    except (FileNotFoundError, KeyError, ValueError, CheckpointError) as exc:
+        # bad data files / checkpoints: the message names the file and the key, no traceback
+        parser.exit(2, f"{prog}: error: {exc}\n")
     print(json.dumps(summary) if args.json else _table(summary))
     return 0
 

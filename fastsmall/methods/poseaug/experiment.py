@@ -87,6 +87,36 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
     return "\n".join(lines) + "\n"
 
 
+def plot(results: dict, seeds: list[int], path: Path) -> None:
+    """MPJPE and P-MPJPE per evaluation set and condition (mean over seeds, seeds as dots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(results[("poseaug", seeds[0])]["last"])
+    rows = [("stage 0 only", lambda s: results[("poseaug", s)]["initial"])] + [
+        (name, lambda s, name=name: results[(name, s)]["last"]) for name in CONDITIONS]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    width = 0.8 / len(rows)
+    for ax, metric in zip(axes, ("mpjpe", "p_mpjpe")):
+        for i, (label, get) in enumerate(rows):
+            x = [k + (i - (len(rows) - 1) / 2) * width for k in range(len(sets))]
+            values = [[get(s)[n][metric] for s in seeds] for n in sets]
+            ax.bar(x, [statistics.mean(v) for v in values], width, label=label)
+            for xi, v in zip(x, values):
+                ax.scatter([xi] * len(v), v, color="k", s=6, zorder=3)
+        ax.set_xticks(range(len(sets)))
+        ax.set_xticklabels(sets)
+        ax.set_ylabel(("MPJPE" if metric == "mpjpe" else "P-MPJPE") + " (mm, lower is better)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("trained on narrow poses; evaluated in and out of distribution (last epoch)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/poseaug-experiment")
@@ -94,23 +124,29 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--cmu", default="../shared/data/cmu", help="folder of CMU BVH files for evaluation")
     parser.add_argument("--train-size", type=int, default=8192)
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--baseline-epochs", type=int, default=10)
+    parser.add_argument("--baseline-epochs", type=int, default=20)
     parser.add_argument("--estimator", default="simple_baseline")
     parser.add_argument("--estimator-width", type=int, default=None)
     args = parser.parse_args(argv)
     evals = ["synthetic-broad"] + ([f"bvh:{args.cmu}"] if Path(args.cmu).exists() else [])
-    base = Config(data="synthetic", subset="narrow", train_size=args.train_size, epochs=args.epochs,
+    base = Config(data="synthetic", subset="narrow", train_size=args.train_size, batch_size=args.batch_size,
+                  test_size=4096, epochs=args.epochs,
                   baseline_epochs=args.baseline_epochs, estimator=args.estimator,
                   estimator_width=args.estimator_width, eval=evals, stride=4)
     start = time.perf_counter()
     results = run(Path(args.out), args.seeds, base)
     command = (f"python -m fastsmall.methods.poseaug.experiment --seeds {' '.join(map(str, args.seeds))} "
-               f"--train-size {args.train_size} --epochs {args.epochs} --baseline-epochs {args.baseline_epochs} "
+               f"--train-size {args.train_size} --batch-size {args.batch_size} --epochs {args.epochs} "
+               f"--baseline-epochs {args.baseline_epochs} "
                f"--estimator {args.estimator}" + (f" --estimator-width {args.estimator_width}"
                                                   if args.estimator_width else ""))
     text = report(results, args.seeds, base, command, time.perf_counter() - start)
     Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
+    figure = Path(args.doc).with_suffix(".png")
+    plot(results, args.seeds, figure)
+    text += f"\n![MPJPE and P-MPJPE by condition]({figure.name})\n"
     existing = Path(args.doc).read_text() if Path(args.doc).exists() else ""
     marker = "\n## What reproduces"
     notes = existing[existing.index(marker):] if marker in existing else ""
