@@ -162,8 +162,8 @@ def run_poseaug_demo(out: str) -> None:
 
     run_dir = f"{out}/poseaug"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = poseaug.Config(subset="narrow", train_size=4096, test_size=2048, batch_size=256, baseline_epochs=8,
-                         epochs=5, warmup=2, estimator="simple_baseline", estimator_width=512,
+    cfg = poseaug.Config(subset="narrow", train_size=4096, test_size=2048, batch_size=128, baseline_epochs=12,
+                         epochs=6, warmup=2, estimator="simple_baseline", estimator_width=512,
                          eval=["synthetic-broad"], quiet=True, out=run_dir)
     print(f"\nPoseAug on generated poses: {cfg.estimator} (width {cfg.estimator_width}) trained on "
           f"{cfg.train_size} narrow poses (standing/walking, facing the camera) for {cfg.baseline_epochs} epochs, then "
