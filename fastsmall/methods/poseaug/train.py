@@ -159,8 +159,10 @@ class PoseAugTrainer:
                 batches.append(mine)
         return batches
 
-    def _epoch_generator(self, salt: int) -> torch.Generator:
-        return torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.stage, self.epoch, salt))
+    def _epoch_generator(self, salt: int, device=None) -> torch.Generator:
+        """A generator seeded from (seed, stage, epoch, salt): an epoch replays exactly on resume."""
+        return torch.Generator(device=device or "cpu").manual_seed(
+            derive_seed(self.cfg.seed, self.stage, self.epoch, salt))
 
     # ---- estimator training (released train_posenet) ---------------------------------------
     def _train_estimator(self, poses_3d: torch.Tensor, poses_2d: torch.Tensor, salt: int, desc: str) -> float:
@@ -193,9 +195,9 @@ class PoseAugTrainer:
     def _poseaug_epoch(self) -> dict:
         cfg, gan = self.cfg, self.gan
         torch.manual_seed(derive_seed(cfg.seed, self.stage, self.epoch, self.dist.rank, 3))
-        pool_rng = self._epoch_generator(100 + self.dist.rank) if self.device.type == "cpu" else None
-        swapped = swap_bone_lengths(self.train_set, self.templates, self._epoch_generator(1).manual_seed(
-            derive_seed(cfg.seed, self.epoch, 11)) if self.device.type == "cpu" else None)
+        # pool draws differ per rank; the bone-length swap is the same on every rank
+        pool_rng = self._epoch_generator(100 + self.dist.rank, self.device)
+        swapped = swap_bone_lengths(self.train_set, self.templates, self._epoch_generator(1, self.device))
         n = len(swapped)
         sums: dict[str, float] = {}
         g_steps = d_steps = 0
