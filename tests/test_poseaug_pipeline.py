@@ -206,3 +206,22 @@ def test_bvh_training_and_real_evaluation_sets(tmp_path):
 def test_every_estimator_trains_in_the_pipeline(tmp_path, estimator):
     summary = poseaug.train(tiny(tmp_path / estimator, estimator=estimator, estimator_width=32, epochs=2))
     assert summary["estimator"] == estimator and summary["last"]["synthetic-broad"]["mpjpe"] > 0
+
+
+def test_interrupt_between_stage0_and_poseaug_resumes_to_the_same_run(tmp_path, monkeypatch):
+    """A stop after stage 0's last checkpoint but before the PoseAug stage began must resume into it."""
+    from fastsmall.methods.poseaug.train import PoseAugTrainer
+
+    straight = poseaug.train(tiny(tmp_path / "a", epochs=2))
+    original = PoseAugTrainer._begin_poseaug
+
+    def stop(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PoseAugTrainer, "_begin_poseaug", stop)
+    with pytest.raises(KeyboardInterrupt):
+        poseaug.train(tiny(tmp_path / "b", epochs=2))
+    monkeypatch.setattr(PoseAugTrainer, "_begin_poseaug", original)
+    resumed = poseaug.train(tiny(tmp_path / "b", epochs=2, resume=True))
+    assert resumed == straight
+    assert _records(tmp_path / "a") == _records(tmp_path / "b")

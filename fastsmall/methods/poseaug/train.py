@@ -321,9 +321,9 @@ class PoseAugTrainer:
                 self._begin_poseaug()
         while self.stage == STAGE_BASELINE and self.epoch < self.stage0_epochs:
             self._run_epoch(self._baseline_epoch, linear_decay(self.epoch, self.stage0_epochs))
-            if self.epoch == self.stage0_epochs:
-                self._begin_poseaug()
-                self._checkpoint()
+        if self.stage == STAGE_BASELINE:  # also when a run stopped right after stage 0's last checkpoint
+            self._begin_poseaug()
+            self._checkpoint()
         while self.stage == STAGE_POSEAUG and self.epoch < self.poseaug_epochs:
             scale = linear_decay(self.epoch, cfg.epochs)
             if self.gan is not None:
