@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastsmall.methods.poseaug.estimators import (ESTIMATORS, SemGCN, SimpleBaseline, VideoPose3D, build_estimator,
-                                                  skeleton_adjacency)
+from fastsmall.methods.poseaug.estimators import (ESTIMATORS, STGCN, SemGCN, SimpleBaseline, VideoPose3D,
+                                                  build_estimator, skeleton_adjacency, spatial_partitions,
+                                                  stgcn_graph)
 from fastsmall.skeleton import Skeleton
 
 H16 = Skeleton.h36m16()
@@ -44,12 +45,20 @@ def test_gradients_reach_every_parameter(models16):
         for pname, p in model.named_parameters():
             assert p.grad is not None, f"{name}.{pname} got no gradient"
             assert torch.isfinite(p.grad).all(), f"{name}.{pname}"
+            if name == "stgcn" and pname.startswith("non_local.") and not pname.startswith("non_local.W_bn."):
+                # behind the non-local block's zero-initialised output BN (identity at start, as
+                # released): exactly zero here, connected once the BN scale moves (next test)
+                assert (p.grad == 0).all(), f"{name}.{pname}"
+                continue
             assert p.grad.abs().sum() > 0, f"{name}.{pname} has an all-zero gradient"
 
 
-def test_gradients_reach_non_local_blocks():
+@pytest.mark.parametrize("make", [lambda: SemGCN(non_local=True),
+                                  lambda: STGCN(channels=(16, 16, 32), pool_channels=32, edge_importance=True)],
+                         ids=["semgcn", "stgcn"])
+def test_gradients_reach_non_local_blocks(make):
     torch.manual_seed(2)
-    model = SemGCN(non_local=True)
+    model = make()
     # the block's output BN starts at zero (identity block), which blocks gradients to the
     # layers before it; give it a non-zero scale to check every parameter is connected
     with torch.no_grad():
@@ -97,6 +106,10 @@ def test_other_skeleton():
     sk = Skeleton(parents=[1, -1, 1, 2], names=["a", "root", "c", "d"])
     y = SimpleBaseline(sk, linear_size=32).eval()(torch.randn(2, 4, 2))
     assert (y[:, 1] == 0).all() and (y[:, [0, 2, 3]] != 0).any()
+    # no mirror limbs: ST-GCN pools every joint into one group (documented fallback)
+    model = STGCN(sk, channels=(8, 8, 16), pool_channels=16)
+    assert model.groups == ((0, 1, 2, 3),)
+    assert model(torch.randn(3, 4, 2)).shape == (3, 4, 3)
 
 
 def test_semgcn_graph_is_the_skeleton_with_self_loops():
@@ -113,7 +126,7 @@ def test_semgcn_graph_is_the_skeleton_with_self_loops():
 
 
 def test_build_estimator_names_and_errors():
-    assert ESTIMATORS == ("simple_baseline", "videopose", "semgcn")
+    assert ESTIMATORS == ("simple_baseline", "videopose", "semgcn", "stgcn")
     assert isinstance(build_estimator("mlp", linear_size=16), SimpleBaseline)
     assert isinstance(build_estimator("simple_baseline", linear_size=16), SimpleBaseline)
     assert isinstance(build_estimator("videopose", channels=16), VideoPose3D)
@@ -121,8 +134,13 @@ def test_build_estimator_names_and_errors():
     assert isinstance(build_estimator("SemGCN", hid_dim=8), SemGCN)
     m = build_estimator("semgcn", H17, hid_dim=8, num_blocks=1)
     assert m.num_joints == 17 and len(m.gconv_layers) == 1
-    with pytest.raises(ValueError, match=r"unknown estimator 'resnet'.*valid names.*semgcn"):
+    assert isinstance(build_estimator("stgcn", channels=(8,), pool_channels=8), STGCN)
+    m = build_estimator("ST_GCN", H17, channels=(8, 16), pool_channels=8)
+    assert isinstance(m, STGCN) and m.num_joints == 17 and len(m.blocks) == 2
+    with pytest.raises(ValueError, match=r"unknown estimator 'resnet'.*valid names.*semgcn.*stgcn"):
         build_estimator("resnet")
+    with pytest.raises(ValueError, match="channels"):
+        build_estimator("stgcn", channels=())
     with pytest.raises(TypeError):
         build_estimator("mlp", no_such_option=1)
 
@@ -140,15 +158,33 @@ def test_parameter_counts_match_the_released_models():
         input 2*2*128+E+128 + BN 256 + 8 * (2*128*128+E+128 + BN 256) + output 2*128*3+E+3
         J=16 (E=46): 942 + 265,584 + 817 = 267,343 (the SemGCN paper's 0.27M);
         with the non-local block (5 x 33,472): 434,703 (the paper's 0.43M)
+    STGCN (st_gcn_single_frame_test.Model, K=4 partitions; block(i, o) = graph conv i*4o+4o
+    + BN 2o + 1x1 conv o*o+o + BN 2o, + residual i*o+o + BN 2o when i != o and not the first):
+        data_bn 2*2J + blocks (2,128) 18,560 + (128,128) 83,072 + (128,256) 232,448
+        + part blocks (256,512) 923,648 + (512,512) 1,315,328 + global conv+BN 263,680
+        + part conv+BN 262,912 + non-local 512 (3 x 131,328 + 131,584 + BN 1,024) 526,592
+        + output conv 1,539 = 3,627,779 + 4J. The released model always runs on its 17-joint
+        graph: 3,627,847 (PoseAug prints 3.63M); on h36m16's own graph here: 3,627,843.
     """
+    def stgcn_block(i, o, residual=True):
+        res = i * o + o + 2 * o if residual and i != o else 0
+        return i * 4 * o + 4 * o + 2 * o + o * o + o + 2 * o + res
+
     def expected(J):
         J2, O, E = 2 * J, 3 * (J - 1), 3 * J - 2
         mlp = (J2 * 1024 + 1024) + 2 * 1024 + 2 * 2 * (1024 * 1024 + 1024 + 2 * 1024) + (1024 * O + O)
         vp = J2 * 1024 + 2048 + 4 * 2 * (1024 * 1024 + 2048) + (1024 * O + O)
         gcn = (2 * 2 * 128 + E + 128 + 256) + 8 * (2 * 128 * 128 + E + 128 + 256) + (2 * 128 * 3 + E + 3)
-        return {"simple_baseline": mlp, "videopose": vp, "semgcn": gcn}
+        stgcn = (2 * J2 + stgcn_block(2, 128, residual=False) + stgcn_block(128, 128) + stgcn_block(128, 256)
+                 + stgcn_block(256, 512) + stgcn_block(512, 512) + (512 * 512 + 512 + 1024)
+                 + (1024 * 256 + 256 + 512) + (3 * (512 * 256 + 256) + 256 * 512 + 512 + 1024) + (512 * 3 + 3))
+        return {"simple_baseline": mlp, "videopose": vp, "semgcn": gcn, "stgcn": stgcn}
 
-    assert expected(16) == {"simple_baseline": 4_288_557, "videopose": 8_485_933, "semgcn": 267_343}
+    assert expected(16) == {"simple_baseline": 4_288_557, "videopose": 8_485_933, "semgcn": 267_343,
+                            "stgcn": 3_627_843}
+    assert expected(17)["stgcn"] == 3_627_847  # the released WrapSTGCN (17-joint graph inside)
+    # edge-importance masks (off as released): one [4, V, V] per block, 3 on 16 joints, 2 on 5 parts
+    assert n_params(STGCN(edge_importance=True)) == 3_627_843 + 3 * 4 * 16 * 16 + 2 * 4 * 5 * 5
     for sk in (H16, H17):
         for name, count in expected(sk.num_joints).items():
             assert n_params(build_estimator(name, sk)) == count, (name, sk.num_joints)
@@ -170,7 +206,8 @@ def test_non_local_starts_as_identity_and_checks_groups():
 
 @pytest.mark.parametrize("name, small", [("simple_baseline", dict(linear_size=128)),
                                          ("videopose", dict(channels=128)),
-                                         ("semgcn", dict(hid_dim=32))])
+                                         ("semgcn", dict(hid_dim=32)),
+                                         ("stgcn", dict(channels=(32, 32, 64), pool_channels=64))])
 def test_fits_a_tiny_regression(name, small):
     # widths reduced to keep the test fast: this checks learnability, not capacity
     torch.manual_seed(5)
@@ -188,3 +225,55 @@ def test_fits_a_tiny_regression(name, small):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], (name, losses[0], losses[-1])
+
+
+def test_stgcn_graph_is_the_released_layout_on_h36m():
+    # released hm36_gt (17 joints): parts la, ra, ll, rl, cb and sym_base, centre Spine (7)
+    center, groups, sym = stgcn_graph(H17)
+    assert center == 7
+    assert groups == ((11, 12, 13), (14, 15, 16), (4, 5, 6), (1, 2, 3), (0, 7, 8, 9, 10))
+    assert set(map(frozenset, sym)) == set(map(frozenset, [(6, 3), (5, 2), (4, 1), (11, 14), (12, 15), (13, 16)]))
+    # h36m16: the same groups and links without Neck/Nose
+    center, groups, sym = stgcn_graph(H16)
+    assert center == 7
+    assert groups == ((10, 11, 12), (13, 14, 15), (4, 5, 6), (1, 2, 3), (0, 7, 8, 9))
+    assert set(map(frozenset, sym)) == set(map(frozenset, [(6, 3), (5, 2), (4, 1), (10, 13), (11, 14), (12, 15)]))
+    # a generic tree: only the two equal-length sibling chains pair up, lower index first without L/R names
+    center, groups, sym = stgcn_graph(Skeleton(parents=[-1, 0, 1, 0, 3, 0]))
+    assert groups == ((1, 2), (3, 4), (0, 5)) and sym == ((1, 3), (2, 4))
+
+
+def test_stgcn_partitions_match_the_released_spatial_strategy():
+    """Released entries on hm36_gt, worked by hand: A[k, v, w] = 1/deg(w) for neighbour v of w,
+    k = self / v farther from the Spine / v nearer / v the mirror partner."""
+    A = STGCN(H17, channels=(8,), pool_channels=8).blocks[0].A
+    assert A.shape == (4, 17, 17)
+    torch.testing.assert_close(A.sum((0, 1)), torch.ones(17))  # every node averages its neighbourhood
+    third, fifth, quarter = 1 / 3, 1 / 5, 1 / 4
+    # Spine (7): itself, Hip (0) and Thorax (8), both farther from the centre
+    assert A[0, 7, 7] == pytest.approx(third) and A[1, 0, 7] == pytest.approx(third)
+    assert A[1, 8, 7] == pytest.approx(third) and A[2, :, 7].sum() == 0
+    # Thorax (8): Spine nearer; Neck, both shoulders farther
+    assert A[2, 7, 8] == pytest.approx(fifth)
+    assert [A[1, v, 8].item() for v in (9, 11, 14)] == pytest.approx([fifth] * 3)
+    # LShoulder (11): Thorax nearer, LElbow farther, RShoulder its mirror partner
+    assert A[2, 8, 11] == pytest.approx(quarter) and A[1, 12, 11] == pytest.approx(quarter)
+    assert A[3, 14, 11] == pytest.approx(quarter)
+    # 6 mirror pairs, both directions: shoulders, elbows, hips, knees have 4 neighbours incl. self,
+    # wrists and feet 3
+    assert A[3].sum().item() == pytest.approx(8 * quarter + 4 * third)
+    # the part graph: limbs 0..3 around the centre group 4, arms and legs mirrored
+    Ap = spatial_partitions(5, [(0, 4), (1, 4), (2, 4), (3, 4)], [(0, 1), (2, 3)], [1, 1, 1, 1, 0])
+    assert Ap[1, :4, 4].tolist() == pytest.approx([fifth] * 4)
+    assert Ap[2, 4, :4].tolist() == pytest.approx([third] * 4)
+    assert Ap[3, 0, 1] == pytest.approx(third) and Ap[3, 2, 3] == pytest.approx(third)
+
+
+def test_stgcn_dropout_settings():
+    def rates(model):
+        return sorted({m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)})
+
+    assert rates(STGCN(channels=(8,), pool_channels=8)) == [0.05, 0.1, 0.25]  # released --dropout -1
+    assert rates(STGCN(channels=(8,), pool_channels=8, dropout=0.0)) == [0.0]  # PoseAug stage: --dropout 0
+    data_bn = STGCN(channels=(8,), pool_channels=8).data_bn
+    assert data_bn.eps == 0.1 and data_bn.momentum == 0.1  # released BatchNorm1d(2J, 0.1) sets eps

@@ -18,13 +18,16 @@ VideoPose3D        single frame (filter widths [1]*5: 4 residual blocks of      
                    dropout 0.25, bias-free hidden layers
 SemGCN             hid 128, 4 residual blocks, learnable edge weights on the     267,343
                    skeleton adjacency + self-loops, dropout 0, no non-local
+STGCN              single frame: graph-conv blocks 128, 128, 256 on 4 spatial    3,627,843
+                   partitions, max-pool to 5 body parts, 2 blocks of 512 on the  (released,
+                   part graph, global + part features copied back to joints,     17-joint
+                   embedded-Gaussian non-local, released per-layer dropouts      graph:
+                   (``--dropout -1``)                                            3,627,847)
 =================  ==========================================================  =============
 
 SimpleBaseline and VideoPose3D regress the ``J - 1`` non-root joints and put the root at the
-origin; SemGCN regresses all ``J`` joints (its root output is learnt, not forced to zero, as
-released). The evaluation metrics subtract the root from predictions anyway.
-
-ST-GCN (the fourth PoseAug baseline) is not implemented here.
+origin; SemGCN and STGCN regress all ``J`` joints (their root output is learnt, not forced to
+zero, as released). The evaluation metrics subtract the root from predictions anyway.
 """
 from __future__ import annotations
 
@@ -37,8 +40,8 @@ import torch.nn.functional as F
 
 from ...skeleton import Skeleton
 
-__all__ = ["SimpleBaseline", "VideoPose3D", "SemGCN", "SemGraphConv", "GraphNonLocal", "build_estimator",
-           "ESTIMATORS", "check_input_2d", "skeleton_adjacency"]
+__all__ = ["SimpleBaseline", "VideoPose3D", "SemGCN", "SemGraphConv", "GraphNonLocal", "STGCN", "build_estimator",
+           "ESTIMATORS", "check_input_2d", "skeleton_adjacency", "stgcn_graph", "spatial_partitions"]
 
 
 def check_input_2d(x2d: torch.Tensor, num_joints: int, name: str = "x2d") -> None:
@@ -328,21 +331,295 @@ class SemGCN(_Estimator):
 
 
 # ---------------------------------------------------------------------------------------------
+# ST-GCN, single-frame (Cai et al., ICCV 2019; PoseAug's WrapSTGCN / st_gcn_single_frame_test)
+# ---------------------------------------------------------------------------------------------
+def _tree_distances(skeleton: Skeleton) -> list[list[int]]:
+    """``[J][J]`` hop distances along the kinematic tree (breadth-first from every joint)."""
+    J = skeleton.num_joints
+    nbrs: list[list[int]] = [[] for _ in range(J)]
+    for j, p in enumerate(skeleton.parents):
+        if p >= 0:
+            nbrs[j].append(p)
+            nbrs[p].append(j)
+    dist = []
+    for s in range(J):
+        d = [-1] * J
+        d[s] = 0
+        queue = [s]
+        for u in queue:  # grows while iterating
+            for v in nbrs[u]:
+                if d[v] < 0:
+                    d[v] = d[u] + 1
+                    queue.append(v)
+        dist.append(d)
+    return dist
+
+
+def stgcn_graph(skeleton: Skeleton) -> tuple[int, tuple[tuple[int, ...], ...], tuple[tuple[int, int], ...]]:
+    """The skeleton facts ST-GCN's graphs are built from: ``(center, groups, symmetric_pairs)``.
+
+    * ``center``: the joint the spatial partitions measure distances from. The released
+      ``hm36_gt`` layout hard-codes the Spine; here it is the tree's centre (the joint whose
+      farthest joint is nearest), which is the Spine on H36M; between two centres the one
+      nearer the root wins, then the lower index.
+    * ``groups``: the body parts ST-GCN max-pools to. A *limb* is a chain (a subtree with no
+      branching) hanging off a joint that has several children, and limbs come in mirror
+      pairs: the only two sibling chains of one length. Pairs are listed first, those that
+      branch farther from the root first, the chain whose first joint's name starts with
+      "L" first within a pair (else the lower index); every other joint forms the last,
+      central group. On H36M this gives the released groups exactly, in the released order
+      (left arm, right arm, left leg, right leg, torso with head). A skeleton without mirror
+      pairs (e.g. a single chain) falls back to one group holding every joint: the pooled
+      branch then sees one node, a global feature broadcast back to all joints.
+    * ``symmetric_pairs``: corresponding joints of paired limbs (hip-hip, knee-knee, ...):
+      the released layout's ``sym_base`` links, on H36M the same six pairs.
+    """
+    J, parents = skeleton.num_joints, skeleton.parents
+    dist = _tree_distances(skeleton)
+    depth = dist[skeleton.root]
+    center = min(range(J), key=lambda j: (max(dist[j]), depth[j], j))
+    children: list[list[int]] = [[] for _ in range(J)]
+    for j, p in enumerate(parents):
+        if p >= 0:
+            children[p].append(j)
+
+    def chain(j: int) -> list[int] | None:  # the subtree of j if it is a path, top to bottom
+        out = [j]
+        while len(children[out[-1]]) == 1:
+            out.append(children[out[-1]][0])
+        return out if not children[out[-1]] else None
+
+    pairs: list[tuple[int, list[int], list[int]]] = []  # (branching joint, first chain, second chain)
+    for b in range(J):
+        if len(children[b]) < 2:
+            continue
+        by_length: dict[int, list[list[int]]] = {}
+        for c in children[b]:
+            ch = chain(c)
+            if ch is not None:
+                by_length.setdefault(len(ch), []).append(ch)
+        for chains in by_length.values():
+            if len(chains) == 2:
+                first, second = sorted(chains, key=lambda ch: ch[0])
+                if skeleton.names[second[0]][:1].upper() == "L" and skeleton.names[first[0]][:1].upper() == "R":
+                    first, second = second, first
+                pairs.append((b, first, second))
+    pairs.sort(key=lambda t: (-depth[t[0]], t[0]))
+    limbs = [tuple(ch) for _, first, second in pairs for ch in (first, second)]
+    in_limb = {j for limb in limbs for j in limb}
+    body = tuple(j for j in range(J) if j not in in_limb)
+    sym = tuple((a, b) for _, first, second in pairs for a, b in zip(first, second))
+    return center, tuple(limbs) + (body,), sym
+
+
+def spatial_partitions(num_nodes: int, edges: Sequence[tuple[int, int]], symmetric: Sequence[tuple[int, int]],
+                       center_distance: Sequence[int]) -> torch.Tensor:
+    """ST-GCN's "spatial" partitioning with symmetric links: ``[4, V, V]``, ``A[k, v, w]`` the
+    weight of node ``v``'s feature in node ``w``'s output for kernel ``k``.
+
+    The graph is ``edges`` plus ``symmetric`` links plus self-loops, column-normalised (each
+    node averages over its neighbourhood, the released ``normalize_digraph``); its entries are
+    split into k=0 the node itself, k=1 neighbours farther from the centre (centrifugal), k=2
+    neighbours nearer the centre (centripetal), k=3 the mirror partner. The released code also
+    builds a same-distance class at hop 1 and drops it; on a tree with mirror links no
+    neighbour is at the same distance, so nothing is dropped here either.
+    """
+    V = num_nodes
+    adj = torch.eye(V, dtype=torch.float64)
+    for a, b in list(edges) + list(symmetric):
+        adj[a, b] = adj[b, a] = 1.0
+    norm = adj / adj.sum(0, keepdim=True)
+    is_sym = torch.zeros(V, V, dtype=torch.bool)
+    for a, b in symmetric:
+        is_sym[a, b] = is_sym[b, a] = True
+    d = torch.tensor(list(center_distance), dtype=torch.float64)
+    off = ~torch.eye(V, dtype=torch.bool)
+    farther = d[:, None] > d[None, :]  # farther[v, w]: v is farther from the centre than w
+    nearer = d[:, None] < d[None, :]
+    A = torch.stack([torch.diag(torch.diagonal(norm)),
+                     norm * (off & ~is_sym & farther),
+                     norm * (off & ~is_sym & nearer),
+                     norm * is_sym])
+    return A.float()
+
+
+class _STGCNBlock(nn.Module):
+    """The released ``st_gcn`` unit on one frame, ``[B, C_in, V] -> [B, C_out, V]``:
+    graph conv (a 1x1 conv to ``K * C_out`` channels, then each kernel's features are
+    propagated with its partition) -> BN -> ReLU -> Dropout -> 1x1 conv -> BN -> Dropout,
+    plus a residual (none, identity, or 1x1 conv + BN when the width changes), then ReLU.
+
+    The released "temporal" conv has kernel (1, 1) in the single-frame model, so it is a
+    pointwise conv here too. ``edge_importance`` multiplies the partitions by a learnt mask
+    (Yan et al.'s ST-GCN); the released single-frame model has none.
+    """
+
+    def __init__(self, n_in: int, n_out: int, A: torch.Tensor, dropout: float, residual: bool = True,
+                 edge_importance: bool = False):
+        super().__init__()
+        self.register_buffer("A", A, persistent=False)
+        self.K, self.n_out = A.shape[0], n_out
+        self.gcn = nn.Conv1d(n_in, n_out * self.K, 1)
+        self.tcn = nn.Sequential(nn.BatchNorm1d(n_out), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Conv1d(n_out, n_out, 1), nn.BatchNorm1d(n_out), nn.Dropout(dropout))
+        if not residual:
+            self.residual = None
+        elif n_in == n_out:
+            self.residual = nn.Identity()
+        else:
+            self.residual = nn.Sequential(nn.Conv1d(n_in, n_out, 1), nn.BatchNorm1d(n_out))
+        self.importance = nn.Parameter(torch.ones_like(A)) if edge_importance else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        A = self.A if self.importance is None else self.A * self.importance
+        B, _, V = x.shape
+        y = torch.einsum("bkcv,kvw->bcw", self.gcn(x).view(B, self.K, self.n_out, V), A)
+        y = self.tcn(y)
+        if self.residual is not None:
+            y = y + self.residual(x)
+        return F.relu(y)
+
+
+class _GaussianNonLocal(nn.Module):
+    """Embedded-Gaussian non-local block over the joints, ``[B, C, V] -> [B, C, V]``:
+    ``x + BN(W softmax_w(theta_v . phi_w) g_w)`` with ``C / 2`` inner channels, no
+    sub-sampling (the released ``st_gcn_NONLocalBlock2D(sub_sample=False)``). The output BN
+    starts at zero, so the block starts as the identity, as released.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        inter = max(channels // 2, 1)
+        self.g = nn.Conv1d(channels, inter, 1)
+        self.theta = nn.Conv1d(channels, inter, 1)
+        self.phi = nn.Conv1d(channels, inter, 1)
+        self.W = nn.Conv1d(inter, channels, 1)
+        self.W_bn = nn.BatchNorm1d(channels)
+        nn.init.zeros_(self.W_bn.weight)
+        nn.init.zeros_(self.W_bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.softmax(self.theta(x).transpose(1, 2) @ self.phi(x), dim=-1)  # [B, V, V]
+        y = (f @ self.g(x).transpose(1, 2)).transpose(1, 2)  # [B, inter, V]
+        return x + self.W_bn(self.W(y))
+
+
+class STGCN(_Estimator):
+    """The single-frame ST-GCN PoseAug uses as its fourth baseline (Cai et al.'s model, run on
+    one frame; PoseAug's ``WrapSTGCN``).
+
+    Joint graph: ``data_bn`` over the 2J inputs, then graph-conv blocks of widths ``channels``
+    (released 128, 128, 256; the first without residual) on the skeleton with 4 spatial
+    partitions (self / centrifugal / centripetal / mirror partner, :func:`spatial_partitions`).
+    Features are max-pooled to the body parts of :func:`stgcn_graph` and two blocks of width
+    ``pool_channels`` (512) run on the part graph (limbs linked to the central group, mirror
+    limbs linked). A global max over parts -> 1x1 conv + BN + ReLU + Dropout, concatenated to
+    every part -> 1x1 conv to ``channels[-1]`` + BN + ReLU + Dropout, is copied back to the
+    joints of each part and concatenated to the joint features; an embedded-Gaussian non-local
+    block over the joints and a 1x1 conv (after dropout) give the 3D joints. All J joints are
+    regressed (the root too, as released).
+
+    ``dropout=None`` is the released default setting (``--dropout -1``, used to pretrain
+    ST-GCN in PoseAug's TRAIN.md): 0.05 in the blocks, 0.25 after the global conv, 0.1 after
+    the part conv and before the output conv. A number uses that rate everywhere (PoseAug's
+    augmentation stage builds ST-GCN with ``--dropout 0``). The released ``data_bn`` passes
+    its momentum 0.1 in BatchNorm's ``eps`` slot, so its eps is 0.1; that is kept.
+
+    Simplified from the released code, with the same function on one frame: the time and
+    person axes (T = M = 1) are dropped, so tensors are ``[B, C, J]`` and the released
+    ``(1, 1)`` Conv2d/BatchNorm2d layers are Conv1d/BatchNorm1d with the same parameters up to
+    a trailing kernel dimension of 1. The released wrapper maps PoseAug's 16 joints to its
+    hard-coded 17-joint H36M graph by inserting a Neck/Nose joint at the Thorax-Head midpoint
+    and drops it from the output; here the graph is the skeleton's own tree (built from
+    ``sk.parents``), so on ``h36m16`` the Thorax links to the Head directly and ``data_bn``
+    has 2 x 16 channels (4 parameters fewer than released); on ``h36m17`` the graph, groups
+    and parameter count are the released ones. The part groups and mirror links, hard-coded in
+    the released layout, are derived by :func:`stgcn_graph`. ``edge_importance=True`` adds
+    Yan et al.'s learnt edge-importance masks (one per block); the released model has none.
+    """
+
+    def __init__(self, skeleton: Skeleton | None = None, channels: Sequence[int] = (128, 128, 256),
+                 pool_channels: int = 512, dropout: float | None = None, edge_importance: bool = False):
+        super().__init__(skeleton)
+        channels = tuple(int(c) for c in channels)
+        if not channels or min(channels) < 1 or pool_channels < 1:
+            raise ValueError(f"channels must be a non-empty list of positive widths and pool_channels positive, "
+                             f"got channels={list(channels)}, pool_channels={pool_channels}")
+        if dropout is None:
+            p_block, p_global, p_part, p_out = 0.05, 0.25, 0.1, 0.1
+        else:
+            p_block = p_global = p_part = p_out = float(dropout)
+        J = self.num_joints
+        center, groups, sym = stgcn_graph(self.skeleton)
+        self.groups = groups
+        dist = _tree_distances(self.skeleton)[center]
+        bones = [(j, p) for j, p in enumerate(self.skeleton.parents) if p >= 0]
+        A = spatial_partitions(J, bones, sym, dist)
+        # part graph: limbs (listed in mirror pairs) around the central group, the last node
+        P = len(groups)
+        A_part = spatial_partitions(P, [(i, P - 1) for i in range(P - 1)],
+                                    [(i, i + 1) for i in range(0, P - 1, 2)], [1] * (P - 1) + [0])
+
+        # eps=0.1: the released BatchNorm1d(2J, self.momentum) sets eps, not momentum
+        self.data_bn = nn.BatchNorm1d(J * 2, eps=0.1)
+        widths = (2,) + channels
+        self.blocks = nn.ModuleList([
+            _STGCNBlock(widths[i], widths[i + 1], A, p_block, residual=i > 0, edge_importance=edge_importance)
+            for i in range(len(channels))])
+        self.part_blocks = nn.ModuleList([
+            _STGCNBlock(channels[-1], pool_channels, A_part, p_block, edge_importance=edge_importance),
+            _STGCNBlock(pool_channels, pool_channels, A_part, p_block, edge_importance=edge_importance)])
+        self.global_conv = nn.Sequential(nn.Conv1d(pool_channels, pool_channels, 1), nn.BatchNorm1d(pool_channels),
+                                         nn.ReLU(), nn.Dropout(p_global))
+        self.part_conv = nn.Sequential(nn.Conv1d(2 * pool_channels, channels[-1], 1), nn.BatchNorm1d(channels[-1]),
+                                       nn.ReLU(), nn.Dropout(p_part))
+        self.non_local = _GaussianNonLocal(2 * channels[-1])
+        self.out = nn.Sequential(nn.Dropout(p_out), nn.Conv1d(2 * channels[-1], 3, 1))
+
+        # max-pooling gathers [P, longest group] joint indices; shorter groups repeat their first
+        # joint, which leaves the max (and, summed over the copies, its gradient) unchanged
+        longest = max(len(g) for g in groups)
+        pool_index = [list(g) + [g[0]] * (longest - len(g)) for g in groups]
+        part_of = [0] * J
+        for i, g in enumerate(groups):
+            for j in g:
+                part_of[j] = i
+        self.register_buffer("pool_index", torch.tensor(pool_index, dtype=torch.long), persistent=False)
+        self.register_buffer("part_of", torch.tensor(part_of, dtype=torch.long), persistent=False)
+
+    def forward(self, x2d: torch.Tensor) -> torch.Tensor:
+        check_input_2d(x2d, self.num_joints)
+        B, J = x2d.shape[:2]
+        # the released data_bn normalises the (joint, xy) channels, joint-major, as reshape gives
+        x = self.data_bn(x2d.reshape(B, J * 2)).view(B, J, 2).transpose(1, 2)  # [B, 2, J]
+        for block in self.blocks:
+            x = block(x)
+        parts = x[:, :, self.pool_index].amax(dim=-1)  # [B, C, P]
+        for block in self.part_blocks:
+            parts = block(parts)
+        glob = self.global_conv(parts.amax(dim=-1, keepdim=True))  # [B, pool, 1]
+        parts = self.part_conv(torch.cat([glob.expand_as(parts), parts], dim=1))  # [B, C, P]
+        x = torch.cat([x, parts[:, :, self.part_of]], dim=1)  # [B, 2C, J]
+        return self.out(self.non_local(x)).transpose(1, 2)  # [B, J, 3]
+
+
+# ---------------------------------------------------------------------------------------------
 # Factory
 # ---------------------------------------------------------------------------------------------
-ESTIMATORS: tuple[str, ...] = ("simple_baseline", "videopose", "semgcn")
+ESTIMATORS: tuple[str, ...] = ("simple_baseline", "videopose", "semgcn", "stgcn")
 _ALIASES = {"simple_baseline": "simple_baseline", "mlp": "simple_baseline", "videopose": "videopose",
-            "semgcn": "semgcn", "gcn": "semgcn"}
-_CLASSES = {"simple_baseline": SimpleBaseline, "videopose": VideoPose3D, "semgcn": SemGCN}
+            "semgcn": "semgcn", "gcn": "semgcn", "stgcn": "stgcn", "st_gcn": "stgcn"}
+_CLASSES = {"simple_baseline": SimpleBaseline, "videopose": VideoPose3D, "semgcn": SemGCN, "stgcn": STGCN}
 
 
 def build_estimator(name: str, skeleton: Skeleton | None = None, **overrides) -> nn.Module:
     """Build an estimator by name with the released defaults; ``overrides`` go to its constructor.
 
-    Names: ``simple_baseline`` (alias ``mlp``), ``videopose``, ``semgcn`` (alias ``gcn``).
+    Names: ``simple_baseline`` (alias ``mlp``), ``videopose``, ``semgcn`` (alias ``gcn``),
+    ``stgcn`` (alias ``st_gcn``).
     """
     key = _ALIASES.get(str(name).strip().lower())
     if key is None:
         raise ValueError(f"unknown estimator {name!r}; valid names: {sorted(_ALIASES)} "
-                         f"(canonical: {list(ESTIMATORS)}; 'stgcn' is not implemented)")
+                         f"(canonical: {list(ESTIMATORS)})")
     return _CLASSES[key](skeleton, **overrides)
