@@ -202,7 +202,7 @@ def test_bvh_training_and_real_evaluation_sets(tmp_path):
     assert summary["last"]["3dhp"]["n"] == 2
 
 
-@pytest.mark.parametrize("estimator", ["videopose", "semgcn"])
+@pytest.mark.parametrize("estimator", ["videopose", "semgcn", "stgcn"])
 def test_every_estimator_trains_in_the_pipeline(tmp_path, estimator):
     summary = poseaug.train(tiny(tmp_path / estimator, estimator=estimator, estimator_width=32, epochs=2))
     assert summary["estimator"] == estimator and summary["last"]["synthetic-broad"]["mpjpe"] > 0

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..common import ConfigError
 from .losses import FEEDBACKS
 
-ESTIMATOR_NAMES = ["videopose", "simple_baseline", "semgcn"]
+ESTIMATOR_NAMES = ["videopose", "simple_baseline", "semgcn", "stgcn"]
 DATA_SOURCES = ["synthetic", "h36m", "bvh"]
 
 
@@ -40,7 +40,8 @@ class Config:
     # ---- estimator ----------------------------------------------------------------------
     estimator: str = _f("videopose", "3D pose estimator", choices=ESTIMATOR_NAMES)
     estimator_width: int | None = _f(None, "estimator width (SimpleBaseline linear size, VideoPose3D channels, "
-                                           "SemGCN hidden dim); default: the released size", min=8)
+                                           "SemGCN hidden dim, ST-GCN widest joint-graph channels); "
+                                           "default: the released size", min=8)
     pretrained: str | None = _f(None, "estimator weights from `fastsmall poseaug-baseline` (its checkpoints/estimator.pt)")
     baseline_epochs: int = _f(4, "without --pretrained: epochs of plain estimator training on real data first "
                                  "(stage 0, part of the run)", min=0)

@@ -56,8 +56,11 @@ def derive_seed(*values: int) -> int:
 def estimator_overrides(cfg: Config) -> dict:
     if cfg.estimator_width is None:
         return {}
+    w = cfg.estimator_width
+    if cfg.estimator == "stgcn":  # released widths (128, 128, 256) and 512 on the part graph, scaled
+        return {"channels": (max(1, w // 2), max(1, w // 2), w), "pool_channels": 2 * w}
     key = {"simple_baseline": "linear_size", "videopose": "channels", "semgcn": "hid_dim"}[cfg.estimator]
-    return {key: cfg.estimator_width}
+    return {key: w}
 
 
 def linear_decay(epoch: int, epochs: int) -> float:
