@@ -68,7 +68,10 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
         f". Stage 0: {base.baseline_epochs} epochs on real data (lr {base.lr_p:g}); then {base.epochs} epochs with "
         f"warm-up {base.warmup}, batch {base.batch_size}, estimator lr {base.lr_p_poseaug:g}, released loss weights "
         f"and feedback. Seeds: {seeds}; mean ± std over seeds of the **last** epoch (no best-on-test pick).", "",
-        "Evaluation sets: " + ", ".join(f"`{s}`" for s in sets) + ".", "",
+        "Evaluation sets: " + ", ".join(f"`{s}`" for s in sets) + ". `synthetic-broad` has all six motion types "
+        "(sitting, crouching, reaching and bending as well), any orientation to the camera and tilts; `bvh` is "
+        "CMU subject 01 (every 4th frame of the BVH files), mapped to h36m16 and seen through random cameras "
+        "4-6 m away.", "",
     ]
     for metric, label in METRICS:
         lines += [f"## {label}", "", "| condition | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
