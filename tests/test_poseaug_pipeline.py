@@ -225,3 +225,20 @@ def test_interrupt_between_stage0_and_poseaug_resumes_to_the_same_run(tmp_path, 
     resumed = poseaug.train(tiny(tmp_path / "b", epochs=2, resume=True))
     assert resumed == straight
     assert _records(tmp_path / "a") == _records(tmp_path / "b")
+
+
+@NEEDS_SHARED
+def test_h36m_training_from_videopose3d_files(tmp_path):
+    """--data h36m end to end: VideoPose3D-format files (tiny, written here) with the real cameras,
+    S1/S5-S8 for training, S9/S11 as the test split, 3DHP frames as an extra evaluation set."""
+    from test_poseaug_data import _write_videopose3d
+
+    from fastsmall.methods.poseaug.camera import load_h36m_cameras
+
+    cameras = SHARED_DATA / "h36m" / "cameras.json"
+    _write_videopose3d(tmp_path, load_h36m_cameras(cameras), subjects=("S1", "S5", "S6", "S7", "S8", "S9", "S11"))
+    dhp = SHARED_DATA / "mpi_inf_3dhp" / "test_3dhp_test.npz"
+    summary = poseaug.train(tiny(tmp_path / "run", data="h36m", data_dir=str(tmp_path), cameras=str(cameras),
+                                 epochs=2, eval=[f"3dhp:{dhp}"]))
+    assert set(summary["last"]) == {"h36m", "3dhp"}
+    assert summary["last"]["h36m"]["n"] == 2 * 4 * 60  # S9 and S11, 4 cameras, 60 frames each
