@@ -242,3 +242,36 @@ def test_h36m_training_from_videopose3d_files(tmp_path):
                                  epochs=2, eval=[f"3dhp:{dhp}"]))
     assert set(summary["last"]) == {"h36m", "3dhp"}
     assert summary["last"]["h36m"]["n"] == 2 * 4 * 60  # S9 and S11, 4 cameras, 60 frames each
+
+
+def test_bone_length_swap_keeps_directions_root_and_camera():
+    """Released random_bl_aug: each pose takes a template's lengths; directions, root and camera stay."""
+    import fastsmall as fs
+    from fastsmall.methods.poseaug.camera import project_to_2d
+    from fastsmall.methods.poseaug.train import swap_bone_lengths
+
+    poses = synthetic.generate(128, subset="broad", seed=4)
+    templates = 0.2 + 0.3 * torch.rand(7, 15, generator=torch.Generator().manual_seed(1))
+    swapped = swap_bone_lengths(poses, templates, torch.Generator().manual_seed(2))
+    unit0, _ = fs.ops.bone_decompose(poses.poses_3d, poses.skeleton)
+    unit1, length1 = fs.ops.bone_decompose(swapped.poses_3d, poses.skeleton)
+    torch.testing.assert_close(unit1, unit0, atol=1e-5, rtol=0)
+    matches = (length1.squeeze(-1).unsqueeze(1) - templates.unsqueeze(0)).abs().amax(-1) < 1e-5  # [N, S]
+    assert (matches.sum(1) == 1).all()  # every pose has exactly one template's lengths
+    assert len(set(matches.float().argmax(1).tolist())) > 1  # and not all the same template
+    torch.testing.assert_close(swapped.poses_3d[:, 0], poses.poses_3d[:, 0])
+    torch.testing.assert_close(swapped.poses_2d, project_to_2d(swapped.poses_3d, poses.cams))
+
+
+@NEEDS_SHARED
+def test_released_bone_length_templates_file(tmp_path):
+    """--bl-templates with PoseAug's own S1/S5-S8 file; a wrong shape is a clear error."""
+    import numpy as np
+
+    templates = SHARED_DATA / "h36m" / "poseaug_bone_length_templates_S1_S5_S6_S7_S8.npy"
+    summary = poseaug.train(tiny(tmp_path / "run", bl_templates=str(templates), epochs=2))
+    assert summary["method"] == "poseaug"
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.ones((5, 14), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"bad.npy: expected shape \[S, 15\]"):
+        poseaug.train(tiny(tmp_path / "bad", bl_templates=str(bad)))
