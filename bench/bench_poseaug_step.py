@@ -33,7 +33,7 @@ from fastsmall.skeleton import Skeleton
 
 B = 1024
 SK = Skeleton.h36m16()
-ROUNDS = dict(rounds=12, iterations=1, warmup_rounds=3)
+ROUNDS = dict(rounds=25, iterations=1, warmup_rounds=3)
 IMPL_NAME = {"reference": "eager", "fused": "fastsmall"}
 
 
