@@ -5,7 +5,7 @@
 ``reference`` is the released code's arithmetic (constant-matrix bones, bone vectors
 recomputed from every intermediate pose, five full masked Grams feeding five separate
 KCS-path MLPs); ``fused`` is fastsmall's (``bone_decompose`` once, ``kcs_inverse`` with the
-root, one compact ``part_kcs_gram``, the five paths as batched matmuls). Both train the
+root, one compact ``part_kcs_gram`` feeding trimmed first layers). Both train the
 same function with the same parameters (tests/test_poseaug_augmentor.py).
 
 Cases:
