@@ -158,7 +158,7 @@ def run_poseaug_demo(out: str) -> None:
     import shutil
 
     from fastsmall.methods import poseaug
-    from fastsmall.methods.poseaug.__main__ import _table
+    from fastsmall.methods.poseaug.__main__ import result_table
 
     run_dir = f"{out}/poseaug"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -169,7 +169,7 @@ def run_poseaug_demo(out: str) -> None:
           f"{cfg.train_size} narrow poses (standing/walking, facing the camera) for {cfg.baseline_epochs} epochs, then "
           f"{cfg.epochs} PoseAug epochs; tested on held-out narrow and broad poses. Run directory {run_dir}")
     summary = poseaug.train(cfg)
-    print(_table(summary))
+    print(result_table(summary))
 
 
 if __name__ == "__main__":

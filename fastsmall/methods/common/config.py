@@ -89,6 +89,15 @@ def config_from_args(config_cls, args: argparse.Namespace):
     return cfg
 
 
+def config_fingerprint(cfg, volatile=("resume", "quiet", "out", "device"), **extra) -> str:
+    """The config as a canonical JSON string without the fields that may change between a run
+    and its resumption; checkpoints store it and a resume must match it."""
+    fields = dataclasses.asdict(cfg)
+    for name in volatile:
+        fields.pop(name, None)
+    return json.dumps({**fields, **extra}, sort_keys=True)
+
+
 def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -41,6 +41,29 @@ class Distributed:
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts)
 
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        """Average ``model``'s gradients over ranks in one all-reduce (what DDP does, for models
+        whose ``requires_grad`` changes from step to step, which DDP does not allow)."""
+        if not self.enabled:
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def broadcast_buffers(self, *models: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm statistics) on every rank."""
+        if self.enabled:
+            for model in models:
+                for b in model.buffers():
+                    dist.broadcast(b, 0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

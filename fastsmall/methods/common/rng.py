@@ -12,6 +12,16 @@ import numpy as np
 import torch
 
 
+def derive_seed(*values: int) -> int:
+    """A 63-bit seed from several integers (splitmix64 steps): one independent stream per
+    (seed, generation/stage, epoch, rank, purpose), so a resumed epoch replays exactly."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)

@@ -12,25 +12,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from ..common import mean_std, write_report
 from .config import Config
 from .train import train
 
 METHODS = {"fixmatch": dict(baseline="fixmatch"), "crest": dict(), "crest+": dict(plus=True)}
-
-
-def _fmt(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def run(out: Path, seeds: list[int], base: Config) -> dict:
@@ -73,7 +64,7 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
             for g in range(G):
                 vals = [s["per_generation"][g][metric] for (n, _), s in results.items()
                         if n == name and g < len(s["per_generation"])]
-                row.append(_fmt(vals) if vals else "")
+                row.append(mean_std(vals) if vals else "")
             lines.append(f"| {name} {label} | " + " | ".join(row) + " |")
     lines += ["", "## FixMatch: per-class test precision vs recall, by class rank (1 = most labelled)", "",
               "| rank | precision | recall |", "|---|---|---|"]
@@ -87,7 +78,7 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
             last = [r for r in s["records"] if r["type"] == "generation"][-1]["test"]
             prec.append(last["precision"][c])
             rec.append(last["recall"][c])
-        lines.append(f"| {rank} | {_fmt(prec)} | {_fmt(rec)} |")
+        lines.append(f"| {rank} | {mean_std(prec)} | {mean_std(rec)} |")
     lines += ["", "## Final balanced accuracy per seed", "", "| method | " + " | ".join(f"seed {s}" for s in seeds)
               + " |", "|---|" + "---|" * len(seeds)]
     for name in METHODS:
@@ -110,11 +101,7 @@ def main(argv=None) -> int:
     command = ("python -m fastsmall.methods.crest.experiment --seeds " + " ".join(map(str, args.seeds))
                + f" --generations {args.generations} --epochs {args.epochs}")
     text = report(results, args.seeds, base, command, time.perf_counter() - start)
-    Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
-    existing = Path(args.doc).read_text() if Path(args.doc).exists() else ""
-    marker = "\n## What reproduces"
-    notes = existing[existing.index(marker):] if marker in existing else ""
-    Path(args.doc).write_text(text + notes)
+    write_report(args.doc, text)
     print(text)
     return 0
 

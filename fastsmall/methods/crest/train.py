@@ -15,8 +15,6 @@ rank), so a resumed epoch replays exactly.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
 import statistics
 import time
@@ -24,8 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..common import (CheckpointError, Distributed, RunDir, get_rng_state, load_checkpoint, progress,
-                      save_checkpoint, set_rng_state, validate_config)
+from ..common import (CheckpointError, Distributed, RunDir, config_fingerprint, derive_seed, get_rng_state,
+                      load_checkpoint, progress, save_checkpoint, set_rng_state, validate_config)
 from ..models import build as build_model
 from . import augment
 from .config import Config
@@ -33,15 +31,6 @@ from .data import SemiSupervisedSplit, load_split
 from .metrics import confusion, summarize
 from .pseudo_label import PseudoLabeler
 from .sampling import class_ranks, sampling_rates, select_pseudo_labels, temperature
-
-
-def _mix(*values: int) -> int:
-    """A 63-bit seed from several integers (splitmix64 steps)."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 class _Trainer:
@@ -70,7 +59,7 @@ class _Trainer:
 
     # ---- model, optimiser, EMA -------------------------------------------------------
     def _fresh_generation_state(self):
-        torch.manual_seed(_mix(self.cfg.seed, self.generation, 17))
+        torch.manual_seed(derive_seed(self.cfg.seed, self.generation, 17))
         self.model = build_model(self.model_name, self.C, self.in_channels).to(self.device)
         self.ema = copy.deepcopy(self.model).eval()
         for p in self.ema.parameters():
@@ -114,7 +103,7 @@ class _Trainer:
 
     def _epoch_batches(self, n: int, per_rank: int, salt: int) -> torch.Tensor:
         """[steps, per_rank] indices: an epoch permutation shared by all ranks, sharded by rank, cycled."""
-        g = torch.Generator().manual_seed(_mix(self.cfg.seed, self.generation, self.epoch, salt))
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.generation, self.epoch, salt))
         perm = torch.randperm(n, generator=g)
         shard = perm[self.dist.rank::self.dist.world_size]
         if shard.numel() == 0:
@@ -125,7 +114,7 @@ class _Trainer:
     # ---- one epoch ---------------------------------------------------------------------------
     def _train_epoch(self):
         cfg = self.cfg
-        torch.manual_seed(_mix(cfg.seed, self.generation, self.epoch, self.dist.rank, 3))
+        torch.manual_seed(derive_seed(cfg.seed, self.generation, self.epoch, self.dist.rank, 3))
         x_l, y_l = self._labelled_set()
         x_u = self.split.x_unlabelled
         lab = self._epoch_batches(len(y_l), self.per_rank_l, 1)
@@ -180,10 +169,7 @@ class _Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------
     def _config_json(self) -> str:
-        fields = dataclasses.asdict(self.cfg)
-        for volatile in ("resume", "quiet", "out", "device", "compile"):
-            fields.pop(volatile)
-        return json.dumps(fields, sort_keys=True)
+        return config_fingerprint(self.cfg, ("resume", "quiet", "out", "device", "compile"))
 
     def _checkpoint(self):
         if not self.dist.is_main:

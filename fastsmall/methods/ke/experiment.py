@@ -16,12 +16,12 @@ import argparse
 import dataclasses
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from ..common import mean_std, write_report
 from .config import Config
 from .plots import plot_comparison
 from .train import train
@@ -34,19 +34,10 @@ RUNS = {
 }
 
 
-def _fmt(values, digits=3):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def _paired(a, b):
     """mean ± std of a - b over seeds, and how many seeds have a > b."""
     d = [x - y for x, y in zip(a, b)]
-    return f"{_fmt(d)} ({sum(x > 0 for x in d)}/{len(d)} seeds > 0)"
+    return f"{mean_std(d)} ({sum(x > 0 for x in d)}/{len(d)} seeds > 0)"
 
 
 def run(out: Path, seeds: list[int], base: Config) -> dict:
@@ -106,7 +97,7 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
             series = _series(results, name, seeds, key)
             if all(v is None for row in series for v in row):
                 continue
-            cols = [_fmt([row[g] for row in series]) for g in range(N)]
+            cols = [mean_std([row[g] for row in series]) for g in range(N)]
             lines.append(f"| {name} {label} | " + " | ".join(cols) + " |")
     ke_dense = [results[("KE (KELS)", s)]["test_accuracy"] for s in seeds]
     ke_slim = [results[("KE (KELS)", s)]["slim_test_accuracy"] for s in seeds]
@@ -132,7 +123,7 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
     ]
     for name in ("KE (KELS)", "restart", "long"):
         series = _series(results, name, seeds, "reset_to_fit_magnitude")
-        lines.append(f"| {name} | " + " | ".join(_fmt([row[g] for row in series], 2) for g in range(N)) + " |")
+        lines.append(f"| {name} | " + " | ".join(mean_std([row[g] for row in series], 2) for g in range(N)) + " |")
     lines += ["", f"## Final (generation {N}) test accuracy per seed", "",
               "| run | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for name in RUNS:
@@ -170,10 +161,7 @@ def main(argv=None) -> int:
     plot_comparison(panels, plot, f"digits-small, {args.per_class} images/class, mean ± std over "
                                   f"{len(args.seeds)} seeds")
     text = report(results, args.seeds, base, command, time.perf_counter() - start, plot.name)
-    existing = doc.read_text() if doc.exists() else ""
-    marker = "\n## What reproduces"
-    notes = existing[existing.index(marker):] if marker in existing else ""
-    doc.write_text(text + notes)
+    write_report(doc, text)
     (Path(args.out) / "results.json").write_text(json.dumps(
         {f"{name}|{seed}": s for (name, seed), s in results.items()}, indent=1))
     print(text)

@@ -27,8 +27,6 @@ whose dense / sparse / re-dense phases are its three generations.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import time
 
@@ -37,22 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import reference
-from ..common import (CheckpointError, ConfigError, Distributed, RunDir, get_rng_state, load_checkpoint, progress,
-                      save_checkpoint, set_rng_state, validate_config)
+from ..common import (CheckpointError, ConfigError, Distributed, RunDir, config_fingerprint, derive_seed,
+                      get_rng_state, load_checkpoint, progress, save_checkpoint, set_rng_state, validate_config)
 from ..models import build as build_model
 from .config import Config
 from .data import load_data
 from .masks import prunable_layers, reinitialize_, split_masks
 from .slim import count_macs, count_params, extract_slim, slim_architecture
-
-
-def derive_seed(*values: int) -> int:
-    """A 63-bit seed from several integers (splitmix64 steps)."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 def kaiming_init_(model: nn.Module) -> None:
@@ -234,10 +223,7 @@ class GenerationTrainer:
     # ---- evaluation ----------------------------------------------------------------------
     def sync_buffers(self) -> None:
         """BatchNorm statistics of rank 0 everywhere (DDP's buffer broadcast runs before a forward)."""
-        if self.dist.enabled:
-            import torch.distributed as dist
-            for b in self.model.buffers():
-                dist.broadcast(b, 0)
+        self.dist.broadcast_buffers(self.model)
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch: int = 256) -> float:
@@ -257,10 +243,7 @@ class GenerationTrainer:
 
     # ---- checkpoints ---------------------------------------------------------------------
     def config_json(self) -> str:
-        fields = dataclasses.asdict(self.cfg)
-        for volatile in ("resume", "quiet", "out", "device", "compile"):
-            fields.pop(volatile)
-        return json.dumps(fields, sort_keys=True)
+        return config_fingerprint(self.cfg, ("resume", "quiet", "out", "device", "compile"))
 
     def checkpoint(self) -> None:
         if not self.dist.is_main:

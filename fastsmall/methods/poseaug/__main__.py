@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
@@ -11,7 +10,7 @@ from .config import Config
 from .train import train
 
 
-def _table(summary: dict) -> str:
+def result_table(summary: dict) -> str:
     rows = [f"{'set':<22}{'':>9}{'MPJPE':>9}{'P-MPJPE':>9}{'PCK':>7}{'AUC':>7}"]
     for label, block in (("before", summary.get("initial")), ("last", summary.get("last")),
                          ("best*", summary.get("best"))):
@@ -38,7 +37,7 @@ def main(argv=None, *, stage0_only: bool = False) -> int:
     except (FileNotFoundError, KeyError, ValueError, CheckpointError) as exc:
         # bad data files / checkpoints: the message names the file and the key, no traceback
         parser.exit(2, f"{prog}: error: {exc}\n")
-    print(json.dumps(summary) if args.json else _table(summary))
+    print(json.dumps(summary) if args.json else result_table(summary))
     return 0
 
 

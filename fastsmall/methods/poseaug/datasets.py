@@ -7,28 +7,32 @@ evaluated with the test-time flip, as released (it does not help on H36M there).
 """
 from __future__ import annotations
 
+import torch
+
 from .config import Config
 from .data import PoseSet, bvh, h36m, mpi3dhp, synthetic
 
 TEST_SEED_OFFSET = 1_000_003  # synthetic test poses never share a seed with training poses
 
 
-def load_train_set(cfg: Config) -> PoseSet:
+def _source_split(cfg: Config) -> tuple[PoseSet, str, PoseSet]:
+    """The training set and the source's own test split (name, set); each file is read once."""
     if cfg.data == "synthetic":
-        return synthetic.generate(cfg.train_size, subset=cfg.subset, seed=cfg.seed)
+        name = f"synthetic-{cfg.subset}"
+        return synthetic.generate(cfg.train_size, subset=cfg.subset, seed=cfg.seed), name, _load_eval(name, None, cfg)[0]
     if cfg.data == "h36m":
-        return h36m.load_h36m(cfg.data_dir, h36m.H36M_TRAIN, cameras=cfg.cameras, stride=cfg.stride)
+        return (h36m.load_h36m(cfg.data_dir, h36m.H36M_TRAIN, cameras=cfg.cameras, stride=cfg.stride), "h36m",
+                h36m.load_h36m(cfg.data_dir, h36m.H36M_TEST, cameras=cfg.cameras, stride=cfg.stride))
     if cfg.data == "bvh":
-        poses = bvh.load_bvh(cfg.data_dir, skeleton_map=cfg.skeleton_map, stride=cfg.stride, seed=cfg.seed)
-        return _split_frames(poses)[0]
+        train, test = _split_frames(bvh.load_bvh(cfg.data_dir, skeleton_map=cfg.skeleton_map, stride=cfg.stride,
+                                                 seed=cfg.seed))
+        return train, "bvh", test
     raise ValueError(f"data must be one of synthetic, h36m, bvh, got {cfg.data!r}")
 
 
 def _split_frames(poses: PoseSet, held_out: float = 0.2) -> tuple[PoseSet, PoseSet]:
     """Contiguous split: neighbouring mocap frames are near-duplicates, so a random split
     would leak training poses into the test set."""
-    import torch
-
     cut = int(len(poses) * (1 - held_out))
     return (poses.subset(torch.arange(cut), poses.name + "-train"),
             poses.subset(torch.arange(cut, len(poses)), poses.name + "-test"))
@@ -48,16 +52,11 @@ def _load_eval(kind: str, path: str | None, cfg: Config) -> tuple[PoseSet, bool]
     raise ValueError(f"unknown evaluation kind {kind!r}")
 
 
-def load_eval_sets(cfg: Config, train_set: PoseSet) -> dict[str, tuple[PoseSet, bool]]:
-    """Name -> (pose set, test-time flip). The first entry is the source's own test split."""
-    sets: dict[str, tuple[PoseSet, bool]] = {}
-    if cfg.data == "synthetic":
-        sets[f"synthetic-{cfg.subset}"] = _load_eval(f"synthetic-{cfg.subset}", None, cfg)
-    elif cfg.data == "h36m":
-        sets["h36m"] = (h36m.load_h36m(cfg.data_dir, h36m.H36M_TEST, cameras=cfg.cameras, stride=cfg.stride), False)
-    elif cfg.data == "bvh":
-        poses = bvh.load_bvh(cfg.data_dir, skeleton_map=cfg.skeleton_map, stride=cfg.stride, seed=cfg.seed)
-        sets["bvh"] = (_split_frames(poses)[1], False)
+def load_datasets(cfg: Config) -> tuple[PoseSet, dict[str, tuple[PoseSet, bool]]]:
+    """The training set and the evaluation sets, name -> (pose set, test-time flip); the first
+    evaluation set is the source's own test split."""
+    train_set, name, test_set = _source_split(cfg)
+    sets: dict[str, tuple[PoseSet, bool]] = {name: (test_set, False)}
     for spec in cfg.eval:
         kind, _, path = spec.partition(":")
         if kind in sets and not path:  # the source's own test split already covers it
@@ -68,4 +67,4 @@ def load_eval_sets(cfg: Config, train_set: PoseSet) -> dict[str, tuple[PoseSet, 
         if pose_set.skeleton.num_joints != train_set.skeleton.num_joints:
             raise ValueError(f"evaluation set {name!r} has {pose_set.skeleton.num_joints} joints, the training data "
                              f"{train_set.skeleton.num_joints}")
-    return sets
+    return train_set, sets

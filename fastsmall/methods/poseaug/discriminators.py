@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from ... import ops
 from ...skeleton import Skeleton
 from . import released
-from .augmentor import IMPLS
+from .augmentor import IMPLS, init_weights
 
 
-def _kaiming(shape, fan_in_dim: int) -> torch.Tensor:
+def _kaiming(shape) -> torch.Tensor:
+    """``[P, in, out]`` weights, each part as ``nn.init.kaiming_normal_`` on ``nn.Linear(in, out).weight``."""
     w = torch.empty(shape)
     for p in range(shape[0]):
-        # per part, as nn.init.kaiming_normal_ on nn.Linear(in, out).weight ([out, in])
-        nn.init.kaiming_normal_(w[p].transpose(0, 1) if fan_in_dim == 1 else w[p])
+        nn.init.kaiming_normal_(w[p].transpose(0, 1))  # fan-in = in, as for the [out, in] Linear weight
     return w
 
 
@@ -54,15 +54,15 @@ class PartKCSDiscriminator(nn.Module):
         P, NB = len(self.skeleton.parts), self.skeleton.num_bones
         F_in = NB * NB
         # [P, in, out] weights (x @ W + b): part p's KCS path is kcs_layer_1..3, layer_last, layer_pred
-        self.w1 = nn.Parameter(_kaiming((P, F_in, channel), 1))
+        self.w1 = nn.Parameter(_kaiming((P, F_in, channel)))
         self.b1 = nn.Parameter(_bias(P, F_in, channel))
-        self.w2 = nn.Parameter(_kaiming((P, channel, channel), 1))
+        self.w2 = nn.Parameter(_kaiming((P, channel, channel)))
         self.b2 = nn.Parameter(_bias(P, channel, channel))
-        self.w3 = nn.Parameter(_kaiming((P, channel, channel), 1))
+        self.w3 = nn.Parameter(_kaiming((P, channel, channel)))
         self.b3 = nn.Parameter(_bias(P, channel, channel))
-        self.w_last = nn.Parameter(_kaiming((P, channel, channel_mid), 1))
+        self.w_last = nn.Parameter(_kaiming((P, channel, channel_mid)))
         self.b_last = nn.Parameter(_bias(P, channel, channel_mid))
-        self.w_pred = nn.Parameter(_kaiming((P, channel_mid, 1), 1))
+        self.w_pred = nn.Parameter(_kaiming((P, channel_mid, 1)))
         self.b_pred = nn.Parameter(_bias(P, channel_mid, 1))
         # compact layout: part p's n_p x n_p block sits at columns [offset_p, offset_p + n_p^2) of
         # part_kcs_gram(..., "compact") and reads these rows of the part's first-layer weight
@@ -137,9 +137,7 @@ class Pose2DDiscriminator(nn.Module):
         self.pose_layer_4 = nn.Linear(width, width)
         self.layer_last = nn.Linear(width, width)
         self.layer_pred = nn.Linear(width, 1)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.kaiming_normal_(m.weight)
+        self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1:] != (self.num_joints, 2):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..common import mean_std, write_report
 from .config import Config
 from .train import train
 
@@ -29,17 +30,11 @@ CONDITIONS = {"no-augment": dict(augment=False), "poseaug": dict(augment=True)}
 METRICS = (("mpjpe", "MPJPE (mm) ↓"), ("p_mpjpe", "P-MPJPE (mm) ↓"), ("pck", "PCK@150 (%) ↑"), ("auc", "AUC (%) ↑"))
 
 
-def _fmt(values):
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
 def run(out: Path, seeds: list[int], base: Config) -> dict:
     results = {}
     for seed in seeds:
         stage0 = dataclasses.replace(base, seed=seed, out=str(out / f"stage0-seed{seed}"), augment=False,
-                                     baseline_epochs=base.baseline_epochs, quiet=True, resume=True)
+                                     quiet=True, resume=True)
         start = time.perf_counter()
         results[("stage0", seed)] = train(stage0, stage0_only=True)
         weights = str(Path(stage0.out) / "checkpoints" / "estimator.pt")
@@ -76,10 +71,10 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
     for metric, label in METRICS:
         lines += [f"## {label}", "", "| condition | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
         before = [results[("poseaug", s)]["initial"] for s in seeds]
-        lines.append("| stage 0 only | " + " | ".join(_fmt([b[n][metric] for b in before]) for n in sets) + " |")
+        lines.append("| stage 0 only | " + " | ".join(mean_std([b[n][metric] for b in before], 1) for n in sets) + " |")
         for name in CONDITIONS:
             lines.append(f"| {name} | " + " | ".join(
-                _fmt([results[(name, s)]["last"][n][metric] for s in seeds]) for n in sets) + " |")
+                mean_std([results[(name, s)]["last"][n][metric] for s in seeds], 1) for n in sets) + " |")
         lines.append("")
     lines += ["## MPJPE per seed (last epoch)", "", "| condition | seed | " + " | ".join(sets) + " |",
               "|---|---|" + "---|" * len(sets)]
@@ -146,14 +141,10 @@ def main(argv=None) -> int:
                f"--estimator {args.estimator}" + (f" --estimator-width {args.estimator_width}"
                                                   if args.estimator_width else ""))
     text = report(results, args.seeds, base, command, time.perf_counter() - start)
-    Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
     figure = Path(args.doc).with_suffix(".png")
     plot(results, args.seeds, figure)
     text += f"\n![MPJPE and P-MPJPE by condition]({figure.name})\n"
-    existing = Path(args.doc).read_text() if Path(args.doc).exists() else ""
-    marker = "\n## What reproduces"
-    notes = existing[existing.index(marker):] if marker in existing else ""
-    Path(args.doc).write_text(text + notes)
+    write_report(args.doc, text)
     (Path(args.out) / "results.json").write_text(json.dumps({f"{k[0]}-seed{k[1]}": v for k, v in results.items()},
                                                             indent=1))
     print(text)

@@ -21,15 +21,12 @@ import torch
 import torch.nn as nn
 
 from ...skeleton import Skeleton
+from .spec import left_right_pairs  # noqa: F401  (part of this module's API)
 
 __all__ = ["mpjpe", "p_mpjpe", "procrustes_align", "pck", "auc", "AUC_THRESHOLDS_MM", "left_right_pairs",
            "flip_pose", "predict", "evaluate"]
 
 AUC_THRESHOLDS_MM: tuple[float, ...] = tuple(torch.linspace(0, 150, 31, dtype=torch.float64).tolist())
-
-# name prefixes that mark the two sides of a body
-_SIDE_PREFIXES = (("L", "R"), ("Left", "Right"), ("left_", "right_"), ("l_", "r_"))
-
 
 def _prepare(pred: torch.Tensor, target: torch.Tensor, root: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Check shapes, cast to float64 and root-centre both poses."""
@@ -134,24 +131,6 @@ def auc(pred: torch.Tensor, target: torch.Tensor, *, joints: Sequence[int] | Non
 # ---------------------------------------------------------------------------------------------
 # Left/right flipping and inference
 # ---------------------------------------------------------------------------------------------
-def left_right_pairs(skeleton: Skeleton) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``(left, right)`` joint indices paired by name prefix (``LHip``/``RHip``, ``Left*``/
-    ``Right*``, ``left_*``/``right_*``, ``l_*``/``r_*``), in left-joint index order.
-
-    For ``Skeleton.h36m16()`` this is PoseAug's ``([4, 5, 6, 10, 11, 12], [1, 2, 3, 13, 14, 15])``.
-    A skeleton with no such names has no pairs (flipping then only mirrors coordinates).
-    """
-    index = {n: j for j, n in enumerate(skeleton.names)}
-    left, right = [], []
-    for j, name in enumerate(skeleton.names):
-        for lp, rp in _SIDE_PREFIXES:
-            if name.startswith(lp) and len(name) > len(lp) and rp + name[len(lp):] in index:
-                left.append(j)
-                right.append(index[rp + name[len(lp):]])
-                break
-    return tuple(left), tuple(right)
-
-
 def flip_pose(x: torch.Tensor, skeleton: Skeleton | None = None) -> torch.Tensor:
     """Mirror poses ``[..., J, D]`` (D = 2 or 3): negate x and swap left/right joints.
 

@@ -12,22 +12,38 @@ from dataclasses import dataclass
 from ...skeleton import Skeleton
 
 
-def _side_free(name: str) -> str:
-    """'LHip' / 'RHip' / 'left_hip' -> 'Hip' / 'hip': the key symmetric bones share."""
-    for prefix in ("Left", "Right", "left_", "right_", "L", "R"):
-        if name.startswith(prefix) and len(name) > len(prefix) and (
-                prefix.endswith("_") or name[len(prefix)].isupper()):
-            return name[len(prefix):]
-    return name
+# name prefixes that mark the two sides of a body
+_SIDE_PREFIXES = (("L", "R"), ("Left", "Right"), ("left_", "right_"), ("l_", "r_"))
+
+
+def left_right_pairs(skeleton: Skeleton) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(left, right)`` joint indices paired by name prefix (``LHip``/``RHip``, ``Left*``/
+    ``Right*``, ``left_*``/``right_*``, ``l_*``/``r_*``), in left-joint index order.
+
+    For ``Skeleton.h36m16()`` this is PoseAug's ``([4, 5, 6, 10, 11, 12], [1, 2, 3, 13, 14, 15])``.
+    A skeleton with no such names has no pairs (flipping then only mirrors coordinates).
+    """
+    index = {n: j for j, n in enumerate(skeleton.names)}
+    left, right = [], []
+    for j, name in enumerate(skeleton.names):
+        for lp, rp in _SIDE_PREFIXES:
+            if name.startswith(lp) and len(name) > len(lp) and rp + name[len(lp):] in index:
+                left.append(j)
+                right.append(index[rp + name[len(lp):]])
+                break
+    return tuple(left), tuple(right)
 
 
 def symmetric_groups(skeleton: Skeleton) -> tuple[int, ...]:
-    """Per bone, the index of its bone-length group: left/right twins share a group,
-    groups numbered in order of first appearance (h36m16: PoseAug's ``blr9to15``)."""
-    keys: list[str] = []
+    """Per bone, the index of its bone-length group: left/right twins (bones ending at paired
+    joints, :func:`left_right_pairs`) share a group, groups numbered in order of first
+    appearance (h36m16: PoseAug's ``blr9to15``)."""
+    left, right = left_right_pairs(skeleton)
+    key_of = dict(zip(right, left))  # a right joint's group is keyed by its left twin
+    keys: list[int] = []
     groups = []
-    for name in skeleton.bone_names:
-        key = _side_free(name)
+    for child in skeleton.tree.bone_child:
+        key = key_of.get(child, child)
         if key not in keys:
             keys.append(key)
         groups.append(keys.index(key))

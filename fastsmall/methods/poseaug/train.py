@@ -20,8 +20,6 @@ per rank, as with DistributedDataParallel; rank 0's are broadcast after every ep
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 
 import numpy as np
@@ -31,26 +29,17 @@ import torch.nn.functional as F
 
 from ... import ops
 from ...skeleton import Skeleton
-from ..common import (CheckpointError, Distributed, RunDir, get_rng_state, load_checkpoint, progress,
-                      save_checkpoint, set_rng_state, validate_config)
+from ..common import (CheckpointError, Distributed, RunDir, config_fingerprint, derive_seed, get_rng_state,
+                      load_checkpoint, progress, save_checkpoint, set_rng_state, validate_config)
 from .camera import project_to_2d
 from .config import Config
 from .data import PoseSet
-from .datasets import load_eval_sets, load_train_set
+from .datasets import load_datasets
 from .estimators import build_estimator
 from .gan import AugmentationGAN, set_requires_grad
 from .metrics import evaluate
 
 STAGE_BASELINE, STAGE_POSEAUG = 0, 1
-
-
-def derive_seed(*values: int) -> int:
-    """A 63-bit seed from several integers (splitmix64 steps)."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 def estimator_overrides(cfg: Config) -> dict:
@@ -87,9 +76,9 @@ class PoseAugTrainer:
         self.cfg, self.dist, self.stage0_only = cfg, dist, stage0_only
         self.device = torch.device(cfg.device)
         self.run = RunDir(cfg.out, writer=dist.is_main)
-        self.train_set = load_train_set(cfg).to(self.device)
+        train_set, self.eval_sets = load_datasets(cfg)  # eval: name -> (PoseSet on CPU, flip)
+        self.train_set = train_set.to(self.device)
         self.skeleton: Skeleton = self.train_set.skeleton
-        self.eval_sets = load_eval_sets(cfg, self.train_set)  # name -> (PoseSet on CPU, flip)
         self.templates = self._bone_length_templates()
         self.per_rank = max(2, cfg.batch_size // dist.world_size)
         self.stage0_epochs = 0 if cfg.pretrained else cfg.baseline_epochs
@@ -125,27 +114,8 @@ class PoseAugTrainer:
         _, lengths = ops.bone_decompose(self.train_set.poses_3d, self.skeleton)
         return lengths.squeeze(-1)
 
-    def _average_gradients(self, model: nn.Module) -> None:
-        if not self.dist.enabled:
-            return
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.flatten() for g in grads])
-        self.dist.all_reduce_sum(flat)
-        flat /= self.dist.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-
     def _sync_buffers(self) -> None:
-        if self.dist.enabled:
-            import torch.distributed as tdist
-            models = [self.estimator] + (self.gan.models if self.gan else [])
-            for model in models:
-                for b in model.buffers():
-                    tdist.broadcast(b, 0)
+        self.dist.broadcast_buffers(self.estimator, *(self.gan.models if self.gan else []))
 
     # ---- batches -------------------------------------------------------------------------
     def _shard(self, n: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -183,7 +153,7 @@ class PoseAugTrainer:
             loss = F.mse_loss(self.estimator(poses_2d[idx]), target)
             self.opt_p.zero_grad(set_to_none=True)
             loss.backward()
-            self._average_gradients(self.estimator)
+            self.dist.average_gradients(self.estimator)
             if self.cfg.max_norm:
                 nn.utils.clip_grad_norm_(self.estimator.parameters(), max_norm=self.cfg.max_norm)
             self.opt_p.step()
@@ -216,12 +186,12 @@ class PoseAugTrainer:
                               quiet=cfg.quiet or not self.dist.is_main):
                 idx = g_batches[s].to(self.device)
                 out, rt_2d, log = gan.generator_step(swapped.poses_3d[idx], swapped.cams[idx], self.estimator,
-                                                     self.epoch, self._average_gradients)
+                                                     self.epoch, self.dist.average_gradients)
                 if self.iteration % cfg.df == 0:
                     d3, d2 = d3_batches[s].to(self.device), d2_batches[s].to(self.device)
                     log.update(gan.discriminator_step(swapped.poses_3d[d3], swapped.poses_2d[d2], out["pose_ba"],
                                                       rt_2d, generator=pool_rng,
-                                                      average_gradients=self._average_gradients))
+                                                      average_gradients=self.dist.average_gradients))
                     d_steps += 1
                 # released keeps the augmented pairs with no projected coordinate above 1
                 valid = (rt_2d > 1).sum((1, 2)) < 1
@@ -242,7 +212,7 @@ class PoseAugTrainer:
             record["estimator_loss_augmented"] = self._train_estimator(fake_3d, fake_2d, 5, "estimator (augmented)")
             record["estimator_loss_real"] = self._train_estimator(self.train_set.poses_3d, self.train_set.poses_2d, 6,
                                                                   "estimator (real)")
-        self._last_fakes = (self.train_set, swapped, out)
+        self._last_augmented = out  # the last batch's augmentation, for the plot
         return record
 
     def _baseline_epoch(self) -> dict:
@@ -260,10 +230,7 @@ class PoseAugTrainer:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def _config_json(self) -> str:
-        fields = dataclasses.asdict(self.cfg)
-        for volatile in ("resume", "quiet", "out", "device"):
-            fields.pop(volatile)
-        return json.dumps({**fields, "stage0_only": self.stage0_only}, sort_keys=True)
+        return config_fingerprint(self.cfg, stage0_only=self.stage0_only)
 
     def _checkpoint(self) -> None:
         if not self.dist.is_main:
@@ -380,8 +347,7 @@ class PoseAugTrainer:
 
     def _plot_augmentations(self) -> None:
         from .plots import plot_augmentations
-        original, _, out = self._last_fakes
-        plot_augmentations(out, self.skeleton, self.run.plot_path("augmentations.png"))
+        plot_augmentations(self._last_augmented, self.skeleton, self.run.plot_path("augmentations.png"))
 
 
 def train(cfg: Config, *, stage0_only: bool = False) -> dict:
