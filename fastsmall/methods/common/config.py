@@ -1,8 +1,9 @@
 """Method configs are dataclasses; this module validates them and builds their CLI.
 
-Each field may carry ``metadata={"help": ..., "choices": [...], "min": x, "max": y}``;
-a config class may define ``validate(self)`` for rules across fields. Bad values
-raise :class:`ConfigError` naming the field.
+Fields are declared with :func:`option` (``metadata={"help": ..., "choices": [...], "min": x,
+"max": y, "renamed": {old: new}}``); a config class may define ``validate(self)`` for rules
+across fields. Bad values raise :class:`ConfigError` naming the field. A value listed in
+``renamed`` is still accepted, replaced by its new name with a one-line deprecation warning.
 """
 from __future__ import annotations
 
@@ -10,11 +11,32 @@ import argparse
 import dataclasses
 import json
 import typing
+import warnings
 from pathlib import Path
 
 
 class ConfigError(ValueError):
     """A config field has a bad value; the message names the field."""
+
+
+def option(default, help: str, **meta):
+    """A config field with its CLI help and checks (``choices``, ``min``, ``max``, ``renamed``)."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def list_option(default, help: str, **meta):
+    """A list-valued config field (``nargs="+"`` on the CLI); each instance gets its own copy."""
+    return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+
+
+def _apply_renames(cfg, f) -> None:
+    renamed = f.metadata.get("renamed", {})
+    value = getattr(cfg, f.name)
+    if isinstance(value, str) and value in renamed:
+        new = renamed[value]
+        warnings.warn(f"{f.name}={value!r} is deprecated; use {new!r} (--{f.name.replace('_', '-')} {new})",
+                      FutureWarning, stacklevel=3)
+        setattr(cfg, f.name, new)
 
 
 def _base_type(tp):
@@ -36,6 +58,7 @@ def validate_config(cfg) -> None:
     """Type, range and choice checks of every field, then the class's own ``validate``."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
+        _apply_renames(cfg, f)
         value = getattr(cfg, f.name)
         tp, optional, is_list = _base_type(hints[f.name])
         if value is None:
@@ -68,7 +91,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
         tp, optional, is_list = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
@@ -77,8 +100,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
         kwargs = dict(dest=f.name, default=default, help=help_text, type=tp)
         if is_list:
             kwargs["nargs"] = "+"
-        if "choices" in f.metadata:
-            kwargs["choices"] = list(f.metadata["choices"])
+        if "choices" in f.metadata:  # old names parse too; validate_config maps them
+            kwargs["choices"] = list(f.metadata["choices"]) + list(f.metadata.get("renamed", {}))
         parser.add_argument(flag, **kwargs)
 
 

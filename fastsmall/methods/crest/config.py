@@ -2,54 +2,51 @@
 fit the embedded digits-LT data; see README "CReST")."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..common import ConfigError
+from ..common.config import ConfigError, option
 
-
-def _f(default, help, **meta):
-    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
 class Config:
     # data
-    dataset: str = _f("digits-lt", "data set", choices=["digits-lt", "cifar10-lt", "cifar100-lt", "imagefolder"])
-    data_dir: str | None = _f(None, "folder of CIFAR's binary files or of an ImageFolder tree")
-    imbalance: float = _f(10.0, "gamma = N_1 / N_L of the long-tailed train set", min=1.0)
-    labeled_fraction: float = _f(0.1, "beta: labelled fraction of every class (ceil)", min=1e-6, max=1.0)
-    test_per_class: int = _f(50, "digits-LT: balanced held-out test images per class", min=1)
-    n_max: int | None = _f(None, "N_1, images of the most frequent class (default: as many as possible)")
+    dataset: str = option("digits-lt", "data set", choices=["digits-lt", "cifar10-lt", "cifar100-lt", "imagefolder"])
+    data_dir: str | None = option(None, "folder of CIFAR's binary files or of an ImageFolder tree")
+    imbalance: float = option(10.0, "gamma = N_1 / N_L of the long-tailed train set", min=1.0)
+    labeled_fraction: float = option(0.1, "beta: labelled fraction of every class (ceil)", min=1e-6, max=1.0)
+    test_per_class: int = option(50, "digits-LT: balanced held-out test images per class", min=1)
+    n_max: int | None = option(None, "N_1, images of the most frequent class (default: as many as possible)")
     # method
-    generations: int = _f(6, "G, CReST generations (1 = FixMatch)", min=1)
-    baseline: str = _f("crest", "'fixmatch': generation 0 only, plain FixMatch", choices=["crest", "fixmatch"])
-    plus: bool = _f(False, "CReST+: distribution alignment with the temperature schedule")
-    alpha: float = _f(1 / 3, "sampling-rate power (paper's convention; the official code's 3 is 1/alpha)", min=0.0)
-    t_min: float = _f(0.5, "CReST+ temperature in the last generation", min=1e-6, max=1.0)
-    dist_align: str = _f("window", "running prior: official window of 128 batch means, or USB's EMA 0.999",
-                         choices=["window", "ema"])
+    generations: int = option(6, "G, CReST generations (1 = FixMatch)", min=1)
+    baseline: str = option("crest", "'fixmatch': generation 0 only, plain FixMatch", choices=["crest", "fixmatch"])
+    plus: bool = option(False, "CReST+: distribution alignment with the temperature schedule")
+    alpha: float = option(1 / 3, "sampling-rate power (paper's convention; the official code's 3 is 1/alpha)", min=0.0)
+    t_min: float = option(0.5, "CReST+ temperature in the last generation", min=1e-6, max=1.0)
+    dist_align: str = option("window", "running prior: official window of 128 batch means, or USB's EMA 0.999",
+                             choices=["window", "ema"])
     # FixMatch
-    epochs: int = _f(8, "epochs per generation", min=1)
-    steps_per_epoch: int = _f(32, "optimizer steps per epoch", min=1)
-    batch_size: int = _f(32, "labelled images per step (global)", min=1)
-    mu: int = _f(7, "unlabelled / labelled batch ratio", min=1)
-    threshold: float = _f(0.95, "confidence threshold tau", min=0.0, max=1.0)
-    lambda_u: float = _f(1.0, "weight of the unlabelled loss", min=0.0)
-    lr: float = _f(0.03, "SGD learning rate (cosine decay over a generation)", min=0.0)
-    momentum: float = _f(0.9, "SGD Nesterov momentum", min=0.0, max=1.0)
-    weight_decay: float = _f(5e-4, "weight decay of conv/linear weights", min=0.0)
-    ema: float = _f(0.999, "EMA decay of the evaluation / pseudo-labelling model", min=0.0, max=1.0)
-    model: str = _f("auto", "network: digits_cnn for 8x8, wrn28_2 for 32x32", choices=["auto", "digits_cnn", "wrn28_2"])
-    eval_last: int = _f(3, "report the median EMA test accuracy of this many last epochs", min=1)
+    epochs: int = option(8, "epochs per generation", min=1)
+    steps_per_epoch: int = option(32, "optimizer steps per epoch", min=1)
+    batch_size: int = option(32, "labelled images per step (global)", min=1)
+    mu: int = option(7, "unlabelled / labelled batch ratio", min=1)
+    threshold: float = option(0.95, "confidence threshold tau", min=0.0, max=1.0)
+    lambda_u: float = option(1.0, "weight of the unlabelled loss", min=0.0)
+    lr: float = option(0.03, "SGD learning rate (cosine decay over a generation)", min=0.0)
+    momentum: float = option(0.9, "SGD Nesterov momentum", min=0.0, max=1.0)
+    weight_decay: float = option(5e-4, "weight decay of conv/linear weights", min=0.0)
+    ema: float = option(0.999, "EMA decay of the evaluation / pseudo-labelling model", min=0.0, max=1.0)
+    model: str = option("auto", "network: digits_cnn for 8x8, wrn28_2 for 32x32", choices=["auto", "digits_cnn", "wrn28_2"])
+    eval_last: int = option(3, "report the median EMA test accuracy of this many last epochs", min=1)
     # run
-    seed: int = _f(0, "seed (splits, init, augmentation; deterministic on CPU)")
-    device: str = _f("cpu", "cpu or cuda")
-    compile: bool = _f(False, "torch.compile the model")
-    impl: str = _f("fused", "pseudo-label path: fastsmall ops or the plain-PyTorch reference",
-                   choices=["fused", "reference"])
-    out: str = _f("runs/crest", "run directory")
-    resume: bool = _f(False, "continue the run in --out from its last checkpoint")
-    quiet: bool = _f(False, "no progress bars")
+    seed: int = option(0, "seed (splits, init, augmentation; deterministic on CPU)")
+    device: str = option("cpu", "cpu or cuda")
+    compile: bool = option(False, "torch.compile the model")
+    impl: str = option("fused", "pseudo-label path: fastsmall's fused ops, or the official arithmetic "
+                                "(crest/official.py)", choices=["fused", "official"], renamed={"reference": "official"})
+    out: str = option("runs/crest", "run directory")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    quiet: bool = option(False, "no progress bars")
 
     def validate(self):
         if self.dataset != "digits-lt" and not self.data_dir:

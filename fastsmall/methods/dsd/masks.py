@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ...ops import masked_mul_
-from ..ke.masks import _param_name, prunable_layers
+from ..common.layers import prunable_layers, weight_name
 
 __all__ = ["magnitude_masks", "apply_masks_"]
 
@@ -39,7 +39,7 @@ def magnitude_masks(model: nn.Module, sparsity) -> dict:
         sparsity = _check_sparsity(sparsity, "sparsity")
     masks = {}
     for name, m in prunable_layers(model):
-        pname = _param_name(name)
+        pname = weight_name(name)
         if per_layer:
             if pname not in sparsity:
                 continue

@@ -9,22 +9,23 @@
 
 Each phase builds a fresh optimizer and restarts the LR schedule (warm-up + cosine), as a
 KE generation does; a KE generation boundary re-initialises a fixed reset hypothesis,
-DSD's re-densify is the same op with the magnitude mask and zeros. ``impl="reference"``:
-the per-tensor loops of the official code (``W.mul_(mask)``; ``torch.where``). The
+DSD's re-densify is the same op with the magnitude mask and zeros. ``impl`` picks the masked
+steps once: ``kernels.FusedMasking`` (one multi-tensor op per step) or
+``official.OfficialMasking`` (per-tensor loops: ``W.mul_(mask)``; ``torch.where``). The
 magnitude masks depend on the trained weights, so they are stored in the checkpoint.
 Checkpoints, exact resume and torchrun as ``fastsmall.methods.ke``.
 """
 from __future__ import annotations
 
-import torch
-
-from ... import reference
-from ...ops import ke_reinit_
-from ..common import Distributed, validate_config
-from ..ke.masks import prunable_layers
-from ..ke.train import GenerationTrainer
+from ..common import Distributed
+from ..common.generations import GenerationTrainer
+from ..common.impl import choose
+from ..common.layers import prunable_layers
+from ..common.trainer import run_trainer
 from .config import Config
-from .masks import apply_masks_, magnitude_masks
+from .kernels import FusedMasking
+from .masks import magnitude_masks
+from .official import OfficialMasking
 
 PHASES = {1: "dense", 2: "sparse", 3: "re-dense"}
 
@@ -35,6 +36,7 @@ class DSDTrainer(GenerationTrainer):
     def __init__(self, cfg: Config, dist: Distributed):
         super().__init__(cfg, dist)
         self.masks: dict | None = None
+        self.masking = choose(cfg.impl, fused=FusedMasking, official=OfficialMasking)
 
     def num_generations(self) -> int:
         return 3
@@ -51,20 +53,12 @@ class DSDTrainer(GenerationTrainer):
             self.masks = magnitude_masks(self.model, self.cfg.sparsity)
             self.after_step()
         elif self.generation == 3:  # re-dense: the pruned weights restart at (+)0
-            weights, keeps = self._weights(), list(self.masks.values())
-            if self.cfg.impl == "fused":
-                ke_reinit_(weights, keeps, seed=self.cfg.seed, generation=3, init="zero")
-            else:
-                reference.ke_reinit_(weights, keeps, self.cfg.seed, 3, "zero")
+            self.masking.redense(self._weights(), list(self.masks.values()), self.cfg.seed)
         self.fresh_optimizer()
 
     def after_step(self) -> None:
-        if self.generation != 2:
-            return
-        if self.cfg.impl == "fused":
-            apply_masks_(self.model, self.masks)
-        else:
-            reference.official_masked_mul_(self._weights(), list(self.masks.values()))
+        if self.generation == 2:
+            self.masking.prune(self._weights(), list(self.masks.values()))
 
     def _pruned_nonzero(self) -> int:
         return sum(int((w.detach()[~k] != 0).sum()) for w, k in zip(self._weights(), self.masks.values()))
@@ -81,7 +75,7 @@ class DSDTrainer(GenerationTrainer):
                 "weight_sparsity": self._sparsity()}
 
     def describe(self, record: dict) -> str:
-        return (f"[dsd] {record['phase']} phase: test acc {record['test_accuracy']:.4f}, "
+        return (f"{record['phase']} phase: test acc {record['test_accuracy']:.4f}, "
                 f"zero weights {record['weight_sparsity']:.3f}")
 
     def extra_state(self) -> dict:
@@ -108,9 +102,4 @@ class DSDTrainer(GenerationTrainer):
 
 def train(cfg: Config) -> dict:
     """Run DSD as configured; returns the summary (also in summary.json)."""
-    validate_config(cfg)
-    dist = Distributed(torch.device(cfg.device))
-    try:
-        return DSDTrainer(cfg, dist).run_all()
-    finally:
-        dist.close()
+    return run_trainer(DSDTrainer, cfg)

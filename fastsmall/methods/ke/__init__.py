@@ -9,7 +9,7 @@ Building blocks (``masks``): ``split_masks`` (KELS / WELS fit-hypothesis masks),
 ``reinitialize_`` (one fused re-initialisation call), ``prunable_layers``.
 """
 from .config import Config, TrainConfig
-from .masks import _param_name, prunable_layers, reinitialize_, split_masks
+from .masks import prunable_layers, reinitialize_, split_masks
 from .slim import count_macs, count_params, extract_slim, slim_architecture
 from .train import reset_hypothesis_, train
 

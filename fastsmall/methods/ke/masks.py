@@ -18,17 +18,9 @@ from torch import nn
 
 from ... import masks as km
 from ...ops import KELS, WELS, ke_reinit_
+from ..common.layers import prunable_layers, weight_name
 
 __all__ = ["split_masks", "reinitialize_", "prunable_layers"]
-
-
-def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(module name, module) of every convolution and linear layer, in ``model.modules()`` order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-
-
-def _param_name(module_name: str) -> str:
-    return f"{module_name}.weight" if module_name else "weight"
 
 
 def _layer_seed(seed: int, index: int) -> int:
@@ -66,12 +58,12 @@ def split_masks(model: nn.Module, split_rate: float, mode: str = "kels", seed: i
     masks = {}
     for index, (name, m) in enumerate(layers):
         if mode == "wels":
-            masks[_param_name(name)] = WELS(float(split_rate), _layer_seed(seed, index))
+            masks[weight_name(name)] = WELS(float(split_rate), _layer_seed(seed, index))
             continue
         c_out, c_in = m.weight.shape[0], m.weight.shape[1]
         k_out = c_out if m is last else math.ceil(split_rate * c_out)
         k_in = c_in if m is stem else math.ceil(split_rate * c_in)
-        masks[_param_name(name)] = KELS(k_out, k_in)
+        masks[weight_name(name)] = KELS(k_out, k_in)
     return masks
 
 

@@ -2,92 +2,84 @@
 except the data size and epoch count, which fit the embedded synthetic data on a CPU."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..common import ConfigError
+from ..common.config import ConfigError, list_option, option
 from .losses import FEEDBACKS
 
 ESTIMATOR_NAMES = ["videopose", "simple_baseline", "semgcn", "stgcn"]
 DATA_SOURCES = ["synthetic", "h36m", "bvh"]
 
 
-def _f(default, help, **meta):
-    return field(default=default, metadata={"help": help, **meta})
-
-
-def _list(default, help):
-    return field(default_factory=lambda: list(default), metadata={"help": help})
-
-
 @dataclass
 class Config:
     # ---- data ---------------------------------------------------------------------------
-    data: str = _f("synthetic", "training data: generated poses, VideoPose3D H36M npz files, BVH motion capture",
-                   choices=DATA_SOURCES)
-    data_dir: str | None = _f(None, "h36m: folder with data_3d_h36m.npz (+ data_2d_h36m_gt.npz, cameras.json); "
-                                    "bvh: a .bvh file or a folder of them")
-    cameras: str | None = _f(None, "h36m: cameras.json (default: data_dir/cameras.json)")
-    subset: str = _f("broad", "synthetic training poses: 'narrow' (standing/walking, facing the camera) or 'broad'",
-                     choices=["narrow", "broad"])
-    train_size: int = _f(20000, "synthetic: number of training poses", min=16)
-    test_size: int = _f(4000, "synthetic: number of test poses (the held-out broad set)", min=16)
-    skeleton_map: str = _f("cmu31-to-h36m16", "bvh: joint map to h36m16", choices=["cmu31-to-h36m16"])
-    stride: int = _f(1, "h36m / bvh: keep every stride-th frame", min=1)
-    eval: list[str] = _list([], "extra evaluation sets, 'kind:path' with kind in synthetic-broad, synthetic-narrow, "
-                                "h36m, 3dhp, bvh (e.g. 3dhp:/data/test_3dhp.npz bvh:/data/cmu); 3dhp uses flip")
-    bl_templates: str | None = _f(None, "bone-length templates .npy [S, NB] for the per-epoch bone-length swap "
-                                        "(default: bone lengths of random training poses)")
+    data: str = option("synthetic", "training data: generated poses, VideoPose3D H36M npz files, BVH motion capture",
+                       choices=DATA_SOURCES)
+    data_dir: str | None = option(None, "h36m: folder with data_3d_h36m.npz (+ data_2d_h36m_gt.npz, cameras.json); "
+                                        "bvh: a .bvh file or a folder of them")
+    cameras: str | None = option(None, "h36m: cameras.json (default: data_dir/cameras.json)")
+    subset: str = option("broad", "synthetic training poses: 'narrow' (standing/walking, facing the camera) or 'broad'",
+                         choices=["narrow", "broad"])
+    train_size: int = option(20000, "synthetic: number of training poses", min=16)
+    test_size: int = option(4000, "synthetic: number of test poses (the held-out broad set)", min=16)
+    skeleton_map: str = option("cmu31-to-h36m16", "bvh: joint map to h36m16", choices=["cmu31-to-h36m16"])
+    stride: int = option(1, "h36m / bvh: keep every stride-th frame", min=1)
+    eval: list[str] = list_option([], "extra evaluation sets, 'kind:path' with kind in synthetic-broad, synthetic-narrow, "
+                                      "h36m, 3dhp, bvh (e.g. 3dhp:/data/test_3dhp.npz bvh:/data/cmu); 3dhp uses flip")
+    bl_templates: str | None = option(None, "bone-length templates .npy [S, NB] for the per-epoch bone-length swap "
+                                            "(default: bone lengths of random training poses)")
     # ---- estimator ----------------------------------------------------------------------
-    estimator: str = _f("videopose", "3D pose estimator", choices=ESTIMATOR_NAMES)
-    estimator_width: int | None = _f(None, "estimator width (SimpleBaseline linear size, VideoPose3D channels, "
-                                           "SemGCN hidden dim, ST-GCN widest joint-graph channels); "
-                                           "default: the released size", min=8)
-    pretrained: str | None = _f(None, "estimator weights from `fastsmall poseaug-baseline` (its checkpoints/estimator.pt)")
-    baseline_epochs: int = _f(4, "without --pretrained: epochs of plain estimator training on real data first "
-                                 "(stage 0, part of the run)", min=0)
-    lr_p: float = _f(1e-3, "estimator Adam learning rate (released: 1e-3 for stage 0, 1e-4 with PoseAug)", min=0.0)
-    lr_p_poseaug: float = _f(1e-4, "estimator learning rate during PoseAug epochs", min=0.0)
+    estimator: str = option("videopose", "3D pose estimator", choices=ESTIMATOR_NAMES)
+    estimator_width: int | None = option(None, "estimator width (SimpleBaseline linear size, VideoPose3D channels, "
+                                               "SemGCN hidden dim, ST-GCN widest joint-graph channels); "
+                                               "default: the released size", min=8)
+    pretrained: str | None = option(None, "estimator weights from `fastsmall poseaug-baseline` (its checkpoints/estimator.pt)")
+    baseline_epochs: int = option(4, "without --pretrained: epochs of plain estimator training on real data first "
+                                     "(stage 0, part of the run)", min=0)
+    lr_p: float = option(1e-3, "estimator Adam learning rate (released: 1e-3 for stage 0, 1e-4 with PoseAug)", min=0.0)
+    lr_p_poseaug: float = option(1e-4, "estimator learning rate during PoseAug epochs", min=0.0)
     # ---- PoseAug ------------------------------------------------------------------------
-    epochs: int = _f(10, "PoseAug epochs (released: 50)", min=1)
-    warmup: int = _f(2, "epochs that train only the augmentor and discriminators (estimator and feedback from "
-                        "epoch warmup + 1, as released)", min=0)
-    batch_size: int = _f(1024, "batch size of every stage", min=2)
-    gan_passes: int = _f(1, "passes over the training set per epoch for the augmentor and discriminators "
-                            "(released: 1 pass over H36M's 1.5M poses, ~1,500 iterations; small sets need more); "
-                            "the estimator trains on the last pass's augmented poses", min=1)
-    df: int = _f(2, "train the discriminators every df-th iteration", min=1)
-    lr_g: float = _f(1e-4, "augmentor Adam learning rate", min=0.0)
-    lr_d: float = _f(1e-4, "discriminator Adam learning rate", min=0.0)
-    max_norm: float = _f(1.0, "gradient-norm clip of every model (0: off)", min=0.0)
-    pool_size: int = _f(4096, "history pool of fakes for the discriminators", min=0)
-    noise: int = _f(48, "noise channels per augmentation head", min=0)
-    blr_tanhlimit: float = _f(0.2, "bone-length ratio limit (tanh scale)", min=0.0)
-    blr_limit: float = _f(0.1, "BL rectified-L2 threshold", min=0.0)
-    ba_range_m: float = _f(0.205, "BA band centre of mean(1 - cos)", min=0.0)
-    ba_range_w: float = _f(0.165, "BA band half-width", min=0.0)
-    gloss_d2d: float = _f(1.0, "generator weight of the 2D adversarial loss", min=0.0)
-    gloss_d3d: float = _f(6.0, "generator weight of the 3D adversarial loss", min=0.0)
-    gloss_diff: float = _f(3.0, "generator weight of the BA/BL regularisers", min=0.0)
-    feedback: str = _f("released", "feedback loss: released hardness band or the paper's |1 - exp(L' - beta L)|",
-                       choices=list(FEEDBACKS))
-    beta: float = _f(1.5, "paper feedback: beta", min=0.0)
-    hardratio_ba_s: float = _f(3.0, "BA hardness target at the first epoch", min=0.0)
-    hardratio_ba: float = _f(5.0, "BA hardness target at the last epoch", min=0.0)
-    hardratio_std_ba: float = _f(2.0, "BA hardness band half-width", min=0.0)
-    hardratio_rt_s: float = _f(17.0, "RT hardness target at the first epoch", min=0.0)
-    hardratio_rt: float = _f(17.0, "RT hardness target at the last epoch", min=0.0)
-    hardratio_std_rt: float = _f(15.0, "RT hardness band half-width", min=0.0)
-    gloss_feedback_ba: float = _f(0.1, "weight of the BA feedback loss", min=0.0)
-    gloss_feedback_rt: float = _f(0.01, "weight of the RT feedback loss", min=0.0)
-    augment: bool = _f(True, "--no-augment: train the estimator on real data only for the same epochs (the baseline)")
+    epochs: int = option(10, "PoseAug epochs (released: 50)", min=1)
+    warmup: int = option(2, "epochs that train only the augmentor and discriminators (estimator and feedback from "
+                            "epoch warmup + 1, as released)", min=0)
+    batch_size: int = option(1024, "batch size of every stage", min=2)
+    gan_passes: int = option(1, "passes over the training set per epoch for the augmentor and discriminators "
+                                "(released: 1 pass over H36M's 1.5M poses, ~1,500 iterations; small sets need more); "
+                                "the estimator trains on the last pass's augmented poses", min=1)
+    df: int = option(2, "train the discriminators every df-th iteration", min=1)
+    lr_g: float = option(1e-4, "augmentor Adam learning rate", min=0.0)
+    lr_d: float = option(1e-4, "discriminator Adam learning rate", min=0.0)
+    max_norm: float = option(1.0, "gradient-norm clip of every model (0: off)", min=0.0)
+    pool_size: int = option(4096, "history pool of fakes for the discriminators", min=0)
+    noise: int = option(48, "noise channels per augmentation head", min=0)
+    blr_tanhlimit: float = option(0.2, "bone-length ratio limit (tanh scale)", min=0.0)
+    blr_limit: float = option(0.1, "BL rectified-L2 threshold", min=0.0)
+    ba_range_m: float = option(0.205, "BA band centre of mean(1 - cos)", min=0.0)
+    ba_range_w: float = option(0.165, "BA band half-width", min=0.0)
+    gloss_d2d: float = option(1.0, "generator weight of the 2D adversarial loss", min=0.0)
+    gloss_d3d: float = option(6.0, "generator weight of the 3D adversarial loss", min=0.0)
+    gloss_diff: float = option(3.0, "generator weight of the BA/BL regularisers", min=0.0)
+    feedback: str = option("released", "feedback loss: released hardness band or the paper's |1 - exp(L' - beta L)|",
+                           choices=list(FEEDBACKS))
+    beta: float = option(1.5, "paper feedback: beta", min=0.0)
+    hardratio_ba_s: float = option(3.0, "BA hardness target at the first epoch", min=0.0)
+    hardratio_ba: float = option(5.0, "BA hardness target at the last epoch", min=0.0)
+    hardratio_std_ba: float = option(2.0, "BA hardness band half-width", min=0.0)
+    hardratio_rt_s: float = option(17.0, "RT hardness target at the first epoch", min=0.0)
+    hardratio_rt: float = option(17.0, "RT hardness target at the last epoch", min=0.0)
+    hardratio_std_rt: float = option(15.0, "RT hardness band half-width", min=0.0)
+    gloss_feedback_ba: float = option(0.1, "weight of the BA feedback loss", min=0.0)
+    gloss_feedback_rt: float = option(0.01, "weight of the RT feedback loss", min=0.0)
+    augment: bool = option(True, "--no-augment: train the estimator on real data only for the same epochs (the baseline)")
     # ---- run ----------------------------------------------------------------------------
-    impl: str = _f("fused", "bones / part features: fastsmall ops or the released constant-matrix arithmetic",
-                   choices=["fused", "reference"])
-    seed: int = _f(0, "seed (data, initialisation, noise)")
-    device: str = _f("cpu", "cpu or cuda")
-    out: str = _f("runs/poseaug", "run directory")
-    resume: bool = _f(False, "continue the run in --out from its last checkpoint")
-    quiet: bool = _f(False, "no progress bars")
+    impl: str = option("fused", "bones / part features: fastsmall ops, or the released code's constant-matrix arithmetic "
+                                "(poseaug/official.py)", choices=["fused", "official"], renamed={"reference": "official"})
+    seed: int = option(0, "seed (data, initialisation, noise)")
+    device: str = option("cpu", "cpu or cuda")
+    out: str = option("runs/poseaug", "run directory")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    quiet: bool = option(False, "no progress bars")
 
     def validate(self):
         if self.data != "synthetic" and not self.data_dir:

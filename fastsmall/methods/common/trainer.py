@@ -1,0 +1,137 @@
+"""The resumable trainer every method subclasses.
+
+It owns what is the same for every method -- the run directory, the config fingerprint
+guard, resume-or-new, atomic checkpoint and exact restore (RNG state included), the
+metrics log and torchrun's process group -- so a method's ``train.py`` keeps only its
+algorithm::
+
+    class MyTrainer(Trainer):
+        method = "mine"
+        def start(self): ...             # a new run: build models, optimizers
+        def state(self) -> dict: ...     # what a checkpoint must hold to resume exactly
+        def load_state(self, state): ... # rebuild from it (a resumed run)
+        def loop(self): ...              # the algorithm box; calls self.log() and self.checkpoint()
+        def summary(self) -> dict: ...
+
+    summary = run_trainer(MyTrainer, cfg)
+
+A checkpoint records the method, the config fingerprint (the config without the fields
+that may change between a run and its resumption) and the world size; a resume with
+another config or another number of processes is refused with a :class:`CheckpointError`.
+``metrics.jsonl`` is truncated on resume to the lines the checkpoint had seen, so a run
+killed at any moment and resumed writes exactly the lines of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import config_fingerprint, validate_config
+from .distributed import Distributed
+from .progress import progress
+from .rng import get_rng_state, set_rng_state
+from .rundir import RunDir
+
+# config fields that may change between a run and its resumption
+VOLATILE_FIELDS = ("resume", "quiet", "out", "device", "compile")
+
+
+class Trainer:
+    method = "method"  # the name in checkpoints and log lines
+
+    def __init__(self, cfg, dist: Distributed):
+        self.cfg, self.dist = cfg, dist
+        self.device = torch.device(cfg.device)
+        self.run = RunDir(cfg.out, writer=dist.is_main)
+        self.metrics_lines = 0
+
+    # ---- what a method provides -----------------------------------------------------------
+    def start(self) -> None:
+        """A new run: build the models and optimizers (a resumed run calls :meth:`load_state`)."""
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        """The algorithm's state for a checkpoint: tensors and plain containers only."""
+        raise NotImplementedError
+
+    def load_state(self, state: dict) -> None:
+        """Restore :meth:`state`'s dict into a trainer that has not run :meth:`start`."""
+        raise NotImplementedError
+
+    def loop(self) -> None:
+        """The algorithm, from wherever the progress counters stand (0 for a new run)."""
+        raise NotImplementedError
+
+    def summary(self) -> dict:
+        raise NotImplementedError
+
+    def plot(self) -> None:
+        """Plots of the finished run (main process only)."""
+
+    def fingerprint_extra(self) -> dict:
+        """Settings outside the config that a resumed run must share (e.g. a mode flag)."""
+        return {}
+
+    # ---- shared machinery --------------------------------------------------------------
+    def fingerprint(self) -> str:
+        return config_fingerprint(self.cfg, VOLATILE_FIELDS, **self.fingerprint_extra())
+
+    def checkpoint(self) -> None:
+        """Write the resumable state atomically (main process only)."""
+        if not self.dist.is_main:
+            return
+        save_checkpoint(self.run.checkpoint_path, {
+            "method": self.method, "config": self.fingerprint(), "world_size": self.dist.world_size,
+            "metrics_lines": self.metrics_lines, "rng": get_rng_state(), **self.state()})
+
+    def restore(self) -> None:
+        state = load_checkpoint(self.run.checkpoint_path, map_location=self.device,
+                                expect={"method": self.method, "config": self.fingerprint(),
+                                        "world_size": self.dist.world_size})
+        self.metrics_lines = state["metrics_lines"]
+        self.load_state(state)
+        set_rng_state(state["rng"])  # last: rebuilding models above draws from the generators
+        self.run.truncate_metrics(self.metrics_lines)
+
+    def log(self, record: dict) -> None:
+        """Append one line to metrics.jsonl (counted, so a resume can truncate to it)."""
+        self.run.log_metrics(record)
+        self.metrics_lines += 1
+
+    def say(self, message: str) -> None:
+        """A line on stdout from the main process."""
+        if self.dist.is_main:
+            print(f"[{self.method}] {message}", flush=True)
+
+    def progress(self, iterable, *, desc: str, total: int | None = None):
+        return progress(iterable, desc=desc, total=total, quiet=self.cfg.quiet or not self.dist.is_main)
+
+    def run_all(self) -> dict:
+        """Resume from the run directory's checkpoint or start anew, run the loop, write the summary."""
+        cfg = self.cfg
+        if cfg.resume and self.run.checkpoint_path.exists():
+            self.restore()
+        else:
+            if cfg.resume:
+                self.say(f"no checkpoint in {cfg.out}; starting a new run")
+            elif self.run.read_metrics():
+                raise CheckpointError(f"{cfg.out} already holds a run; pass resume=True (--resume) or another out")
+            self.run.write_config(cfg)
+            self.run.truncate_metrics(0)
+            self.start()
+        self.loop()
+        summary = self.summary()
+        self.run.write_summary(summary)
+        if self.dist.is_main:
+            self.plot()
+        return summary
+
+
+def run_trainer(trainer_cls, cfg, **kwargs) -> dict:
+    """Validate ``cfg``, join torchrun's process group (if any), train, return the summary."""
+    validate_config(cfg)
+    dist = Distributed(torch.device(cfg.device))
+    try:
+        return trainer_cls(cfg, dist, **kwargs).run_all()
+    finally:
+        dist.close()
