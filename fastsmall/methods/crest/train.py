@@ -10,7 +10,8 @@
 Checkpoints (atomic) after every epoch and every generation; ``resume=True`` continues
 a killed run and ends with the same metrics as an uninterrupted run with the same seed.
 Every epoch reseeds the augmentation RNG and sampler from (seed, generation, epoch,
-rank), so a resumed epoch replays exactly.
+rank), so a resumed epoch replays exactly. ``impl`` picks the pseudo-label kernels once:
+``kernels.FusedPseudoLabels`` or ``official.OfficialPseudoLabels``.
 """
 from __future__ import annotations
 
@@ -22,21 +23,26 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..common import (CheckpointError, Distributed, RunDir, config_fingerprint, derive_seed, get_rng_state,
-                      load_checkpoint, progress, save_checkpoint, set_rng_state, validate_config)
+from ..common import Distributed, derive_seed
+from ..common.impl import choose
+from ..common.trainer import Trainer, run_trainer
 from ..models import build as build_model
 from . import augment
 from .config import Config
 from .data import SemiSupervisedSplit, load_split
+from .kernels import FusedPseudoLabels
 from .metrics import confusion, summarize
+from .official import OfficialPseudoLabels
 from .pseudo_label import PseudoLabeler
 from .sampling import class_ranks, sampling_rates, select_pseudo_labels, temperature
 
 
-class _Trainer:
+class CReSTTrainer(Trainer):
+    method = "crest"
+
     def __init__(self, cfg: Config, dist: Distributed):
-        self.cfg, self.dist = cfg, dist
-        self.device = torch.device(cfg.device)
+        super().__init__(cfg, dist)
+        self.pseudo_kernels = choose(cfg.impl, fused=FusedPseudoLabels, official=OfficialPseudoLabels)()
         self.split: SemiSupervisedSplit = load_split(cfg)
         self.C = self.split.num_classes
         self.in_channels, self.side = self.split.x_test.shape[1], self.split.x_test.shape[-1]
@@ -44,7 +50,6 @@ class _Trainer:
         self.model_name = cfg.model if cfg.model != "auto" else ("digits_cnn" if self.side <= 16 else "wrn28_2")
         self.labelled_counts = self.split.labelled_counts()
         self.prior = self.labelled_counts.float() / self.labelled_counts.sum()
-        self.run = RunDir(cfg.out, writer=dist.is_main)
         self.G = cfg.num_generations
         self.per_rank_l = max(1, cfg.batch_size // dist.world_size)
         self.per_rank_u = self.per_rank_l * cfg.mu
@@ -55,7 +60,6 @@ class _Trainer:
         self.pseudo_label = torch.empty(0, dtype=torch.int64)
         self.test_acc_history: list[float] = []
         self.generation_records: list[dict] = []
-        self.metrics_lines = 0
 
     # ---- model, optimiser, EMA -------------------------------------------------------
     def _fresh_generation_state(self):
@@ -70,7 +74,7 @@ class _Trainer:
             [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=True)
         self.labeler = PseudoLabeler(self.C, self.prior, plus=self.cfg.plus, threshold=self.cfg.threshold,
-                                     convention=self.cfg.dist_align, impl=self.cfg.impl, device=self.device)
+                                     convention=self.cfg.dist_align, kernels=self.pseudo_kernels, device=self.device)
         self.step = 0
         self.test_acc_history = []
         self.forward_model = self.model
@@ -122,8 +126,7 @@ class _Trainer:
         t_g = temperature(self.generation, self.G, cfg.t_min)
         sums = torch.zeros(4, dtype=torch.float64)  # loss, loss_s, loss_u, mask rate
         self.model.train()
-        steps = progress(range(cfg.steps_per_epoch), desc=f"gen {self.generation} epoch {self.epoch}",
-                         quiet=cfg.quiet or not self.dist.is_main)
+        steps = self.progress(range(cfg.steps_per_epoch), desc=f"gen {self.generation} epoch {self.epoch}")
         for s in steps:
             xl, yl = x_l[lab[s]].to(self.device), y_l[lab[s]].to(self.device)
             xu = x_u[unl[s]].to(self.device)
@@ -167,31 +170,21 @@ class _Trainer:
         label, _ = self._predict(x)
         return summarize(confusion(y, label, self.C))
 
-    # ---- checkpoints ---------------------------------------------------------------------
-    def _config_json(self) -> str:
-        return config_fingerprint(self.cfg, ("resume", "quiet", "out", "device", "compile"))
+    # ---- the Trainer contract ------------------------------------------------------------
+    def start(self):
+        self._fresh_generation_state()
 
-    def _checkpoint(self):
-        if not self.dist.is_main:
-            return
-        save_checkpoint(self.run.checkpoint_path, {
-            "method": "crest", "config": self._config_json(), "world_size": self.dist.world_size,
-            "generation": self.generation, "epoch": self.epoch, "step": self.step,
-            "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "labeler": self.labeler.state_dict(),
-            "pseudo_idx": self.pseudo_idx, "pseudo_label": self.pseudo_label,
-            "test_acc_history": self.test_acc_history, "generation_records": self.generation_records,
-            "metrics_lines": self.metrics_lines, "rng": get_rng_state(),
-        })
+    def state(self) -> dict:
+        return {"generation": self.generation, "epoch": self.epoch, "step": self.step,
+                "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "labeler": self.labeler.state_dict(),
+                "pseudo_idx": self.pseudo_idx, "pseudo_label": self.pseudo_label,
+                "test_acc_history": self.test_acc_history, "generation_records": self.generation_records}
 
-    def _restore(self):
-        state = load_checkpoint(self.run.checkpoint_path, map_location=self.device,
-                                expect={"method": "crest", "config": self._config_json(),
-                                        "world_size": self.dist.world_size})
+    def load_state(self, state: dict):
         self.generation, self.epoch = state["generation"], state["epoch"]
         self.pseudo_idx, self.pseudo_label = state["pseudo_idx"].cpu(), state["pseudo_label"].cpu()
         self.generation_records = state["generation_records"]
-        self.metrics_lines = state["metrics_lines"]
         if self.generation < self.G:
             self._fresh_generation_state()
             self.model.load_state_dict(state["model"])
@@ -200,12 +193,6 @@ class _Trainer:
             self.labeler.load_state_dict(state["labeler"])
             self.step = state["step"]
             self.test_acc_history = state["test_acc_history"]
-        set_rng_state(state["rng"])
-        self.run.truncate_metrics(self.metrics_lines)
-
-    def _log(self, record: dict):
-        self.run.log_metrics(record)
-        self.metrics_lines += 1
 
     # ---- the algorithm ----------------------------------------------------------------------
     def _end_generation(self):
@@ -228,49 +215,35 @@ class _Trainer:
                 "precision": [float(added[c, c] / added[:, c].sum()) if added[:, c].sum() > 0 else None
                               for c in range(self.C)],
             }
-        self._log(record)
+        self.log(record)
         self.generation_records.append(record)
-        if self.dist.is_main:
-            print(f"[crest] generation {self.generation}: test acc {record['test_accuracy_last']:.4f}, "
+        self.say(f"generation {self.generation}: test acc {record['test_accuracy_last']:.4f}, "
                   f"balanced {test['balanced_accuracy']:.4f}, unlabelled acc {unlabelled['accuracy']:.4f}"
-                  + (f", added {len(self.pseudo_idx)} pseudo-labels" if "pseudo_labels" in record else ""),
-                  flush=True)
+                 + (f", added {len(self.pseudo_idx)} pseudo-labels" if "pseudo_labels" in record else ""))
 
-    def run_all(self) -> dict:
+    def loop(self):
         cfg = self.cfg
-        if cfg.resume and self.run.checkpoint_path.exists():
-            self._restore()
-        else:
-            if cfg.resume and self.dist.is_main:
-                print(f"[crest] no checkpoint in {cfg.out}; starting a new run", flush=True)
-            if self.run.read_metrics() and self.dist.is_main and not cfg.resume:
-                raise CheckpointError(f"{cfg.out} already holds a run; pass resume=True (--resume) or another out")
-            self.run.write_config(cfg)
-            self.run.truncate_metrics(0)
-            self._fresh_generation_state()
         while self.generation < self.G:
             while self.epoch < cfg.epochs:
                 start = time.perf_counter()
                 losses = self._train_epoch()
                 test = self._evaluate(self.split.x_test, self.split.y_test)
                 self.test_acc_history.append(test["accuracy"])
-                self._log({"type": "epoch", "generation": self.generation, "epoch": self.epoch, **losses,
+                self.log({"type": "epoch", "generation": self.generation, "epoch": self.epoch, **losses,
                            "lr": self._lr(), "test_accuracy": test["accuracy"],
                            "test_balanced_accuracy": test["balanced_accuracy"],
                            "seconds": time.perf_counter() - start})
-                if self.dist.is_main:
-                    print(f"[crest] gen {self.generation} epoch {self.epoch}: loss {losses['loss']:.4f} "
-                          f"mask {losses['mask_rate']:.2f} test acc {test['accuracy']:.4f}", flush=True)
+                self.say(f"gen {self.generation} epoch {self.epoch}: loss {losses['loss']:.4f} "
+                         f"mask {losses['mask_rate']:.2f} test acc {test['accuracy']:.4f}")
                 self.epoch += 1
-                self._checkpoint()
+                self.checkpoint()
             self._end_generation()
             self.generation, self.epoch = self.generation + 1, 0
             if self.generation < self.G:
                 self._fresh_generation_state()
-            self._checkpoint()
-        return self._summary()
+            self.checkpoint()
 
-    def _summary(self) -> dict:
+    def summary(self) -> dict:
         last = self.generation_records[-1]
         method = "fixmatch" if self.G == 1 else ("crest+" if self.cfg.plus else "crest")
         ranks = class_ranks(self.labelled_counts)
@@ -288,18 +261,13 @@ class _Trainer:
             } for r in self.generation_records],
             "class_rank": ranks.tolist(),
         }
-        self.run.write_summary(summary)
-        if self.dist.is_main:
-            from .plots import plot_generations
-            plot_generations(self.generation_records, ranks, self.run)
         return summary
+
+    def plot(self) -> None:
+        from .plots import plot_generations
+        plot_generations(self.generation_records, class_ranks(self.labelled_counts), self.run)
 
 
 def train(cfg: Config) -> dict:
     """Run CReST / CReST+ / FixMatch as configured; returns the summary (also in summary.json)."""
-    validate_config(cfg)
-    dist = Distributed(torch.device(cfg.device))
-    try:
-        return _Trainer(cfg, dist).run_all()
-    finally:
-        dist.close()
+    return run_trainer(CReSTTrainer, cfg)
