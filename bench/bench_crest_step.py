@@ -1,4 +1,4 @@
-"""One CReST+ training step on digits-LT, ``--impl fused`` vs ``--impl reference``.
+"""One CReST+ training step on digits-LT, ``--impl fused`` vs ``--impl official``.
 
     python -m pytest bench/bench_crest_step.py --benchmark-json=bench/results/crest_step.json
 
@@ -12,21 +12,24 @@ import torch
 
 from conftest import compile_and_time, measure  # noqa: F401  (shared harness)
 from fastsmall.methods.crest.config import Config
+from fastsmall.methods.common.impl import choose
+from fastsmall.methods.crest.kernels import FusedPseudoLabels
+from fastsmall.methods.crest.official import OfficialPseudoLabels
 from fastsmall.methods.crest.pseudo_label import PseudoLabeler
-from fastsmall.methods.crest.train import _Trainer
+from fastsmall.methods.crest.train import CReSTTrainer
 from fastsmall.methods.common import Distributed
 
 B_L, MU, C = 32, 7, 10
 
 
-def _trainer(impl: str, out) -> _Trainer:
+def _trainer(impl: str, out) -> CReSTTrainer:
     cfg = Config(plus=True, impl=impl, quiet=True, out=str(out))
-    trainer = _Trainer(cfg, Distributed(torch.device("cpu")))
+    trainer = CReSTTrainer(cfg, Distributed(torch.device("cpu")))
     trainer._fresh_generation_state()
     return trainer
 
 
-@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize("impl", ["official", "fused"])
 def bench_crest_step(benchmark, impl, tmp_path):
     trainer = _trainer(impl, tmp_path)
     trainer.cfg = Config(plus=True, impl=impl, quiet=True, out=str(tmp_path), steps_per_epoch=1, epochs=10 ** 6)
@@ -36,14 +39,15 @@ def bench_crest_step(benchmark, impl, tmp_path):
         trainer._train_epoch()
 
     measure(benchmark, step, family="crest", op="training step", mode="forward+backward", batch=B_L * (1 + 2 * MU),
-            impl="eager" if impl == "reference" else "fastsmall", bytes_moved=0)
+            impl="eager" if impl == "official" else "fastsmall", bytes_moved=0)
 
 
-@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize("impl", ["official", "fused"])
 @pytest.mark.parametrize("batch", [B_L * MU, 4096])
 def bench_pseudo_label_path(benchmark, impl, batch):
     labeler = PseudoLabeler(C, torch.linspace(1, 0.1, C) / torch.linspace(1, 0.1, C).sum(), plus=True,
-                            threshold=0.95, convention="window", impl=impl, device=torch.device("cpu"))
+                            threshold=0.95, convention="window", device=torch.device("cpu"),
+                            kernels=choose(impl, fused=FusedPseudoLabels, official=OfficialPseudoLabels)())
     gen = torch.Generator().manual_seed(0)
     weak = torch.randn(batch, C, generator=gen) * 3
     strong = (torch.randn(batch, C, generator=gen) * 3).requires_grad_()
@@ -54,4 +58,4 @@ def bench_pseudo_label_path(benchmark, impl, batch):
         return torch.autograd.grad(loss, strong)
 
     measure(benchmark, path, family="crest", op="pseudo-label path", mode="forward+backward", batch=batch,
-            impl="eager" if impl == "reference" else "fastsmall", bytes_moved=3 * batch * C * 4)
+            impl="eager" if impl == "official" else "fastsmall", bytes_moved=3 * batch * C * 4)

@@ -1,4 +1,4 @@
-"""The Knowledge Evolution / DSD pipelines' masked steps, ``--impl fused`` vs ``--impl reference``.
+"""The Knowledge Evolution / DSD pipelines' masked steps, ``--impl fused`` vs ``--impl official``.
 
     python -m pytest bench/bench_ke_pipeline.py --benchmark-json=bench/results/ke_pipeline/threads2.json
     OMP_NUM_THREADS=1 python -m pytest bench/bench_ke_pipeline.py --benchmark-json=bench/results/ke_pipeline/threads1.json
@@ -11,11 +11,11 @@ weights in 5 tensors, where per-call overhead dominates). ``batch`` = the weight
 
 * ``generation_boundary`` (modes ``kels`` / ``wels`` at split rate 0.5): KE's re-initialisation
   of the reset hypothesis of all weights, ``fastsmall.methods.ke.reset_hypothesis_``.
-  ``eager`` = ``impl="reference"``: the official per-module loop (stored bool masks, a fresh
+  ``eager`` = ``impl="official"``: the official per-module loop (stored bool masks, a fresh
   kaiming_uniform tensor and ``torch.where`` per tensor); ``fastsmall`` = ``impl="fused"``: one
   ``fs.ops.ke_reinit_`` call with KELS / WELS masks (no mask tensors).
 * ``dsd_step`` (mode ``dsd``, 30 % magnitude masks): DSD's masking after every optimizer step in
-  the sparse phase. ``eager`` = ``W.mul_(mask)`` per tensor (``reference.official_masked_mul_``);
+  the sparse phase. ``eager`` = ``W.mul_(mask)`` per tensor (``dsd.official.official_masked_mul_``);
   ``fastsmall`` = ``dsd.apply_masks_`` (one ``fs.ops.masked_mul_`` call).
 * ``copy`` floor per network: one copy of as many float32 values as the weights.
 
@@ -30,7 +30,8 @@ import torch
 import fastsmall as fs
 from conftest import DEVICE, measure
 from fastsmall.methods import dsd, ke
-from fastsmall.methods.ke.train import keep_masks
+from fastsmall.methods.dsd.official import official_masked_mul_
+from fastsmall.methods.ke.official import keep_masks
 from fastsmall.methods.models import DigitsCNN, resnet18
 
 F32 = 4
@@ -61,7 +62,7 @@ def bench_generation_boundary(benchmark, network, mode, impl):
             ke.reset_hypothesis_(model, masks, seed=0, generation=next(generations), impl="fused")
     else:
         def run():
-            ke.reset_hypothesis_(model, masks, seed=0, generation=next(generations), impl="reference", keeps=keeps)
+            ke.reset_hypothesis_(model, masks, seed=0, generation=next(generations), impl="official", keeps=keeps)
     run()
     measure(benchmark, run, family="ke_pipeline", op=f"generation_boundary {network}", mode=mode, batch=numel,
             impl=impl, bytes_moved=reset * F32, rounds=ROUNDS[network])
@@ -78,7 +79,7 @@ def bench_dsd_step(benchmark, network, impl):
     if impl == "fastsmall":
         run = lambda: dsd.apply_masks_(model, masks)  # noqa: E731
     else:
-        run = lambda: fs.reference.official_masked_mul_(weights, keeps)  # noqa: E731
+        run = lambda: official_masked_mul_(weights, keeps)  # noqa: E731
     run()
     measure(benchmark, run, family="ke_pipeline", op=f"dsd_step {network}", mode="dsd", batch=numel, impl=impl,
             bytes_moved=numel + 2 * F32 * pruned, rounds=ROUNDS[network])

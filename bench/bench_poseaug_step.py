@@ -1,8 +1,8 @@
-"""One PoseAug G+D iteration at batch 1,024, ``--impl fused`` vs ``--impl reference``.
+"""One PoseAug G+D iteration at batch 1,024, ``--impl fused`` vs ``--impl official``.
 
     python -m pytest bench/bench_poseaug_step.py --benchmark-json=bench/results/poseaug_step.json
 
-``reference`` is the released code's arithmetic (constant-matrix bones, bone vectors
+``official`` is the released code's arithmetic (constant-matrix bones, bone vectors
 recomputed from every intermediate pose, five full masked Grams feeding five separate
 KCS-path MLPs); ``fused`` is fastsmall's (``bone_decompose`` once, ``kcs_inverse`` with the
 root, one compact ``part_kcs_gram`` feeding trimmed first layers). Both train the
@@ -34,7 +34,7 @@ from fastsmall.skeleton import Skeleton
 B = 1024
 SK = Skeleton.h36m16()
 ROUNDS = dict(rounds=25, iterations=1, warmup_rounds=3)
-IMPL_NAME = {"reference": "eager", "fused": "fastsmall"}
+IMPL_NAME = {"official": "eager", "fused": "fastsmall"}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def _estimator(name):
     return build_estimator(name, SK)
 
 
-@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize("impl", ["official", "fused"])
 @pytest.mark.parametrize("estimator", ["tiny", "simple_baseline", "videopose"])
 def bench_poseaug_iteration(benchmark, batch, impl, estimator):
     torch.manual_seed(0)
@@ -67,7 +67,7 @@ def bench_poseaug_iteration(benchmark, batch, impl, estimator):
             mode="train step", batch=B, impl=IMPL_NAME[impl], bytes_moved=0, rounds=ROUNDS)
 
 
-@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize("impl", ["official", "fused"])
 def bench_augmentor(benchmark, batch, impl):
     torch.manual_seed(0)
     x3d, _, cams = batch
@@ -83,7 +83,7 @@ def bench_augmentor(benchmark, batch, impl):
             impl=IMPL_NAME[impl], bytes_moved=0, rounds=ROUNDS)
 
 
-@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize("impl", ["official", "fused"])
 def bench_3d_discriminator(benchmark, batch, impl):
     torch.manual_seed(0)
     x3d = batch[0].clone().requires_grad_()

@@ -1,4 +1,4 @@
-"""PoseAug G+D iteration, ``--impl reference`` and ``--impl fused`` timed alternately (paired).
+"""PoseAug G+D iteration, ``--impl official`` and ``--impl fused`` timed alternately (paired).
 
     python bench/poseaug_paired.py [--rounds 15]
 
@@ -46,9 +46,9 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     poses = synthetic.generate(args.batch, seed=0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.rounds} rounds")
-    print(f"{'estimator':<17}{'reference':>11}{'fused':>9}{'ratio (median, IQR)':>26}")
+    print(f"{'estimator':<17}{'official':>11}{'fused':>9}{'ratio (median, IQR)':>26}")
     for estimator in ESTIMATORS:
-        fns = {impl: iteration_fn(impl, estimator, poses) for impl in ("reference", "fused")}
+        fns = {impl: iteration_fn(impl, estimator, poses) for impl in ("official", "fused")}
         for fn in fns.values():
             for _ in range(3):
                 fn()
@@ -58,9 +58,9 @@ def main(argv=None) -> int:
                 start = time.perf_counter()
                 fn()
                 times[impl].append(time.perf_counter() - start)
-        ratios = [r / f for r, f in zip(times["reference"], times["fused"])]
+        ratios = [r / f for r, f in zip(times["official"], times["fused"])]
         q1, _, q3 = statistics.quantiles(ratios, n=4)
-        print(f"{estimator:<17}{statistics.median(times['reference']) * 1e3:>9.0f}ms"
+        print(f"{estimator:<17}{statistics.median(times['official']) * 1e3:>9.0f}ms"
               f"{statistics.median(times['fused']) * 1e3:>7.0f}ms{statistics.median(ratios):>12.2f}x ({q1:.2f}-{q3:.2f})")
     return 0
 

@@ -17,7 +17,7 @@ import torch.utils.benchmark as tb
 
 import fastsmall as fs
 from fastsmall import _extension as ext
-from fastsmall.poses import generate_h36m16
+from fastsmall.methods.poseaug.data import synthetic
 
 SK = fs.Skeleton.h36m16()
 OPS = {
@@ -57,7 +57,7 @@ def check_correctness(poses: torch.Tensor, backends: list[str]) -> list[tuple]:
 
 
 def time_ops(batch: int, device: torch.device, min_run_time: float) -> list[tuple]:
-    poses = generate_h36m16(batch, generator=torch.Generator().manual_seed(1), device=device)
+    poses = synthetic.generate(batch, seed=1).poses_3d.to(device)
     bones = fs.reference.kcs_forward(poses, SK)
     rows = []
     for name, (fn, kind) in OPS.items():
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     print(f"fastsmall {fs.__version__} | torch {torch.__version__} | device {device} | "
           f"threads {torch.get_num_threads()}")
 
-    poses = generate_h36m16(257, generator=torch.Generator().manual_seed(0), device=device)
+    poses = synthetic.generate(257, seed=0).poses_3d.to(device)
     backends = usable_backends(device)
     print(f"\nCorrectness against the reference (257 generated poses, float64, values and gradients); "
           f"backends: {', '.join(backends) or 'none (reference only)'}")

@@ -134,7 +134,7 @@ def test_extract_slim_rejects_unknown_architectures():
 
 # ---- the generation boundary ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("impl", ["fused", "official"])
 @pytest.mark.parametrize("split", ["kels", "wels"])
 def test_generation_boundary_keeps_fit_bits_and_never_touches_batchnorm_or_biases(impl, split):
     model = DigitsCNN(10, 1, width=8)
@@ -251,7 +251,7 @@ def test_ke_end_to_end_writes_every_documented_file(tmp_path):
 
 
 @pytest.mark.parametrize("changes", [dict(mode="restart"), dict(mode="long"), dict(split="wels"),
-                                    dict(impl="reference"), dict(reinit="kaiming_normal", impl="reference")])
+                                    dict(impl="official"), dict(reinit="kaiming_normal", impl="official")])
 def test_ke_modes_splits_and_impls(tmp_path, changes):
     summary = ke.train(tiny(tmp_path / "run", **changes))
     lrs = [r["lr"] for r in _records(tmp_path / "run") if r["type"] == "epoch"]
@@ -294,7 +294,7 @@ def test_dsd_masks_hold_during_the_sparse_phase(tmp_path):
 
 def test_dsd_reference_impl_equals_fused(tmp_path):
     fused = dsd.train(tiny_dsd(tmp_path / "fused"))
-    ref = dsd.train(tiny_dsd(tmp_path / "ref", impl="reference"))
+    ref = dsd.train(tiny_dsd(tmp_path / "ref", impl="official"))
     assert _strip_times(_records(tmp_path / "fused")) == _strip_times(_records(tmp_path / "ref"))
     assert fused == ref
 

@@ -10,16 +10,13 @@ from fastsmall.methods.poseaug.augmentor import PoseAugmentor, rodrigues
 from fastsmall.methods.poseaug.discriminators import PartKCSDiscriminator, Pose2DDiscriminator
 from fastsmall.methods.poseaug.pool import HistoryPool
 from fastsmall.methods.poseaug.spec import PoseAugSpec, symmetric_groups
-from fastsmall.poses import generate_h36m16
+from fastsmall.methods.poseaug.data import synthetic
 
 H36M16 = fs.Skeleton.h36m16()
 
 
 def camera_frame_poses(n, seed, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    poses = generate_h36m16(n, generator=g).to(dtype)
-    root = torch.randn(n, 1, 3, generator=g, dtype=dtype) * 0.5 + torch.tensor([0.0, 0.0, 5.0], dtype=dtype)
-    return poses + root
+    return synthetic.generate(n, seed=seed).poses_3d.to(dtype)
 
 
 def lengths(poses, sk=H36M16):
@@ -109,7 +106,7 @@ def test_fused_and_released_arithmetic_agree_with_gradients():
     x = camera_frame_poses(32, 2).requires_grad_()
     g = PoseAugmentor().double()
     results = []
-    for impl in ("fused", "reference"):
+    for impl in ("fused", "official"):
         g.impl = impl
         torch.manual_seed(5)  # same noise
         out = g(x)
@@ -141,7 +138,7 @@ def test_augmentor_on_another_skeleton_and_bad_input():
 # ---- discriminators ------------------------------------------------------------------------
 def test_part_features_are_the_masked_gram_of_unit_bones():
     """The released kcs_layer_* (bones of the unit-bone pose, masked, full Gram) equal the op."""
-    from fastsmall.methods.poseaug import released
+    from fastsmall.methods.poseaug import official as released
 
     x = camera_frame_poses(16, 4)
     unit, _ = fs.ops.bone_decompose(x, H36M16)
@@ -160,7 +157,7 @@ def test_3d_discriminator_fused_equals_released_arithmetic_and_loads_released_we
     d = PartKCSDiscriminator().double()
     assert sum(p.numel() for p in d.parameters()) == 1_076_205  # the released Pos3dDiscriminator's size
     outs = []
-    for impl in ("fused", "reference"):
+    for impl in ("fused", "official"):
         d.impl = impl
         s = d(x)
         outs.append((s, torch.autograd.grad((s * s).sum(), [x] + list(d.parameters()))))

@@ -76,7 +76,7 @@ def test_one_iteration_fused_equals_released_arithmetic():
     poses = synthetic.generate(64, subset="broad", seed=3)
     x3d, x2d, cams = (t.double() for t in (poses.poses_3d, poses.poses_2d, poses.cams))
     gans, estimators = [], []
-    for impl in ("fused", "reference"):
+    for impl in ("fused", "official"):
         torch.manual_seed(0)
         gan = AugmentationGAN(poseaug.Config(impl=impl, pool_size=32), poses.skeleton, torch.device("cpu"))
         for model in gan.models:

@@ -6,12 +6,12 @@ Parameters are stored stacked over parts in the released layout (first layer rea
 part's full flattened ``NB x NB`` Gram), so released weights load with
 :meth:`load_released_state_dict`.
 
-``impl="fused"``: one ``fastsmall.ops.bone_decompose`` and one compact
+``impl="fused"`` (``kernels.py``): one ``fastsmall.ops.bone_decompose`` and one compact
 ``fastsmall.ops.part_kcs_gram`` (only the ``n_p x n_p`` block of each part: the other
 entries of the released masked Gram are zeros), and each path's first layer reads only
 the weight rows of those entries (16-49 inputs instead of 225). The paths stay separate
 GEMMs: on CPU, batching the five as ``baddbmm`` measured 1.5x slower at batch 2,048.
-``impl="reference"``: the released arithmetic -- unit bones, back to a pose, bones again,
+``impl="official"`` (``official.py``): the released arithmetic -- unit bones, back to a pose, bones again,
 five full masked Grams, five separate MLPs. Same function, same parameters, same gradients.
 """
 from __future__ import annotations
@@ -20,10 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ... import ops
 from ...skeleton import Skeleton
-from . import released
-from .augmentor import IMPLS, init_weights
+from .augmentor import init_weights
+from .kernels import ChosenKernels
 
 
 def _kaiming(shape) -> torch.Tensor:
@@ -39,18 +38,16 @@ def _bias(parts: int, fan_in: int, out: int) -> torch.Tensor:
     return torch.empty(parts, 1, out).uniform_(-bound, bound)
 
 
-class PartKCSDiscriminator(nn.Module):
+class PartKCSDiscriminator(ChosenKernels, nn.Module):
     """``forward(poses [B, J, 3]) -> scores [B, P]`` (P = parts of the skeleton)."""
 
     def __init__(self, skeleton: Skeleton | None = None, *, channel: int = 256, channel_mid: int = 100,
                  impl: str = "fused"):
         super().__init__()
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.impl = impl  # -> self.kernels (fused or official arithmetic), checked here
         self.skeleton = skeleton or Skeleton.h36m16()
         if not self.skeleton.parts:
             raise ValueError("the 3D discriminator needs a skeleton with parts (Skeleton(parents, parts={...}))")
-        self.impl = impl
         P, NB = len(self.skeleton.parts), self.skeleton.num_bones
         F_in = NB * NB
         # [P, in, out] weights (x @ W + b): part p's KCS path is kcs_layer_1..3, layer_last, layer_pred
@@ -83,23 +80,7 @@ class PartKCSDiscriminator(nn.Module):
         sk = self.skeleton
         if poses.dim() != 3 or poses.shape[1:] != (sk.num_joints, 3):
             raise ValueError(f"poses must have shape [B, {sk.num_joints}, 3], got {tuple(poses.shape)}")
-        if self.impl == "reference":
-            return self._forward_released(poses)
-        unit, _ = ops.bone_decompose(poses, sk)
-        gram = ops.part_kcs_gram(unit, sk, "compact")  # [B, sum n_p^2]: only the entries inside the parts
-        scores = [self._path(p, block, self.w1[p].index_select(0, getattr(self, f"compact_rows_{p}")))
-                  for p, block in enumerate(gram.split(self.block_sizes, dim=1))]
-        return torch.cat(scores, dim=1)
-
-    def _forward_released(self, inputs_3d: torch.Tensor) -> torch.Tensor:
-        sk = self.skeleton
-        x = inputs_3d - inputs_3d[:, :1, :]
-        x = released.poses_from_bones(released.bone_units(x, sk), sk)
-        scores = []
-        for p in range(len(sk.parts)):
-            psi_vec = released.part_gram(x, sk, p).view(x.size(0), -1)  # the full masked Gram, 225 wide
-            scores.append(self._path(p, psi_vec, self.w1[p]))
-        return torch.cat(scores, dim=1)
+        return self.kernels.part_scores(self, poses)
 
     # released checkpoints name the paths kcs_path_1..5 with nn.Linear layers
     _RELEASED = (("w1", "b1", "kcs_layer_1"), ("w2", "b2", "kcs_layer_2"), ("w3", "b3", "kcs_layer_3"),

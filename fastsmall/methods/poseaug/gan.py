@@ -21,6 +21,7 @@ from .augmentor import PoseAugmentor
 from .camera import project_to_2d
 from .config import Config
 from .discriminators import PartKCSDiscriminator, Pose2DDiscriminator
+from .kernels import pose_kernels
 from .pool import HistoryPool
 from .spec import PoseAugSpec
 
@@ -43,6 +44,7 @@ class AugmentationGAN:
     def __init__(self, cfg: Config, skeleton, device: torch.device, spec: PoseAugSpec | None = None):
         self.cfg = cfg
         self.spec = spec or PoseAugSpec.for_skeleton(skeleton)
+        self.kernels = pose_kernels(cfg.impl)  # fused or official arithmetic, chosen once
         self.generator = PoseAugmentor(skeleton, self.spec, noise=cfg.noise, blr_tanhlimit=cfg.blr_tanhlimit,
                                        impl=cfg.impl).to(device)
         self.d3d = PartKCSDiscriminator(skeleton, impl=cfg.impl).to(device)
@@ -74,12 +76,7 @@ class AugmentationGAN:
 
     # ---- the generator step --------------------------------------------------------------
     def _adversarial(self, disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, log: dict, tag: str):
-        if self.cfg.impl == "fused":
-            # the real term carries no gradient to the generator: score it without a graph
-            with torch.no_grad():
-                d_real = disc(real)
-        else:
-            d_real = disc(real)
+        d_real = self.kernels.generator_real_scores(disc, real)
         d_fake = disc(fake)
         log[f"g_{tag}_fake_acc"] = _accuracy(d_fake, False)
         return losses.generator_adversarial(d_real, d_fake)
@@ -140,10 +137,7 @@ class AugmentationGAN:
     def _discriminator_step(self, disc, opt, pool, real, fake, generator, average_gradients, log, tag):
         opt.zero_grad(set_to_none=True)
         fake = pool(fake.detach(), generator)
-        if self.cfg.impl == "fused":  # no BatchNorm in the discriminators: one pass over both
-            d_real, d_fake = disc(torch.cat([real.detach(), fake])).split([real.shape[0], fake.shape[0]])
-        else:
-            d_real, d_fake = disc(real.detach()), disc(fake)
+        d_real, d_fake = self.kernels.discriminator_scores(disc, real, fake)
         loss = losses.discriminator_loss(d_real, d_fake)
         loss.backward()
         average_gradients(disc)

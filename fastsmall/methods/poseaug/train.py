@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from ... import ops
 from ...skeleton import Skeleton
-from ..common import (CheckpointError, Distributed, RunDir, config_fingerprint, derive_seed, get_rng_state,
-                      load_checkpoint, progress, save_checkpoint, set_rng_state, validate_config)
+from ..common import CheckpointError, Distributed, derive_seed, load_checkpoint, save_checkpoint
+from ..common.trainer import Trainer, run_trainer
 from .camera import project_to_2d
 from .config import Config
 from .data import PoseSet
@@ -69,13 +69,12 @@ def swap_bone_lengths(poses: PoseSet, templates: torch.Tensor, generator: torch.
                    list(poses.action_names), poses.name + "+bl-swap", sk)
 
 
-class PoseAugTrainer:
+class PoseAugTrainer(Trainer):
     method = "poseaug"
 
     def __init__(self, cfg: Config, dist: Distributed, *, stage0_only: bool = False):
-        self.cfg, self.dist, self.stage0_only = cfg, dist, stage0_only
-        self.device = torch.device(cfg.device)
-        self.run = RunDir(cfg.out, writer=dist.is_main)
+        super().__init__(cfg, dist)
+        self.stage0_only = stage0_only
         train_set, self.eval_sets = load_datasets(cfg)  # eval: name -> (PoseSet on CPU, flip)
         self.train_set = train_set.to(self.device)
         self.skeleton: Skeleton = self.train_set.skeleton
@@ -86,7 +85,6 @@ class PoseAugTrainer:
         # progress (all of it is in the checkpoint)
         self.stage, self.epoch, self.iteration = STAGE_BASELINE, 0, 0
         self.records: list[dict] = []
-        self.metrics_lines = 0
         self._build()
 
     # ---- models --------------------------------------------------------------------------
@@ -147,7 +145,7 @@ class PoseAugTrainer:
         set_requires_grad([self.estimator], True)
         self.estimator.train()
         total, count = 0.0, 0
-        for idx in progress(batches, desc=desc, quiet=self.cfg.quiet or not self.dist.is_main):
+        for idx in self.progress(batches, desc=desc):
             idx = idx.to(self.device)
             target = poses_3d[idx] - poses_3d[idx, :1]
             loss = F.mse_loss(self.estimator(poses_2d[idx]), target)
@@ -181,9 +179,8 @@ class PoseAugTrainer:
             g_batches, d3_batches, d2_batches = (self._shard(n, self._epoch_generator(10 * gan_pass + s))
                                                  for s in (2, 3, 4))
             kept_3d, kept_2d, seen = [], [], 0  # the estimator trains on the last pass's augmented poses
-            for s in progress(range(len(g_batches)), desc=f"poseaug epoch {self.epoch}"
-                              + (f" pass {gan_pass}" if cfg.gan_passes > 1 else ""),
-                              quiet=cfg.quiet or not self.dist.is_main):
+            for s in self.progress(range(len(g_batches)), desc=f"poseaug epoch {self.epoch}"
+                                   + (f" pass {gan_pass}" if cfg.gan_passes > 1 else "")):
                 idx = g_batches[s].to(self.device)
                 out, rt_2d, log = gan.generator_step(swapped.poses_3d[idx], swapped.cams[idx], self.estimator,
                                                      self.epoch, self.dist.average_gradients)
@@ -228,38 +225,33 @@ class PoseAugTrainer:
         return {name: evaluate(self.estimator, pose_set.to(self.device), flip=flip)
                 for name, (pose_set, flip) in self.eval_sets.items()}
 
-    # ---- checkpoints ----------------------------------------------------------------------
-    def _config_json(self) -> str:
-        return config_fingerprint(self.cfg, stage0_only=self.stage0_only)
+    # ---- the Trainer contract --------------------------------------------------------------
+    def fingerprint_extra(self) -> dict:
+        return {"stage0_only": self.stage0_only}
 
-    def _checkpoint(self) -> None:
-        if not self.dist.is_main:
-            return
-        state = {"method": self.method, "config": self._config_json(), "world_size": self.dist.world_size,
-                 "stage": self.stage, "epoch": self.epoch, "iteration": self.iteration,
+    def state(self) -> dict:
+        state = {"stage": self.stage, "epoch": self.epoch, "iteration": self.iteration,
                  "estimator": self.estimator.state_dict(), "opt_p": self.opt_p.state_dict(),
-                 "lr_estimator": self.lr_estimator, "records": self.records, "metrics_lines": self.metrics_lines,
-                 "rng": get_rng_state()}
+                 "lr_estimator": self.lr_estimator, "records": self.records}
         if self.gan is not None:
             state["gan"] = self.gan.state_dict()
-        save_checkpoint(self.run.checkpoint_path, state)
-        save_checkpoint(self.run.root / "checkpoints" / "estimator.pt",
-                        {"estimator": self.cfg.estimator, "skeleton_parents": list(self.skeleton.parents),
-                         "state_dict": self.estimator.state_dict()})
+        return state
 
-    def _restore(self) -> None:
-        state = load_checkpoint(self.run.checkpoint_path, map_location=self.device,
-                                expect={"method": self.method, "config": self._config_json(),
-                                        "world_size": self.dist.world_size})
+    def load_state(self, state: dict) -> None:
         self.stage, self.epoch, self.iteration = state["stage"], state["epoch"], state["iteration"]
-        self.records, self.metrics_lines = state["records"], state["metrics_lines"]
+        self.records = state["records"]
         self.estimator.load_state_dict(state["estimator"])
         self._fresh_estimator_optimizer(state["lr_estimator"])
         self.opt_p.load_state_dict(state["opt_p"])
         if self.gan is not None:
             self.gan.load_state_dict(state["gan"])
-        set_rng_state(state["rng"])
-        self.run.truncate_metrics(self.metrics_lines)
+
+    def checkpoint(self) -> None:
+        super().checkpoint()
+        if self.dist.is_main:  # the estimator alone, for `fastsmall poseaug --pretrained`
+            save_checkpoint(self.run.root / "checkpoints" / "estimator.pt",
+                            {"estimator": self.cfg.estimator, "skeleton_parents": list(self.skeleton.parents),
+                             "state_dict": self.estimator.state_dict()})
 
     def _load_pretrained(self) -> None:
         state = load_checkpoint(self.cfg.pretrained, map_location=self.device)
@@ -270,40 +262,33 @@ class PoseAugTrainer:
             raise CheckpointError(f"pretrained {self.cfg.pretrained}: trained for another skeleton")
         self.estimator.load_state_dict(state["state_dict"])
 
-    def _log(self, record: dict) -> None:
+    def log(self, record: dict) -> None:
         self.records.append(record)
-        self.run.log_metrics(record)
-        self.metrics_lines += 1
+        super().log(record)
 
     # ---- the algorithm ----------------------------------------------------------------------
-    def run_all(self) -> dict:
+    def start(self) -> None:
+        if self.cfg.pretrained:
+            self._load_pretrained()
+        if self.stage0_epochs == 0:
+            self._begin_poseaug()
+
+    def loop(self) -> None:
         cfg = self.cfg
-        if cfg.resume and self.run.checkpoint_path.exists():
-            self._restore()
-        else:
-            if self.run.read_metrics() and not cfg.resume:
-                raise CheckpointError(f"{cfg.out} already holds a run; pass resume=True (--resume) or another out")
-            self.run.write_config(cfg)
-            self.run.truncate_metrics(0)
-            if cfg.pretrained:
-                self._load_pretrained()
-            if self.stage0_epochs == 0:
-                self._begin_poseaug()
         while self.stage == STAGE_BASELINE and self.epoch < self.stage0_epochs:
             self._run_epoch(self._baseline_epoch, linear_decay(self.epoch, self.stage0_epochs))
         if self.stage == STAGE_BASELINE:  # also when a run stopped right after stage 0's last checkpoint
             self._begin_poseaug()
-            self._checkpoint()
+            self.checkpoint()
         while self.stage == STAGE_POSEAUG and self.epoch < self.poseaug_epochs:
             scale = linear_decay(self.epoch, cfg.epochs)
             if self.gan is not None:
                 self.gan.set_lr_scale(scale)
             self._run_epoch(self._poseaug_epoch if self.gan is not None else self._baseline_epoch, scale)
-        return self._summary()
 
     def _begin_poseaug(self) -> None:
         """Evaluate the (pre)trained estimator (the released epoch-0 evaluation) and switch stage."""
-        self._log({"type": "initial", "stage": "poseaug", "eval": self._evaluate()})
+        self.log({"type": "initial", "stage": "poseaug", "eval": self._evaluate()})
         self.stage, self.epoch = STAGE_POSEAUG, 0
         self._fresh_estimator_optimizer(self.cfg.lr_p_poseaug)
 
@@ -315,18 +300,17 @@ class PoseAugTrainer:
         stage = "baseline" if self.stage == STAGE_BASELINE else ("poseaug" if self.gan is not None else "no-augment")
         record = {"type": "epoch", "stage": stage, "epoch": self.epoch, "lr_scale": lr_scale, **record,
                   "eval": self._evaluate(), "seconds": time.perf_counter() - start}
-        self._log(record)
-        if self.dist.is_main:
-            first = next(iter(record["eval"]))
-            print(f"[poseaug] {stage} epoch {self.epoch}: {first} MPJPE {record['eval'][first]['mpjpe']:.1f} mm, "
-                  f"P-MPJPE {record['eval'][first]['p_mpjpe']:.1f} mm ({record['seconds']:.1f} s)", flush=True)
+        self.log(record)
+        first = next(iter(record["eval"]))
+        self.say(f"{stage} epoch {self.epoch}: {first} MPJPE {record['eval'][first]['mpjpe']:.1f} mm, "
+                 f"P-MPJPE {record['eval'][first]['p_mpjpe']:.1f} mm ({record['seconds']:.1f} s)")
         self.epoch += 1
         if self.gan is not None and self.dist.is_main and self.stage == STAGE_POSEAUG:
             self._plot_augmentations()
-        self._checkpoint()
+        self.checkpoint()
 
     # ---- results ----------------------------------------------------------------------------
-    def _summary(self) -> dict:
+    def summary(self) -> dict:
         stage = [r for r in self.records if r["type"] == "epoch" and r["stage"] != "baseline"] or \
                 [r for r in self.records if r["type"] == "epoch"]
         initial = next((r["eval"] for r in self.records if r["type"] == "initial"), None)
@@ -339,11 +323,11 @@ class PoseAugTrainer:
             if stage:
                 best = min(stage, key=lambda r: r["eval"][name]["mpjpe"])
                 summary["best"][name] = {**best["eval"][name], "epoch": best["epoch"]}
-        self.run.write_summary(summary)
-        if self.dist.is_main:
-            from .plots import plot_curves
-            plot_curves(self.records, self.run.plot_path("mpjpe_by_epoch.png"))
         return summary
+
+    def plot(self) -> None:
+        from .plots import plot_curves
+        plot_curves(self.records, self.run.plot_path("mpjpe_by_epoch.png"))
 
     def _plot_augmentations(self) -> None:
         from .plots import plot_augmentations
@@ -352,9 +336,4 @@ class PoseAugTrainer:
 
 def train(cfg: Config, *, stage0_only: bool = False) -> dict:
     """Run PoseAug (or, with ``stage0_only``, only the estimator pre-training); returns the summary."""
-    validate_config(cfg)
-    dist = Distributed(torch.device(cfg.device))
-    try:
-        return PoseAugTrainer(cfg, dist, stage0_only=stage0_only).run_all()
-    finally:
-        dist.close()
+    return run_trainer(PoseAugTrainer, cfg, stage0_only=stage0_only)
