@@ -91,6 +91,8 @@ def _impl_word(config_cls, impl: str) -> str:
 def run_all(out: Path, only: list[str] | None) -> dict:
     import importlib
 
+    from fastsmall.methods.common import load_checkpoint
+
     torch.set_num_threads(1)
     digest = {}
     for name, method, fields in RUNS:
@@ -104,7 +106,7 @@ def run_all(out: Path, only: list[str] | None) -> dict:
         cfg = module.Config(out=str(run), quiet=True, **fields)
         summary = module.train(cfg)
         metrics = [_strip(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+        state = load_checkpoint(run / "checkpoints" / "last.pt")
         digest[name] = {"summary": _sha(json.dumps(_strip(summary), sort_keys=True).encode()),
                         "metrics": _sha(json.dumps(metrics, sort_keys=True).encode()),
                         "tensors": _tensors(state)}

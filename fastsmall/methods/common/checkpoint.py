@@ -1,57 +1,150 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, fsync, rename.
+"""Atomic, verified checkpoints.
 
-A run killed at any moment (SIGKILL included) leaves either the previous complete
-checkpoint or the new complete one, never a torn file. Checkpoints hold only
-tensors and plain containers, so they load with ``torch.load(weights_only=True)``.
+* **Atomic**: written to a temporary file in the same folder, fsynced, renamed. A run killed
+  at any moment (SIGKILL included) leaves a complete checkpoint, never a torn file; a
+  temporary file left by a kill is removed by :func:`remove_stale_temporaries` on resume.
+* **Verified**: the state is serialised once, its SHA-256 is stored beside the bytes, and
+  :func:`load_checkpoint` recomputes it before unpacking anything: a flipped byte anywhere in
+  the state is a :class:`CheckpointError` naming the file, never a silently different run.
+* **Safe to load**: checkpoints hold only tensors and plain containers; both layers load with
+  ``torch.load(weights_only=True)``, which executes no code from the file.
+* **The previous one is kept** (``keep_previous=True``): ``last.pt`` becomes ``prev.pt``
+  before the new ``last.pt`` is renamed into place, so a corrupted latest checkpoint can be
+  resumed from the one before (:func:`load_latest_checkpoint`).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
+
+FORMAT = "fastsmall-checkpoint-v2"
+TMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or belongs to another run; the message says which."""
 
 
-def save_checkpoint(path, state: dict) -> None:
+class CorruptCheckpointError(CheckpointError):
+    """The file is unreadable or its contents do not match the stored checksum."""
+
+
+def previous_path(path) -> Path:
+    """Where ``save_checkpoint(..., keep_previous=True)`` keeps the checkpoint before ``path``."""
+    path = Path(path)
+    return path.with_name(("prev" if path.stem == "last" else path.stem + ".prev") + path.suffix)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path, state: dict, *, keep_previous: bool = False) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    wrapper = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+               "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            torch.save(wrapper, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def load_checkpoint(path, *, expect: dict | None = None, map_location="cpu") -> dict:
-    """Load a checkpoint; ``expect`` maps keys to the values this run needs them to have."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
+def _read(path: Path, map_location) -> dict:
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        outer = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a fastsmall checkpoint: {exc}") from exc
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt or not a fastsmall checkpoint: "
+                                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if isinstance(outer, dict) and outer.get("format") == FORMAT:
+        payload = outer.get("payload")
+        if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or payload.dim() != 1:
+            raise CorruptCheckpointError(f"checkpoint {path} is corrupt: its payload is not a byte tensor")
+        data = payload.numpy().tobytes()
+        if hashlib.sha256(data).hexdigest() != outer.get("sha256"):
+            raise CorruptCheckpointError(f"checkpoint {path} is corrupt: its contents do not match the stored "
+                                         f"SHA-256 checksum")
+        try:
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except Exception as exc:
+            raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {type(exc).__name__}: {exc}") from None
+    if isinstance(outer, dict):  # written before checksums existed: usable, but unverified
+        warnings.warn(f"checkpoint {path} has no checksum (an older fastsmall wrote it); loading it unverified",
+                      stacklevel=3)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    raise CorruptCheckpointError(f"checkpoint {path} holds a {type(outer).__name__}, expected a dict")
+
+
+def load_checkpoint(path, *, expect: dict | None = None, map_location="cpu") -> dict:
+    """Load and verify a checkpoint; ``expect`` maps keys to the values this run needs them to have."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    state = _read(path, map_location)
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+        raise CorruptCheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     for key, value in (expect or {}).items():
         if state.get(key) != value:
             raise CheckpointError(
                 f"checkpoint {path} does not match this run: {key} is {state.get(key)!r}, expected {value!r}"
             )
     return state
+
+
+def load_latest_checkpoint(path, *, expect: dict | None = None, map_location="cpu") -> tuple[dict, Path, str | None]:
+    """``(state, the file it came from, a note)``: ``path``, or -- when ``path`` is missing or
+    corrupt -- the previous checkpoint kept beside it, with a note saying so. A checkpoint of
+    another run (``expect`` mismatch) is never skipped over: that is an error."""
+    path = Path(path)
+    try:
+        return load_checkpoint(path, expect=expect, map_location=map_location), path, None
+    except CheckpointError as exc:
+        if isinstance(exc, CorruptCheckpointError) or not path.exists():
+            prev = previous_path(path)
+            if prev.is_file():
+                try:
+                    state = load_checkpoint(prev, expect=expect, map_location=map_location)
+                except CorruptCheckpointError as prev_exc:
+                    raise CorruptCheckpointError(f"{exc}; the previous checkpoint is unusable too: {prev_exc}") from None
+                return state, prev, f"{exc}; resuming from the previous checkpoint {prev} instead"
+        raise
+
+
+def has_checkpoint(path) -> bool:
+    """Whether ``path`` or the previous checkpoint kept beside it exists."""
+    return Path(path).is_file() or previous_path(path).is_file()
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Delete the temporary files that a kill during an atomic write left in ``folder``."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in folder.glob(f".*{TMP_SUFFIX}"):
+            if p.is_file():
+                p.unlink()
+                removed.append(p)
+    return removed

@@ -10,12 +10,19 @@ import os
 import tempfile
 from pathlib import Path
 
+from .checkpoint import TMP_SUFFIX, remove_stale_temporaries
+
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 class RunDir:
@@ -29,6 +36,12 @@ class RunDir:
     @property
     def checkpoint_path(self) -> Path:
         return self.root / "checkpoints" / "last.pt"
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Temporary files of atomic writes that a kill interrupted (main process only)."""
+        if not self.writer:
+            return []
+        return remove_stale_temporaries(self.root) + remove_stale_temporaries(self.root / "checkpoints")
 
     def plot_path(self, name: str) -> Path:
         return self.root / "plots" / name

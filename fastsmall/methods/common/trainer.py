@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, has_checkpoint, load_latest_checkpoint, save_checkpoint
 from .config import config_fingerprint, validate_config
 from .distributed import Distributed
 from .progress import progress
@@ -82,12 +82,15 @@ class Trainer:
             return
         save_checkpoint(self.run.checkpoint_path, {
             "method": self.method, "config": self.fingerprint(), "world_size": self.dist.world_size,
-            "metrics_lines": self.metrics_lines, "rng": get_rng_state(), **self.state()})
+            "metrics_lines": self.metrics_lines, "rng": get_rng_state(), **self.state()}, keep_previous=True)
 
     def restore(self) -> None:
-        state = load_checkpoint(self.run.checkpoint_path, map_location=self.device,
-                                expect={"method": self.method, "config": self.fingerprint(),
-                                        "world_size": self.dist.world_size})
+        """Resume from the latest verified checkpoint (the previous one when the latest is corrupt)."""
+        state, _, note = load_latest_checkpoint(self.run.checkpoint_path, map_location=self.device,
+                                                expect={"method": self.method, "config": self.fingerprint(),
+                                                        "world_size": self.dist.world_size})
+        if note:
+            self.say(note)
         self.metrics_lines = state["metrics_lines"]
         self.load_state(state)
         set_rng_state(state["rng"])  # last: rebuilding models above draws from the generators
@@ -109,7 +112,9 @@ class Trainer:
     def run_all(self) -> dict:
         """Resume from the run directory's checkpoint or start anew, run the loop, write the summary."""
         cfg = self.cfg
-        if cfg.resume and self.run.checkpoint_path.exists():
+        for stale in self.run.remove_stale_temporaries():
+            self.say(f"removed {stale}, left by an interrupted write")
+        if cfg.resume and has_checkpoint(self.run.checkpoint_path):
             self.restore()
         else:
             if cfg.resume:
