@@ -7,7 +7,9 @@ Two builds cannot be loaded in one process (both register the `fastsmall` librar
 measurement is a fresh subprocess that loads one .so with torch.ops.load_library and times the
 bulk ops (median of several timed calls after warm-up). Builds are interleaved (A, B, A, B, ...)
 per thread count, so drifts of a noisy shared machine hit both alike; the report is the median
-per build over the repeats and the ratio B / A (< 1: B is faster).
+per build over the repeats and the ratio B / A (< 1: B is faster). Each op is reported twice:
+wall-clock time, and "[cpu]": the process's CPU time (all threads) for the call, which a
+process that is descheduled by other load on a shared machine does not inflate.
 """
 import argparse
 import json
@@ -69,19 +71,23 @@ def cases():
     return c
 
 
-def child(lib, threads, calls):
+def child(lib, threads, calls, only):
     torch.ops.load_library(lib)
     torch.set_num_threads(threads)
     out = {}
     for name, f in cases().items():
+        if only and not any(o in name for o in only):
+            continue
         for _ in range(2):
             f()
-        times = []
+        wall, cpu = [], []
         for _ in range(calls):
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             f()
-            times.append(time.perf_counter() - t0)
-        out[name] = statistics.median(times)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        out[name] = statistics.median(wall)
+        out[name + " [cpu]"] = statistics.median(cpu)
     print(json.dumps(out))
 
 
@@ -103,11 +109,12 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--calls", type=int, default=7, help="timed calls per op per subprocess (median)")
+    p.add_argument("--only", nargs="*", default=[], help="time only the ops whose names contain one of these")
     p.add_argument("--json")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        return child(args.child[0], int(args.child[1]), args.calls)
+        return child(args.child[0], int(args.child[1]), args.calls, args.only)
     libs = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b)}
     results = {}  # threads -> build -> op -> [medians]
     for threads in args.threads:
@@ -115,7 +122,7 @@ def main():
         for rep in range(args.repeats):
             for build in ("A", "B") if rep % 2 == 0 else ("B", "A"):
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-                out = subprocess.run([sys.executable, __file__, libs["A"], libs["B"], "--calls", str(args.calls),
+                out = subprocess.run([sys.executable, __file__, libs["A"], libs["B"], "--calls", str(args.calls), "--only", *args.only,
                                       "--child", libs[build], str(threads)], check=True, capture_output=True,
                                      text=True, env=env)
                 for name, t in json.loads(out.stdout.strip().splitlines()[-1]).items():
