@@ -2,63 +2,73 @@
 // their backward ops. Schemas: csrc/fastsmall.cpp. Reference: fastsmall/reference.py.
 //
 // Layout: every tensor is viewed as [B, rows, D] (made contiguous), one pose per
-// iteration of an OpenMP-parallel loop over the batch (at::parallel_for, built
-// with -fopenmp). D (2 or 3) is a template parameter so the innermost loops
-// unroll. float16/bfloat16 are computed in float32 (at::opmath_type).
+// iteration of the parallel loop over the batch (for_each_pose, pose_loop.h). D (2 or 3)
+// is a template parameter so the innermost loops unroll. float16/bfloat16 are computed
+// in float32 (at::opmath_type).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <optional>
-#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
 #include "../tree.h"
+#include "pose_loop.h"
 
 namespace fastsmall {
 namespace {
 
-template <typename F>
-void dispatch_dim(int64_t D, F&& f) {
-  if (D == 2) {
-    f(std::integral_constant<int, 2>{});
+enum class Rows { Joints, Bones };
+
+// The input of a KCS kernel: the skeleton's tree and a checked, contiguous [..., rows, D]
+// tensor, rows = the skeleton's joints or bones.
+struct KcsInput {
+  Tree tree;
+  at::Tensor data;
+  int64_t J, NB, B, D;
+  std::vector<int64_t> shape(int64_t rows, int64_t cols) const { return with_tail(batch_shape(data), rows, cols); }
+  at::Tensor empty(int64_t rows, int64_t cols) const { return at::empty(shape(rows, cols), data.options()); }
+};
+
+KcsInput kcs_input(const at::Tensor& t, const char* name, c10::IntArrayRef parents, Rows rows) {
+  KcsInput in{make_tree(parents), at::Tensor(), 0, 0, 0, 0};
+  in.J = in.tree.num_joints;
+  in.NB = in.tree.num_bones();
+  if (rows == Rows::Joints) {
+    check_points(t, name, in.J, "joints");
   } else {
-    f(std::integral_constant<int, 3>{});
+    check_points(t, name, in.NB, "bones");
   }
+  in.data = t.contiguous();
+  in.B = batch_numel(in.data);
+  in.D = in.data.size(-1);
+  return in;
 }
 
 // ---- kcs_forward --------------------------------------------------------------
 
 at::Tensor kcs_forward_cpu(const at::Tensor& x_, c10::IntArrayRef parents) {
-  const Tree t = make_tree(parents);
-  const int64_t J = t.num_joints, NB = t.num_bones();
-  check_points(x_, "x", J, "joints");
-  const at::Tensor x = x_.contiguous();
-  const int64_t B = batch_numel(x), D = x.size(-1);
-  at::Tensor out = at::empty(with_tail(batch_shape(x), NB, D), x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "kcs_forward_cpu", [&] {
+  const KcsInput in = kcs_input(x_, "x", parents, Rows::Joints);
+  const int64_t J = in.J, NB = in.NB;
+  at::Tensor out = in.empty(NB, in.D);
+  dispatch_points(in.data, "kcs_forward_cpu", [&](auto tag, auto dim) {
+    using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
-    dispatch_dim(D, [&](auto dim) {
-      constexpr int Dc = decltype(dim)::value;
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      scalar_t* op = out.mutable_data_ptr<scalar_t>();
-      const int64_t *bp = t.bone_parent.data(), *bc = t.bone_child.data();
-      at::parallel_for(0, B, grain(2 * J * Dc), [&](int64_t begin, int64_t end) {
-        for (int64_t n = begin; n < end; ++n) {
-          const scalar_t* xn = xp + n * J * Dc;
-          scalar_t* on = op + n * NB * Dc;
-          for (int64_t k = 0; k < NB; ++k) {
-            const scalar_t* a = xn + bp[k] * Dc;
-            const scalar_t* c = xn + bc[k] * Dc;
-            for (int d = 0; d < Dc; ++d) on[k * Dc + d] = static_cast<scalar_t>(acc_t(a[d]) - acc_t(c[d]));
-          }
-        }
-      });
+    constexpr int Dc = decltype(dim)::value;
+    const scalar_t* xp = in.data.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const int64_t *bp = in.tree.bone_parent.data(), *bc = in.tree.bone_child.data();
+    for_each_pose(in.B, 2 * J * Dc, [&](int64_t n) {
+      const scalar_t* xn = xp + n * J * Dc;
+      scalar_t* on = op + n * NB * Dc;
+      for (int64_t k = 0; k < NB; ++k) {
+        const scalar_t* a = xn + bp[k] * Dc;
+        const scalar_t* c = xn + bc[k] * Dc;
+        for (int d = 0; d < Dc; ++d) on[k * Dc + d] = static_cast<scalar_t>(acc_t(a[d]) - acc_t(c[d]));
+      }
     });
   });
   return out;
@@ -67,32 +77,27 @@ at::Tensor kcs_forward_cpu(const at::Tensor& x_, c10::IntArrayRef parents) {
 // Adjoint as a gather, so every output is written once: grad_x[j] = sum of the
 // gradients of the bones leaving j - the gradient of the bone ending at j.
 at::Tensor kcs_forward_backward_cpu(const at::Tensor& g_, c10::IntArrayRef parents) {
-  const Tree t = make_tree(parents);
-  const int64_t J = t.num_joints, NB = t.num_bones();
-  check_points(g_, "grad_bones", NB, "bones");
-  const at::Tensor g = g_.contiguous();
-  const int64_t B = batch_numel(g), D = g.size(-1);
-  at::Tensor out = at::empty(with_tail(batch_shape(g), J, D), g.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "kcs_forward_backward_cpu", [&] {
+  const KcsInput in = kcs_input(g_, "grad_bones", parents, Rows::Bones);
+  const int64_t J = in.J, NB = in.NB;
+  at::Tensor out = in.empty(J, in.D);
+  dispatch_points(in.data, "kcs_forward_backward_cpu", [&](auto tag, auto dim) {
+    using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
-    dispatch_dim(D, [&](auto dim) {
-      constexpr int Dc = decltype(dim)::value;
-      const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      scalar_t* op = out.mutable_data_ptr<scalar_t>();
-      const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
-      at::parallel_for(0, B, grain(2 * J * Dc), [&](int64_t begin, int64_t end) {
-        for (int64_t n = begin; n < end; ++n) {
-          const scalar_t* gn = gp + n * NB * Dc;
-          scalar_t* on = op + n * J * Dc;
-          for (int64_t j = 0; j < J; ++j) {
-            acc_t s[Dc];
-            for (int d = 0; d < Dc; ++d) s[d] = own[j] >= 0 ? -acc_t(gn[own[j] * Dc + d]) : acc_t(0);
-            for (int64_t i = co[j]; i < co[j + 1]; ++i)
-              for (int d = 0; d < Dc; ++d) s[d] += acc_t(gn[cb[i] * Dc + d]);
-            for (int d = 0; d < Dc; ++d) on[j * Dc + d] = static_cast<scalar_t>(s[d]);
-          }
-        }
-      });
+    constexpr int Dc = decltype(dim)::value;
+    const scalar_t* gp = in.data.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const Tree& t = in.tree;
+    const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
+    for_each_pose(in.B, 2 * J * Dc, [&](int64_t n) {
+      const scalar_t* gn = gp + n * NB * Dc;
+      scalar_t* on = op + n * J * Dc;
+      for (int64_t j = 0; j < J; ++j) {
+        acc_t s[Dc];
+        for (int d = 0; d < Dc; ++d) s[d] = own[j] >= 0 ? -acc_t(gn[own[j] * Dc + d]) : acc_t(0);
+        for (int64_t i = co[j]; i < co[j + 1]; ++i)
+          for (int d = 0; d < Dc; ++d) s[d] += acc_t(gn[cb[i] * Dc + d]);
+        for (int d = 0; d < Dc; ++d) on[j * Dc + d] = static_cast<scalar_t>(s[d]);
+      }
     });
   });
   return out;
@@ -192,35 +197,29 @@ inline void bone_gradients(BoneArrays<acc_t, Dc>& a, int64_t NB, acc_t e) {
 
 std::tuple<at::Tensor, at::Tensor> bone_decompose_cpu(const at::Tensor& x_, c10::IntArrayRef parents,
                                                        double eps) {
-  TORCH_CHECK(eps >= 0, "fastsmall: eps must be >= 0, got ", eps);
-  const Tree t = make_tree(parents);
-  const int64_t J = t.num_joints, NB = t.num_bones();
-  check_points(x_, "x", J, "joints");
-  const at::Tensor x = x_.contiguous();
-  const int64_t B = batch_numel(x), D = x.size(-1);
-  at::Tensor unit = at::empty(with_tail(batch_shape(x), NB, D), x.options());
-  at::Tensor length = at::empty(with_tail(batch_shape(x), NB, 1), x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bone_decompose_cpu", [&] {
+  check_eps(eps);
+  const KcsInput in = kcs_input(x_, "x", parents, Rows::Joints);
+  const int64_t J = in.J, NB = in.NB;
+  at::Tensor unit = in.empty(NB, in.D);
+  at::Tensor length = in.empty(NB, 1);
+  dispatch_points(in.data, "bone_decompose_cpu", [&](auto tag, auto dim) {
+    using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
-    dispatch_dim(D, [&](auto dim) {
-      constexpr int Dc = decltype(dim)::value;
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      scalar_t* up = unit.mutable_data_ptr<scalar_t>();
-      scalar_t* lp = length.mutable_data_ptr<scalar_t>();
-      const int64_t *bp = t.bone_parent.data(), *bc = t.bone_child.data();
-      const acc_t e = static_cast<acc_t>(eps);
-      at::parallel_for(0, B, grain(3 * J * Dc), [&](int64_t begin, int64_t end) {
-        BoneArrays<acc_t, Dc> a(NB);
-        for (int64_t n = begin; n < end; ++n) {
-          gather_bones<scalar_t, acc_t, Dc>(xp + n * J * Dc, bp, bc, NB, a);
-          normalize_bones<acc_t, Dc>(a, NB, e);
-          scalar_t* un = up + n * NB * Dc;
-          for (int64_t k = 0; k < NB; ++k) {
-            for (int d = 0; d < Dc; ++d) un[k * Dc + d] = static_cast<scalar_t>(a.b[d][k]);
-            lp[n * NB + k] = static_cast<scalar_t>(a.len[k]);
-          }
-        }
-      });
+    constexpr int Dc = decltype(dim)::value;
+    const scalar_t* xp = in.data.const_data_ptr<scalar_t>();
+    scalar_t* up = unit.mutable_data_ptr<scalar_t>();
+    scalar_t* lp = length.mutable_data_ptr<scalar_t>();
+    const int64_t *bp = in.tree.bone_parent.data(), *bc = in.tree.bone_child.data();
+    const acc_t e = static_cast<acc_t>(eps);
+    auto scratch = [&] { return BoneArrays<acc_t, Dc>(NB); };
+    for_each_pose(in.B, 3 * J * Dc, scratch, [&](int64_t n, BoneArrays<acc_t, Dc>& a) {
+      gather_bones<scalar_t, acc_t, Dc>(xp + n * J * Dc, bp, bc, NB, a);
+      normalize_bones<acc_t, Dc>(a, NB, e);
+      scalar_t* un = up + n * NB * Dc;
+      for (int64_t k = 0; k < NB; ++k) {
+        for (int d = 0; d < Dc; ++d) un[k * Dc + d] = static_cast<scalar_t>(a.b[d][k]);
+        lp[n * NB + k] = static_cast<scalar_t>(a.len[k]);
+      }
     });
   });
   return {unit, length};
@@ -229,67 +228,47 @@ std::tuple<at::Tensor, at::Tensor> bone_decompose_cpu(const at::Tensor& x_, c10:
 at::Tensor bone_decompose_backward_cpu(const std::optional<at::Tensor>& grad_unit_,
                                        const std::optional<at::Tensor>& grad_length_, const at::Tensor& x_,
                                        c10::IntArrayRef parents, double eps) {
-  TORCH_CHECK(eps >= 0, "fastsmall: eps must be >= 0, got ", eps);
-  const Tree t = make_tree(parents);
-  const int64_t J = t.num_joints, NB = t.num_bones();
-  check_points(x_, "x", J, "joints");
-  const at::Tensor x = x_.contiguous();
-  const int64_t B = batch_numel(x), D = x.size(-1);
-  const bool has_gu = grad_unit_.has_value() && grad_unit_->defined();
-  const bool has_gl = grad_length_.has_value() && grad_length_->defined();
-  at::Tensor gu, gl;
-  if (has_gu) {
-    check_like(*grad_unit_, "grad_unit", x, "x");
-    TORCH_CHECK(grad_unit_->sizes() == at::IntArrayRef(with_tail(batch_shape(x), NB, D)),
-                "fastsmall: grad_unit must have shape ", at::IntArrayRef(with_tail(batch_shape(x), NB, D)),
-                ", got ", grad_unit_->sizes());
-    gu = grad_unit_->contiguous();
-  }
-  if (has_gl) {
-    check_like(*grad_length_, "grad_length", x, "x");
-    TORCH_CHECK(grad_length_->sizes() == at::IntArrayRef(with_tail(batch_shape(x), NB, 1)),
-                "fastsmall: grad_length must have shape ", at::IntArrayRef(with_tail(batch_shape(x), NB, 1)),
-                ", got ", grad_length_->sizes());
-    gl = grad_length_->contiguous();
-  }
-  at::Tensor out = at::empty(x.sizes(), x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bone_decompose_backward_cpu", [&] {
+  check_eps(eps);
+  const KcsInput in = kcs_input(x_, "x", parents, Rows::Joints);
+  const int64_t J = in.J, NB = in.NB;
+  const at::Tensor gu = optional_input(grad_unit_, "grad_unit", in.data, "x", in.shape(NB, in.D));
+  const at::Tensor gl = optional_input(grad_length_, "grad_length", in.data, "x", in.shape(NB, 1));
+  at::Tensor out = at::empty(in.data.sizes(), in.data.options());
+  dispatch_points(in.data, "bone_decompose_backward_cpu", [&](auto tag, auto dim) {
+    using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
-    dispatch_dim(D, [&](auto dim) {
-      constexpr int Dc = decltype(dim)::value;
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      const scalar_t* gup = has_gu ? gu.const_data_ptr<scalar_t>() : nullptr;
-      const scalar_t* glp = has_gl ? gl.const_data_ptr<scalar_t>() : nullptr;
-      scalar_t* op = out.mutable_data_ptr<scalar_t>();
-      const int64_t *bp = t.bone_parent.data(), *bc = t.bone_child.data();
-      const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
-      const acc_t e = static_cast<acc_t>(eps);
-      at::parallel_for(0, B, grain(4 * J * Dc), [&](int64_t begin, int64_t end) {
-        BoneArrays<acc_t, Dc> a(NB);
-        for (int64_t n = begin; n < end; ++n) {
-          gather_bones<scalar_t, acc_t, Dc>(xp + n * J * Dc, bp, bc, NB, a);
-          for (int64_t k = 0; k < NB; ++k) {
-            for (int d = 0; d < Dc; ++d) a.g[d][k] = gup ? acc_t(gup[(n * NB + k) * Dc + d]) : acc_t(0);
-            a.gl[k] = glp ? acc_t(glp[n * NB + k]) : acc_t(0);
-          }
-          if (gup && glp) {
-            bone_gradients<acc_t, Dc, true, true>(a, NB, e);
-          } else if (gup) {
-            bone_gradients<acc_t, Dc, true, false>(a, NB, e);
-          } else {
-            bone_gradients<acc_t, Dc, false, true>(a, NB, e);
-          }
-          // Chain through the bone vectors as kcs_forward_backward does (a gather per joint).
-          scalar_t* on = op + n * J * Dc;
-          for (int64_t j = 0; j < J; ++j) {
-            for (int d = 0; d < Dc; ++d) {
-              acc_t s = own[j] >= 0 ? -a.g[d][own[j]] : acc_t(0);
-              for (int64_t i = co[j]; i < co[j + 1]; ++i) s += a.g[d][cb[i]];
-              on[j * Dc + d] = static_cast<scalar_t>(s);
-            }
-          }
+    constexpr int Dc = decltype(dim)::value;
+    const scalar_t* xp = in.data.const_data_ptr<scalar_t>();
+    const scalar_t* gup = gu.defined() ? gu.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* glp = gl.defined() ? gl.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const Tree& t = in.tree;
+    const int64_t *bp = t.bone_parent.data(), *bc = t.bone_child.data();
+    const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
+    const acc_t e = static_cast<acc_t>(eps);
+    auto scratch = [&] { return BoneArrays<acc_t, Dc>(NB); };
+    for_each_pose(in.B, 4 * J * Dc, scratch, [&](int64_t n, BoneArrays<acc_t, Dc>& a) {
+      gather_bones<scalar_t, acc_t, Dc>(xp + n * J * Dc, bp, bc, NB, a);
+      for (int64_t k = 0; k < NB; ++k) {
+        for (int d = 0; d < Dc; ++d) a.g[d][k] = gup ? acc_t(gup[(n * NB + k) * Dc + d]) : acc_t(0);
+        a.gl[k] = glp ? acc_t(glp[n * NB + k]) : acc_t(0);
+      }
+      if (gup && glp) {
+        bone_gradients<acc_t, Dc, true, true>(a, NB, e);
+      } else if (gup) {
+        bone_gradients<acc_t, Dc, true, false>(a, NB, e);
+      } else {
+        bone_gradients<acc_t, Dc, false, true>(a, NB, e);
+      }
+      // Chain through the bone vectors as kcs_forward_backward does (a gather per joint).
+      scalar_t* on = op + n * J * Dc;
+      for (int64_t j = 0; j < J; ++j) {
+        for (int d = 0; d < Dc; ++d) {
+          acc_t s = own[j] >= 0 ? -a.g[d][own[j]] : acc_t(0);
+          for (int64_t i = co[j]; i < co[j + 1]; ++i) s += a.g[d][cb[i]];
+          on[j * Dc + d] = static_cast<scalar_t>(s);
         }
-      });
+      }
     });
   });
   return out;
@@ -313,42 +292,29 @@ struct TopoOffsets {
 
 at::Tensor kcs_inverse_cpu(const at::Tensor& bones_, c10::IntArrayRef parents,
                            const std::optional<at::Tensor>& root_) {
-  const Tree t = make_tree(parents);
-  const int64_t J = t.num_joints, NB = t.num_bones();
-  check_points(bones_, "bones", NB, "bones");
-  const at::Tensor bones = bones_.contiguous();
-  const int64_t B = batch_numel(bones), D = bones.size(-1);
-  const bool has_root = root_.has_value() && root_->defined();
-  at::Tensor root;
-  if (has_root) {
-    check_like(*root_, "root", bones, "bones");
-    const auto expected = with_tail(batch_shape(bones), 1, D);
-    TORCH_CHECK(root_->sizes() == at::IntArrayRef(expected), "fastsmall: root must have shape ",
-                at::IntArrayRef(expected), " ([..., 1, D] with the batch dims of bones), got ", root_->sizes());
-    root = root_->contiguous();
-  }
-  at::Tensor out = at::empty(with_tail(batch_shape(bones), J, D), bones.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bones.scalar_type(), "kcs_inverse_cpu", [&] {
+  const KcsInput in = kcs_input(bones_, "bones", parents, Rows::Bones);
+  const int64_t J = in.J, NB = in.NB;
+  const at::Tensor root = optional_input(root_, "root", in.data, "bones", in.shape(1, in.D),
+                                         " ([..., 1, D] with the batch dims of bones)");
+  at::Tensor out = in.empty(J, in.D);
+  dispatch_points(in.data, "kcs_inverse_cpu", [&](auto tag, auto dim) {
+    using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
-    dispatch_dim(D, [&](auto dim) {
-      constexpr int Dc = decltype(dim)::value;
-      const scalar_t* bptr = bones.const_data_ptr<scalar_t>();
-      const scalar_t* rptr = has_root ? root.const_data_ptr<scalar_t>() : nullptr;
-      scalar_t* op = out.mutable_data_ptr<scalar_t>();
-      const TopoOffsets topo(t, Dc);
-      const int64_t r = t.root;
-      at::parallel_for(0, B, grain(2 * J * Dc), [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> acc(J * Dc);
-        for (int64_t n = begin; n < end; ++n) {
-          const scalar_t* bn = bptr + n * NB * Dc;
-          for (int d = 0; d < Dc; ++d) acc[r * Dc + d] = rptr ? acc_t(rptr[n * Dc + d]) : acc_t(0);
-          for (int64_t i = 0; i < NB; ++i) {
-            const int64_t c = topo.child[i], p = topo.parent[i], k = topo.bone[i];
-            for (int d = 0; d < Dc; ++d) acc[c + d] = acc[p + d] - acc_t(bn[k + d]);
-          }
-          std::copy(acc.begin(), acc.end(), op + n * J * Dc);
-        }
-      });
+    constexpr int Dc = decltype(dim)::value;
+    const scalar_t* bptr = in.data.const_data_ptr<scalar_t>();
+    const scalar_t* rptr = root.defined() ? root.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const TopoOffsets topo(in.tree, Dc);
+    const int64_t r = in.tree.root;
+    auto scratch = [&] { return std::vector<acc_t>(J * Dc); };
+    for_each_pose(in.B, 2 * J * Dc, scratch, [&](int64_t n, std::vector<acc_t>& acc) {
+      const scalar_t* bn = bptr + n * NB * Dc;
+      for (int d = 0; d < Dc; ++d) acc[r * Dc + d] = rptr ? acc_t(rptr[n * Dc + d]) : acc_t(0);
+      for (int64_t i = 0; i < NB; ++i) {
+        const int64_t c = topo.child[i], p = topo.parent[i], k = topo.bone[i];
+        for (int d = 0; d < Dc; ++d) acc[c + d] = acc[p + d] - acc_t(bn[k + d]);
+      }
+      std::copy(acc.begin(), acc.end(), op + n * J * Dc);
     });
   });
   return out;
@@ -357,39 +323,33 @@ at::Tensor kcs_inverse_cpu(const at::Tensor& bones_, c10::IntArrayRef parents,
 // Adjoint: grad_bones[k] = -(sum of grad_x over the subtree below bone k),
 // grad_root = sum of grad_x over all joints; one reverse-topological sweep.
 std::tuple<at::Tensor, at::Tensor> kcs_inverse_backward_cpu(const at::Tensor& g_, c10::IntArrayRef parents) {
-  const Tree t = make_tree(parents);
-  const int64_t J = t.num_joints, NB = t.num_bones();
-  check_points(g_, "grad_x", J, "joints");
-  const at::Tensor g = g_.contiguous();
-  const int64_t B = batch_numel(g), D = g.size(-1);
-  at::Tensor grad_bones = at::empty(with_tail(batch_shape(g), NB, D), g.options());
-  at::Tensor grad_root = at::empty(with_tail(batch_shape(g), 1, D), g.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "kcs_inverse_backward_cpu", [&] {
+  const KcsInput in = kcs_input(g_, "grad_x", parents, Rows::Joints);
+  const int64_t J = in.J, NB = in.NB;
+  at::Tensor grad_bones = in.empty(NB, in.D);
+  at::Tensor grad_root = in.empty(1, in.D);
+  dispatch_points(in.data, "kcs_inverse_backward_cpu", [&](auto tag, auto dim) {
+    using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
-    dispatch_dim(D, [&](auto dim) {
-      constexpr int Dc = decltype(dim)::value;
-      const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      scalar_t* gbp = grad_bones.mutable_data_ptr<scalar_t>();
-      scalar_t* grp = grad_root.mutable_data_ptr<scalar_t>();
-      const TopoOffsets topo(t, Dc);
-      const int64_t r = t.root;
-      at::parallel_for(0, B, grain(2 * J * Dc), [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> acc(J * Dc);
-        for (int64_t n = begin; n < end; ++n) {
-          const scalar_t* gn = gp + n * J * Dc;
-          scalar_t* gbn = gbp + n * NB * Dc;
-          for (int64_t i = 0; i < J * Dc; ++i) acc[i] = acc_t(gn[i]);
-          for (int64_t i = NB - 1; i >= 0; --i) {
-            const int64_t c = topo.child[i], p = topo.parent[i], k = topo.bone[i];
-            for (int d = 0; d < Dc; ++d) {
-              const acc_t sub = acc[c + d];
-              gbn[k + d] = static_cast<scalar_t>(-sub);
-              acc[p + d] += sub;
-            }
-          }
-          for (int d = 0; d < Dc; ++d) grp[n * Dc + d] = static_cast<scalar_t>(acc[r * Dc + d]);
+    constexpr int Dc = decltype(dim)::value;
+    const scalar_t* gp = in.data.const_data_ptr<scalar_t>();
+    scalar_t* gbp = grad_bones.mutable_data_ptr<scalar_t>();
+    scalar_t* grp = grad_root.mutable_data_ptr<scalar_t>();
+    const TopoOffsets topo(in.tree, Dc);
+    const int64_t r = in.tree.root;
+    auto scratch = [&] { return std::vector<acc_t>(J * Dc); };
+    for_each_pose(in.B, 2 * J * Dc, scratch, [&](int64_t n, std::vector<acc_t>& acc) {
+      const scalar_t* gn = gp + n * J * Dc;
+      scalar_t* gbn = gbp + n * NB * Dc;
+      for (int64_t i = 0; i < J * Dc; ++i) acc[i] = acc_t(gn[i]);
+      for (int64_t i = NB - 1; i >= 0; --i) {
+        const int64_t c = topo.child[i], p = topo.parent[i], k = topo.bone[i];
+        for (int d = 0; d < Dc; ++d) {
+          const acc_t sub = acc[c + d];
+          gbn[k + d] = static_cast<scalar_t>(-sub);
+          acc[p + d] += sub;
         }
-      });
+      }
+      for (int d = 0; d < Dc; ++d) grp[n * Dc + d] = static_cast<scalar_t>(acc[r * Dc + d]);
     });
   });
   return {grad_bones, grad_root};

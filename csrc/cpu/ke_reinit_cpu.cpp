@@ -19,10 +19,8 @@
 // x86-64 target has none and -std=c++17 turns contraction off), so all
 // backends give bit-identical results.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <c10/util/Half.h>
-#include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -33,24 +31,18 @@
 #include <string>
 #include <vector>
 
+#include "../checks.h"
+#include "../macros.h"
+#include "dtypes.h"
+#include "isa.h"
+
 namespace fastsmall {
 namespace {
 
-// On x86-64 Linux with GCC, the per-segment loops are also compiled for AVX2
-// (chosen at load time by the CPU, an ifunc): 8 lanes and a native 32-bit
-// multiply for the hash instead of SSE2's 4 lanes. AVX2 without -mfma cannot
-// contract a*b+c, so the results are the same bits as the SSE2 build.
+// The per-segment loops are FASTSMALL_SIMD_CLONES (isa.h): also compiled for AVX2, chosen at
+// load time: 8 lanes and a native 32-bit multiply for the hash instead of SSE2's 4 lanes. AVX2
+// without -mfma cannot contract a*b+c, so the results are the same bits as the SSE2 build.
 // The helpers they call are force-inlined so they are compiled into each clone.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FASTSMALL_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FASTSMALL_SIMD_CLONES
-#endif
-#if defined(__GNUC__)
-#define FASTSMALL_INLINE inline __attribute__((always_inline))
-#else
-#define FASTSMALL_INLINE inline
-#endif
 
 // ---- counter-based RNG (fastsmall/masks.py) -------------------------------------------
 
@@ -181,22 +173,18 @@ std::vector<Job> make_jobs(at::TensorList tensors, const c10::List<std::optional
                            at::IntArrayRef kels_out, at::IntArrayRef kels_in, at::ArrayRef<double> wels_rate,
                            at::IntArrayRef wels_seed, std::optional<Init> init, std::vector<at::Tensor>& held) {
   const int64_t T = static_cast<int64_t>(tensors.size());
-  TORCH_CHECK(static_cast<int64_t>(masks.size()) == T, "fastsmall: masks has ", masks.size(),
-              " entries but tensors has ", T, "; give one entry per tensor");
-  TORCH_CHECK(static_cast<int64_t>(kels_out.size()) == T, "fastsmall: kels_out has ", kels_out.size(),
-              " entries but tensors has ", T, "; give one entry per tensor");
-  TORCH_CHECK(static_cast<int64_t>(kels_in.size()) == T, "fastsmall: kels_in has ", kels_in.size(),
-              " entries but tensors has ", T, "; give one entry per tensor");
-  TORCH_CHECK(static_cast<int64_t>(wels_rate.size()) == T, "fastsmall: wels_rate has ", wels_rate.size(),
-              " entries but tensors has ", T, "; give one entry per tensor");
-  TORCH_CHECK(static_cast<int64_t>(wels_seed.size()) == T, "fastsmall: wels_seed has ", wels_seed.size(),
-              " entries but tensors has ", T, "; give one entry per tensor");
+  check_list_length(masks.size(), T, "masks");
+  check_list_length(kels_out.size(), T, "kels_out");
+  check_list_length(kels_in.size(), T, "kels_in");
+  check_list_length(wels_rate.size(), T, "wels_rate");
+  check_list_length(wels_seed.size(), T, "wels_seed");
   std::vector<Job> jobs;
   jobs.reserve(T);
   for (int64_t i = 0; i < T; ++i) {
     const at::Tensor& t = tensors[i];
-    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fastsmall: tensors[", i,
-                "] must be a floating-point tensor (float16, bfloat16, float32 or float64), got ", t.scalar_type());
+    check_floating(t, "tensors[", i, "]");
+    // (the float8 types are floating too, but have no kernel)
+    TORCH_CHECK(is_kernel_dtype(t.scalar_type()), "fastsmall: unsupported dtype ", t.scalar_type());
     TORCH_CHECK(t.device() == tensors[0].device(), "fastsmall: tensors[", i, "] is on ", t.device(),
                 " but tensors[0] is on ", tensors[0].device());
     TORCH_CHECK(t.device().is_cpu(), "fastsmall: tensors[", i, "] is on ", t.device(), "; this kernel runs on CPU");
@@ -339,13 +327,25 @@ FASTSMALL_INLINE void select_store(scalar_t* __restrict__ w, const uint8_t* __re
   }
 }
 
-template <typename scalar_t>
-using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+// Elements [lo, hi) of a Dense or WELS tensor, tile by tile: fresh(e0, n, values) fills the
+// tile's candidate values, then w = keep ? w : values.
+template <typename scalar_t, typename Fresh>
+FASTSMALL_INLINE void masked_tiles(const Job& j, int64_t lo, int64_t hi, Fresh&& fresh) {
+  scalar_t* __restrict__ w = static_cast<scalar_t*>(j.data);
+  uint8_t keep[kTile];
+  scalar_t values[kTile];
+  for (int64_t e0 = lo; e0 < hi; e0 += kTile) {
+    const int64_t n = std::min(kTile, hi - e0);
+    keep_flags(j, e0, n, keep);
+    fresh(e0, n, values);
+    select_store(w + e0, keep, values, n);
+  }
+}
 
 // ke_reinit_ over elements [lo, hi) of one tensor.
 template <Init I, typename scalar_t>
 FASTSMALL_SIMD_CLONES void reinit_segment(const Job& j, int64_t lo, int64_t hi) {
-  using acc_t = acc_of<scalar_t>;
+  using acc_t = at::opmath_type<scalar_t>;  // float, or double for double
   scalar_t* __restrict__ w = static_cast<scalar_t*>(j.data);
   acc_t vals[kTile];
   if (j.kind == Kind::Kels) {
@@ -358,15 +358,10 @@ FASTSMALL_SIMD_CLONES void reinit_segment(const Job& j, int64_t lo, int64_t hi) 
     });
     return;
   }
-  uint8_t keep[kTile];
-  scalar_t fresh[kTile];
-  for (int64_t e0 = lo; e0 < hi; e0 += kTile) {
-    const int64_t n = std::min(kTile, hi - e0);
-    keep_flags(j, e0, n, keep);
+  masked_tiles<scalar_t>(j, lo, hi, [&](int64_t e0, int64_t n, scalar_t* __restrict__ fresh) {
     draw_values<I, acc_t>(j, e0, n, vals);
     for (int64_t i = 0; i < n; ++i) fresh[i] = static_cast<scalar_t>(vals[i]);
-    select_store(w + e0, keep, fresh, n);
-  }
+  });
 }
 
 // masked_mul_ over elements [lo, hi) of one tensor: not-kept w becomes w * 0.
@@ -380,25 +375,9 @@ FASTSMALL_SIMD_CLONES void mul_segment(const Job& j, int64_t lo, int64_t hi) {
     });
     return;
   }
-  uint8_t keep[kTile];
-  scalar_t zeroed[kTile];
-  for (int64_t e0 = lo; e0 < hi; e0 += kTile) {
-    const int64_t n = std::min(kTile, hi - e0);
-    keep_flags(j, e0, n, keep);
+  masked_tiles<scalar_t>(j, lo, hi, [&](int64_t e0, int64_t n, scalar_t* __restrict__ zeroed) {
     for (int64_t i = 0; i < n; ++i) zeroed[i] = static_cast<scalar_t>(w[e0 + i] * zero);
-    select_store(w + e0, keep, zeroed, n);
-  }
-}
-
-template <typename F>
-void dispatch_float(at::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case at::kFloat: f(float{}); break;
-    case at::kDouble: f(double{}); break;
-    case at::kHalf: f(at::Half{}); break;
-    case at::kBFloat16: f(at::BFloat16{}); break;
-    default: TORCH_CHECK(false, "fastsmall: unsupported dtype ", dtype);
-  }
+  });
 }
 
 // One parallel loop over all elements of all jobs; seg(job, lo, hi) handles one tensor's part.
@@ -433,7 +412,7 @@ void ke_reinit_cpu(at::TensorList tensors, const c10::List<std::optional<at::Ten
     jobs[i].b = stream_key({kTagReinitB, lo32(seed), hi32(seed), lo32(generation), hi32(generation), idx});
   }
   for_all_elements(jobs, [&](const Job& j, int64_t lo, int64_t hi) {
-    dispatch_float(j.dtype, [&](auto tag) {
+    dispatch_floating(j.dtype, "ke_reinit_cpu", [&](auto tag) {
       using scalar_t = decltype(tag);
       switch (init) {
         case Init::TorchDefault: reinit_segment<Init::TorchDefault, scalar_t>(j, lo, hi); break;
@@ -451,7 +430,7 @@ void masked_mul_cpu(at::TensorList tensors, const c10::List<std::optional<at::Te
   const std::vector<Job> jobs =
       make_jobs(tensors, masks, kels_out, kels_in, wels_rate, wels_seed, std::nullopt, held);
   for_all_elements(jobs, [&](const Job& j, int64_t lo, int64_t hi) {
-    dispatch_float(j.dtype, [&](auto tag) { mul_segment<decltype(tag)>(j, lo, hi); });
+    dispatch_floating(j.dtype, "masked_mul_cpu", [&](auto tag) { mul_segment<decltype(tag)>(j, lo, hi); });
   });
 }
 

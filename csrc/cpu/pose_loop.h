@@ -1,0 +1,80 @@
+// The per-pose loop of the KCS and part-Gram kernels: a tensor [..., rows, D] is a batch of B
+// poses, viewed as [B, rows, D] (contiguous), and each kernel is one OpenMP-parallel loop over
+// the poses (at::parallel_for, built with -fopenmp). Written once here so that every kernel
+// splits the batch the same way; the kernels themselves only say what one pose does.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "../macros.h"
+#include "dtypes.h"
+
+namespace fastsmall {
+
+// Leading (batch) dimensions of a [..., rows, D] tensor.
+inline std::vector<int64_t> batch_shape(const at::Tensor& t) {
+  return std::vector<int64_t>(t.sizes().begin(), t.sizes().end() - 2);
+}
+
+inline std::vector<int64_t> with_tail(std::vector<int64_t> shape, int64_t rows, int64_t cols) {
+  shape.push_back(rows);
+  shape.push_back(cols);
+  return shape;
+}
+
+// Number of [rows, D] items in a [..., rows, D] tensor (the product of the batch dims).
+inline int64_t batch_numel(const at::Tensor& t) {
+  int64_t n = 1;
+  for (int64_t i = 0; i < t.dim() - 2; ++i) n *= t.size(i);
+  return n;
+}
+
+// Items per parallel chunk: about at::internal::GRAIN_SIZE scalars of work, so small batches
+// stay on one thread and large ones are cut in chunks worth a thread's start-up.
+inline int64_t grain(int64_t scalars_per_item) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, scalars_per_item));
+}
+
+// f(std::integral_constant<int, D>{}) for D = 2 or 3 (the caller has checked D): a compile-time
+// D lets the per-coordinate loops unroll.
+template <typename F>
+FASTSMALL_INLINE void dispatch_dim(int64_t D, F&& f) {
+  if (D == 2) {
+    f(std::integral_constant<int, 2>{});
+  } else {
+    f(std::integral_constant<int, 3>{});
+  }
+}
+
+// f(scalar_t{}, std::integral_constant<int, D>{}) for the dtype and D = size(-1) of t.
+template <typename F>
+FASTSMALL_INLINE void dispatch_points(const at::Tensor& t, const char* name, F&& f) {
+  dispatch_floating(t.scalar_type(), name, [&](auto tag) { dispatch_dim(t.size(-1), [&](auto dim) { f(tag, dim); }); });
+}
+
+// body(n, scratch) for every pose n in [0, B), in parallel chunks of grain(work_per_pose) poses;
+// each chunk makes its own scratch once (make_scratch()), so per-pose work allocates nothing.
+template <typename MakeScratch, typename Body>
+FASTSMALL_INLINE void for_each_pose(int64_t B, int64_t work_per_pose, MakeScratch&& make_scratch, Body&& body) {
+  at::parallel_for(0, B, grain(work_per_pose), [&](int64_t begin, int64_t end) {
+    auto scratch = make_scratch();
+    for (int64_t n = begin; n < end; ++n) body(n, scratch);
+  });
+}
+
+// body(n) for every pose n in [0, B), for kernels without scratch.
+template <typename Body>
+FASTSMALL_INLINE void for_each_pose(int64_t B, int64_t work_per_pose, Body&& body) {
+  at::parallel_for(0, B, grain(work_per_pose), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) body(n);
+  });
+}
+
+}  // namespace fastsmall
