@@ -20,6 +20,7 @@ Every random choice of a batch comes from a ``torch.Generator`` the trainer seed
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,11 +98,15 @@ def _scan(root: Path, classes: list[str] | None = None):
     if classes is not None and found != classes:
         raise ValueError(f"{root} has classes {found[:5]}... but the training folder has {classes[:5]}... "
                          "(the class folders must match)")
-    paths, labels = [], []
+    paths, labels, skipped = [], [], 0
     for label, name in enumerate(found):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        entries = sorted((root / name).iterdir())
+        files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+        skipped += sum(1 for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES)
         paths += files
         labels += [label] * len(files)
+    if skipped:
+        warnings.warn(f"{root}: skipped {skipped} files that are not images (by suffix)", stacklevel=3)
     if not paths:
         raise FileNotFoundError(f"{root} has no images (suffixes {', '.join(IMAGE_SUFFIXES)})")
     return found, paths, np.array(labels, dtype=np.int64)
@@ -147,8 +152,11 @@ class FolderImages:
     def _open(self, path):
         from PIL import Image
 
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError) as exc:  # PIL: UnidentifiedImageError, truncated files
+            raise ValueError(f"{path}: cannot be decoded as an image ({exc})") from None
 
     def train_batch(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         from PIL import Image

@@ -9,6 +9,7 @@ the hardest digits); ``ceil(beta * N_l)`` of each class are labelled, the rest u
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,21 +95,26 @@ _CIFAR_FILES = {
 }
 
 
-def _read_cifar(folder, names, label_bytes):
+def _read_cifar(folder, names, label_bytes, num_classes):
     from pathlib import Path
 
     images, labels = [], []
     for name in names:
         path = Path(folder) / name
-        if not path.exists():
+        if not path.is_file():
             raise FileNotFoundError(f"CIFAR binary file {path} is missing (expected the binary, non-pickle "
                                     f"version of CIFAR in {folder})")
         raw = np.fromfile(path, dtype=np.uint8)
         record = label_bytes + 3072
-        if raw.size % record:
-            raise ValueError(f"{path} is not a CIFAR binary file: {raw.size} bytes is no multiple of {record}")
+        if raw.size == 0 or raw.size % record:
+            raise ValueError(f"{path} is not a CIFAR binary file: {raw.size} bytes is not a positive multiple of "
+                             f"{record} (one record per image)")
         raw = raw.reshape(-1, record)
-        labels.append(raw[:, label_bytes - 1].astype(np.int64))  # CIFAR-100: the fine label
+        label = raw[:, label_bytes - 1].astype(np.int64)  # CIFAR-100: the fine label
+        if label.max() >= num_classes:
+            bad = int(np.argmax(label >= num_classes))
+            raise ValueError(f"{path}: record {bad} has label {int(label[bad])}, outside 0..{num_classes - 1}")
+        labels.append(label)
         images.append(raw[:, label_bytes:].reshape(-1, 3, 32, 32))
     return np.concatenate(images).astype(np.float32) / 255.0, np.concatenate(labels)
 
@@ -117,8 +123,8 @@ def cifar_lt(folder, num_classes: int, *, imbalance: float, labelled_fraction: f
              seed: int) -> SemiSupervisedSplit:
     """CIFAR-10/100-LT from a local copy of CIFAR's binary files; the official test set is kept balanced."""
     train_names, test_names, label_bytes = _CIFAR_FILES[num_classes]
-    x_train, y_train = _read_cifar(folder, train_names, label_bytes)
-    x_test, y_test = _read_cifar(folder, test_names, label_bytes)
+    x_train, y_train = _read_cifar(folder, train_names, label_bytes, num_classes)
+    x_test, y_test = _read_cifar(folder, test_names, label_bytes, num_classes)
     split = split_long_tailed(x_train, y_train, imbalance=imbalance, labelled_fraction=labelled_fraction,
                               test_per_class=0, n_max=n_max, seed=seed)
     split.x_test, split.y_test = torch.from_numpy(x_test), torch.from_numpy(y_test)
@@ -136,14 +142,22 @@ def image_folder_lt(folder, *, imbalance: float, labelled_fraction: float, test_
     classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not classes:
         raise FileNotFoundError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
-    images, labels = [], []
+    images, labels, skipped = [], [], 0
     for label, name in enumerate(classes):
         for path in sorted((root / name).iterdir()):
             if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"):
+                skipped += path.is_file()
                 continue
-            with Image.open(path) as im:
-                images.append(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32) / 255.0)
+            try:
+                with Image.open(path) as im:
+                    images.append(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32) / 255.0)
+            except (OSError, ValueError) as exc:  # PIL: UnidentifiedImageError, truncated files
+                raise ValueError(f"{path}: cannot be decoded as an image ({exc})") from None
             labels.append(label)
+    if skipped:
+        warnings.warn(f"{root}: skipped {skipped} files that are not images (by suffix)", stacklevel=2)
+    if not images:
+        raise FileNotFoundError(f"{root}: no images in its class sub-folders")
     x = np.stack(images).transpose(0, 3, 1, 2)
     return split_long_tailed(x, np.array(labels), imbalance=imbalance, labelled_fraction=labelled_fraction,
                              test_per_class=test_per_class, n_max=n_max, seed=seed)

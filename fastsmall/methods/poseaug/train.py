@@ -101,14 +101,22 @@ class PoseAugTrainer(Trainer):
 
     def _bone_length_templates(self) -> torch.Tensor:
         if self.cfg.bl_templates:
+            path = self.cfg.bl_templates
             try:
-                t = torch.from_numpy(np.load(self.cfg.bl_templates)).float()
+                array = np.load(path, allow_pickle=False)
             except (OSError, ValueError) as exc:
-                raise ValueError(f"bl_templates {self.cfg.bl_templates}: cannot read a .npy array ({exc})") from exc
-            if t.dim() != 2 or t.shape[1] != self.skeleton.num_bones:
-                raise ValueError(f"bl_templates {self.cfg.bl_templates}: expected shape [S, {self.skeleton.num_bones}]"
-                                 f" (bone lengths in metres), got {tuple(t.shape)}")
-            return t.to(self.device)
+                raise ValueError(f"bl_templates {path}: cannot read a .npy array ({exc})") from None
+            if not isinstance(array, np.ndarray):  # an .npz archive
+                raise ValueError(f"bl_templates {path}: expected a .npy array [S, {self.skeleton.num_bones}], "
+                                 f"got an .npz archive (save the array alone with np.save)")
+            if array.ndim != 2 or array.shape[1] != self.skeleton.num_bones or not np.issubdtype(array.dtype, np.number):
+                raise ValueError(f"bl_templates {path}: expected a numeric array of shape "
+                                 f"[S, {self.skeleton.num_bones}] (bone lengths in metres), got "
+                                 f"{array.dtype} {tuple(array.shape)}")
+            if array.shape[0] == 0 or not np.isfinite(array).all() or (array <= 0).any():
+                raise ValueError(f"bl_templates {path}: every bone length must be finite and > 0 "
+                                 f"({array.shape[0]} templates)")
+            return torch.from_numpy(array.astype(np.float32)).to(self.device)
         _, lengths = ops.bone_decompose(self.train_set.poses_3d, self.skeleton)
         return lengths.squeeze(-1)
 

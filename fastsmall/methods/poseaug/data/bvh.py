@@ -96,9 +96,12 @@ class BVH:
 
 def _float(tok: str, path, lineno: int, what: str) -> float:
     try:
-        return float(tok)
+        value = float(tok)
     except ValueError:
         raise BVHFormatError(f"{path}, line {lineno}: {what} must be a number, got {tok!r}") from None
+    if not math.isfinite(value):
+        raise BVHFormatError(f"{path}, line {lineno}: {what} must be finite, got {tok!r}")
+    return value
 
 
 def parse_bvh(path: str | Path) -> BVH:
@@ -237,6 +240,10 @@ def parse_bvh(path: str | Path) -> BVH:
             for w in words:
                 _float(w, path, n, "a channel value")
         raise
+    if not np.isfinite(motion).all():  # nan / inf parse as floats: name the first such line
+        for n, words in data:
+            for w in words:
+                _float(w, path, n, "a channel value")
     return BVH(str(path), names, parents, torch.tensor(offsets, dtype=torch.float64), channels,
                [(p, o) for p, o in end_sites], torch.from_numpy(motion), frame_time)
 

@@ -25,7 +25,7 @@ import torch
 
 from ..camera import (H36M_CAMERA_IDS, load_h36m_cameras, normalize_screen_coordinates, project_to_2d,
                       world_to_camera)
-from ._common import DataFormatError, MissingKeyError, check_array, npz_get, open_npz
+from ._common import DataFormatError, MissingKeyError, check_array, npz_dict, npz_get, open_npz
 from .poseset import PoseSet
 
 __all__ = ["load_h36m", "load_h36m_frames", "parse_h36m_imgname", "H36M_TRAIN", "H36M_TEST", "H36M_ACTIONS", "KEEP_17", "DROP_17"]
@@ -79,10 +79,10 @@ def load_h36m(data_dir: str | Path, subjects: Iterable[str] = H36M_TRAIN, *, cam
     cam_path = Path(cameras) if cameras is not None else data_dir / "cameras.json"
     cams = load_h36m_cameras(cam_path)
 
-    data_3d = _dict_of(npz_get(open_npz(path_3d, "H36M 3D file"), path_3d, "positions_3d"), path_3d, "positions_3d")
+    data_3d = npz_dict(open_npz(path_3d, "H36M 3D file"), path_3d, "positions_3d")
     data_2d = None
     if path_2d.is_file():
-        data_2d = _dict_of(npz_get(open_npz(path_2d), path_2d, "positions_2d"), path_2d, "positions_2d")
+        data_2d = npz_dict(open_npz(path_2d), path_2d, "positions_2d")
 
     out3, out2, outc, outa, names = [], [], [], [], list(H36M_ACTIONS)
     for subject in subjects:
@@ -131,16 +131,6 @@ def load_h36m(data_dir: str | Path, subjects: Iterable[str] = H36M_TRAIN, *, cam
                          f"{sorted(wanted) if wanted else 'all'}")
     return PoseSet(torch.cat(out3), torch.cat(out2), torch.cat(outc), torch.cat(outa), names,
                    f"h36m-{'+'.join(subjects)}")
-
-
-def _dict_of(obj, path, key: str) -> dict:
-    """VideoPose3D stores a pickled dict as a 0-d object array."""
-    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
-        obj = obj.item()
-    if not isinstance(obj, dict):
-        raise DataFormatError(f"{path}: key {key!r} must hold a dict subject -> action -> array, "
-                              f"got {type(obj).__name__}")
-    return obj
 
 
 _IMGNAME = re.compile(r"(S\d+)_(\w+?)(?:_\d+)?\.(\d{8})")
