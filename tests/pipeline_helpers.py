@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: record fields that hold wall-clock time: never compared between runs
@@ -40,6 +43,18 @@ CREST_TINY_ARGS = as_args(CREST_TINY)
 KE_TINY_ARGS = as_args(KE_TINY)
 DSD_TINY_ARGS = as_args(DSD_TINY)
 POSEAUG_TINY_ARGS = as_args(POSEAUG_TINY) + ["--json"]
+
+
+@pytest.fixture
+def one_thread():
+    """In-process runs: one intra-op thread, as the CLI subprocesses have (OMP_NUM_THREADS=1). The tiny
+    networks gain nothing from more, and on a loaded machine every parallel region can wait a
+    scheduler tick for its second thread. Use: ``pytestmark = pytest.mark.usefixtures("one_thread")``
+    after importing this fixture."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ---- subprocesses ---------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import (CREST_TINY_ARGS, DSD_TINY_ARGS, KE_TINY_ARGS, POSEAUG_TINY_ARGS, ROOT,
-                              WALL_CLOCK_FIELDS, cli, cli_env, records, run_cli, strip_times, summary)
+from pipeline_helpers import (CREST_TINY_ARGS, DSD_TINY_ARGS, KE_TINY_ARGS, POSEAUG_TINY_ARGS, ROOT,  # noqa: F401
+                              WALL_CLOCK_FIELDS, cli, cli_env, one_thread, records, run_cli, strip_times, summary)
 
 TIMEOUT_S = 600  # against hangs only; a tiny run takes seconds
 
@@ -256,17 +256,6 @@ def test_fastsmall_help_lists_every_method(capsys):
 
 
 # ---- deprecated values ------------------------------------------------------------------------------
-
-@pytest.fixture
-def one_thread():
-    """In-process tiny runs: one intra-op thread, as the subprocesses have (OMP_NUM_THREADS=1)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @each_method
 def test_impl_reference_is_accepted_as_official(m, tmp_path, capsys, one_thread):
