@@ -14,7 +14,8 @@ own do: one line on stderr, ``fastsmall <m>: error: <message>``, exit status 2, 
 ``FASTSMALL_TRACEBACK=1`` in the environment re-raises them instead, for debugging.
 
 Deprecated values are rewritten in argv before parsing, with a one-line warning on stderr:
-``--impl reference`` is ``--impl official`` once the Config offers ``official``.
+``--impl reference`` is ``--impl official`` once the Config offers ``official``, and so is every
+old value a field declares in its metadata as ``renamed={old: new}``.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from .config import ConfigError, add_config_arguments, config_from_args
 #: errors that are the user's (bad flags, files, checkpoints), reported in one line
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError, KeyError)
 
-#: (field, old value, new value): values the CLI still accepts, mapped to their new names
+#: (field, old value, new value): values the CLI still accepts, mapped to their new names (besides
+#: those a field's metadata declares as ``renamed``)
 DEPRECATED_VALUES = [("impl", "reference", "official")]
 
 
@@ -65,11 +67,15 @@ def build_parser(prog: str, description: str, config_cls,
     return parser
 
 
-def _choices(config_cls, name: str):
+def _renamed_values(config_cls):
+    """(field, old, new) for every deprecated value whose new name is among the field's choices."""
+    out = []
     for f in dataclasses.fields(config_cls):
-        if f.name == name:
-            return f.metadata.get("choices")
-    return None
+        renamed = {old: new for name, old, new in DEPRECATED_VALUES if name == f.name}
+        renamed.update(f.metadata.get("renamed", {}))
+        choices = f.metadata.get("choices") or ()
+        out += [(f.name, old, new) for old, new in renamed.items() if new in choices and old not in choices]
+    return out
 
 
 def map_deprecated(argv: Sequence[str], config_cls, prog: str, *, stream=None) -> list[str]:
@@ -77,10 +83,7 @@ def map_deprecated(argv: Sequence[str], config_cls, prog: str, *, stream=None) -
     name (so this works before and after a rename); one warning line per replacement."""
     stream = sys.stderr if stream is None else stream
     argv = list(argv)
-    for name, old, new in DEPRECATED_VALUES:
-        choices = _choices(config_cls, name)
-        if not choices or new not in choices or old in choices:
-            continue
+    for name, old, new in _renamed_values(config_cls):
         flag = "--" + name.replace("_", "-")
         for i, arg in enumerate(argv):
             if arg == "--":
