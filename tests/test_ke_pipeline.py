@@ -1,12 +1,7 @@
 """Knowledge Evolution and DSD pipelines: masks on ResNet-18, generation boundaries, slim
-extraction, DSD's sparse phase, end-to-end runs with a tiny budget, resume after SIGKILL,
-torchrun, CLI errors."""
+extraction, DSD's sparse phase, end-to-end runs with a tiny budget, config errors. Resume after
+SIGKILL, torchrun and the CLI: test_pipeline_contract.py."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,44 +10,23 @@ from torch import nn
 
 import fastsmall as fs
 from fastsmall.methods import dsd, ke
-from fastsmall.methods.common import CheckpointError, ConfigError, Distributed
+from fastsmall.methods.common import CheckpointError, ConfigError, Distributed, load_checkpoint, validate_config
 from fastsmall.methods.dsd.train import DSDTrainer
 from fastsmall.methods.ke.data import digits_small, image_folder
 from fastsmall.methods.ke.train import KETrainer
 from fastsmall.methods.models import DigitsCNN, resnet18
 from fastsmall.ops import KELS, WELS
+from pipeline_helpers import DSD_TINY, KE_TINY, one_thread, records, strip_times  # noqa: F401 (fixture)
 
-TINY = dict(per_class=4, test_per_class=5, width=8, epochs=2, warmup_epochs=0, batch_size=8, generations=2,
-            quiet=True)
-TINY_ARGS = ["--per-class", "4", "--test-per-class", "5", "--width", "8", "--epochs", "2", "--warmup-epochs", "0",
-             "--batch-size", "8", "--generations", "2", "--quiet"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny networks gain nothing from intra-op threads, and on a loaded machine every parallel
-    region can wait a scheduler tick for its second thread: one thread keeps these tests fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(out, **changes):
-    return ke.Config(out=str(out), **{**TINY, **changes})
+    return ke.Config(out=str(out), **{**KE_TINY, **changes})
 
 
 def tiny_dsd(out, **changes):
-    fields = {k: v for k, v in TINY.items() if k != "generations"}
-    return dsd.Config(out=str(out), sparsity=0.5, **{**fields, **changes})
-
-
-def _records(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _strip_times(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    return dsd.Config(out=str(out), sparsity=0.5, **{**DSD_TINY, **changes})
 
 
 def _bits(t):
@@ -239,11 +213,11 @@ def test_ke_end_to_end_writes_every_documented_file(tmp_path):
     assert 0.7 < summary["fit_sparsity"] < 0.8
     assert json.loads((run / "summary.json").read_text()) == summary
     assert json.loads((run / "config.json").read_text())["split"] == "kels"
-    records = _records(run)
-    assert [r["type"] for r in records] == ["epoch", "epoch", "generation"] * 2
-    gen = records[2]
+    recs = records(run)
+    assert [r["type"] for r in recs] == ["epoch", "epoch", "generation"] * 2
+    gen = recs[2]
     assert {"test_accuracy", "slim_test_accuracy", "fit_sparsity", "reset_to_fit_magnitude"} <= set(gen)
-    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert "masks" not in state  # KE masks are regenerated from the config, never stored
     assert not any(t.dtype == torch.bool for t in state["model"].values())
     for name in ("accuracy_by_generation.png", "training_loss.png"):
@@ -254,7 +228,7 @@ def test_ke_end_to_end_writes_every_documented_file(tmp_path):
                                     dict(impl="official"), dict(reinit="kaiming_normal", impl="official")])
 def test_ke_modes_splits_and_impls(tmp_path, changes):
     summary = ke.train(tiny(tmp_path / "run", **changes))
-    lrs = [r["lr"] for r in _records(tmp_path / "run") if r["type"] == "epoch"]
+    lrs = [r["lr"] for r in records(tmp_path / "run") if r["type"] == "epoch"]
     if changes.get("mode") == "long":  # one schedule over both generations
         assert summary["method"] == "long" and lrs == sorted(lrs, reverse=True) and lrs[2] < lrs[0]
     else:  # the schedule restarts every generation
@@ -266,7 +240,7 @@ def test_n1_is_generation_1_of_a_longer_run(tmp_path):
     one = ke.train(tiny(tmp_path / "n1", generations=1))
     two = ke.train(tiny(tmp_path / "n2", generations=2))
     assert one["test_accuracy"] == two["n1_test_accuracy"]
-    assert _strip_times(_records(tmp_path / "n1")) == _strip_times(_records(tmp_path / "n2")[:3])
+    assert strip_times(records(tmp_path / "n1")) == strip_times(records(tmp_path / "n2")[:3])
 
 
 def test_imagefolder_resnet18_ke_with_slim(tmp_path):
@@ -279,23 +253,23 @@ def test_imagefolder_resnet18_ke_with_slim(tmp_path):
 
 def test_dsd_masks_hold_during_the_sparse_phase(tmp_path):
     summary = dsd.train(tiny_dsd(tmp_path / "dsd"))
-    records = _records(tmp_path / "dsd")
-    assert [r.get("phase") for r in records if r["type"] == "generation"] == ["dense", "sparse", "re-dense"]
-    sparse_epochs = [r for r in records if r["type"] == "epoch" and r["generation"] == 2]
+    recs = records(tmp_path / "dsd")
+    assert [r.get("phase") for r in recs if r["type"] == "generation"] == ["dense", "sparse", "re-dense"]
+    sparse_epochs = [r for r in recs if r["type"] == "epoch" and r["generation"] == 2]
     assert len(sparse_epochs) == 2 and all(r["pruned_nonzero"] == 0 for r in sparse_epochs)
-    redense = [r for r in records if r["type"] == "epoch" and r["generation"] == 3]
+    redense = [r for r in recs if r["type"] == "epoch" and r["generation"] == 3]
     assert all(r["pruned_nonzero"] > 0 for r in redense)  # re-dense: the pruned weights train again
     phases = {p["phase"]: p for p in summary["per_phase"]}
     assert phases["sparse"]["weight_sparsity"] >= 0.5 > phases["re-dense"]["weight_sparsity"]
-    lrs = [r["lr"] for r in records if r["type"] == "epoch"]
+    lrs = [r["lr"] for r in recs if r["type"] == "epoch"]
     assert lrs[4] == pytest.approx(0.1 * lrs[0])  # re-dense at lr / 10
     assert (tmp_path / "dsd" / "plots" / "accuracy_by_generation.png").exists()
 
 
-def test_dsd_reference_impl_equals_fused(tmp_path):
+def test_dsd_official_impl_equals_fused(tmp_path):
     fused = dsd.train(tiny_dsd(tmp_path / "fused"))
     ref = dsd.train(tiny_dsd(tmp_path / "ref", impl="official"))
-    assert _strip_times(_records(tmp_path / "fused")) == _strip_times(_records(tmp_path / "ref"))
+    assert strip_times(records(tmp_path / "fused")) == strip_times(records(tmp_path / "ref"))
     assert fused == ref
 
 
@@ -314,10 +288,10 @@ def test_dsd_resume_in_the_sparse_phase_matches(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         dsd.train(tiny_dsd(tmp_path / "b"))
     monkeypatch.setattr(DSDTrainer, "train_epoch", original)
-    assert torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["masks"] is not None
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["masks"] is not None
     resumed = dsd.train(tiny_dsd(tmp_path / "b", resume=True))
     assert resumed == straight
-    assert _strip_times(_records(tmp_path / "a")) == _strip_times(_records(tmp_path / "b"))
+    assert strip_times(records(tmp_path / "a")) == strip_times(records(tmp_path / "b"))
 
 
 def test_existing_run_is_not_overwritten_and_other_config_refused(tmp_path):
@@ -328,63 +302,15 @@ def test_existing_run_is_not_overwritten_and_other_config_refused(tmp_path):
         ke.train(tiny(tmp_path / "run", generations=1, split_rate=0.25, resume=True))
 
 
-# ---- processes: SIGKILL + resume, torchrun, CLI ----------------------------------------------------
-
-def _cli(module, args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def test_ke_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    args = TINY_ARGS + ["--per-class", "30", "--generations", "3", "--epochs", "4", "--seed", "5"]
-    straight = _cli("fastsmall.methods.ke", args + ["--out", str(tmp_path / "a")])
-    killed = _cli("fastsmall.methods.ke", args + ["--out", str(tmp_path / "b")])
-    metrics = tmp_path / "b" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill inside generation 1, after a checkpoint
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "b" / "summary.json").exists()
-    assert straight.wait(timeout=300) == 0, straight.stderr.read()
-    resumed = _cli("fastsmall.methods.ke", args + ["--out", str(tmp_path / "b"), "--resume"])
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert json.loads((a / "summary.json").read_text()) == json.loads((b / "summary.json").read_text())
-    assert _strip_times(_records(a)) == _strip_times(_records(b))
-
-
-def test_torchrun_two_processes(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "fastsmall.methods.ke", *TINY_ARGS, "--out", str(tmp_path / "ddp")],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
-    assert summary["generations"] == 2 and summary["slim_test_accuracy"] is not None
-    assert len(_records(tmp_path / "ddp")) == 6  # written once, by rank 0
-    assert out.stdout.count('"method": "ke"') == 2  # each rank returns the same summary
-
-
-def test_cli_errors_name_the_field(capsys):
-    from fastsmall.cli import main as cli_main
-    from fastsmall.methods.dsd.__main__ import main as dsd_main
-    from fastsmall.methods.ke.__main__ import main as ke_main
-
+def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="split_rate must be <= 1.0"):
-        ke_main(["--split-rate", "1.5"])
+        ke.train(ke.Config(split_rate=1.5))
+    with pytest.raises(ConfigError, match="split_rate must be < 1.0 for mode 'ke'"):
+        ke.train(ke.Config(split_rate=1.0))
     with pytest.raises(ConfigError, match="data must be set"):
-        ke_main(["--dataset", "imagefolder"])
-    with pytest.raises(ConfigError, match=r"warmup_epochs \(5\) must be <"):
-        ke_main(["--epochs", "3"])
+        ke.train(ke.Config(dataset="imagefolder"))
+    with pytest.raises(ConfigError, match=r"warmup_epochs \(5\) must be < the epochs of one LR schedule \(3\)"):
+        ke.train(ke.Config(epochs=3))
+    validate_config(ke.Config(epochs=3, generations=2, mode="long"))  # long: one schedule of 6 epochs
     with pytest.raises(ConfigError, match="sparsity must be <= 1.0"):
-        cli_main(["dsd", "--sparsity", "2"])
-    with pytest.raises(SystemExit):
-        ke_main(["--split", "filters"])
-    assert "invalid choice: 'filters'" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:
-        cli_main(["ke", "--help"])
-    assert exit_.value.code == 0 and "--split-rate" in capsys.readouterr().out
+        dsd.train(dsd.Config(sparsity=2.0))

@@ -1,4 +1,4 @@
-"""The shared method layer: config validation and CLI, run directory, checkpoints, RNG state."""
+"""The shared method layer: config validation and CLI (common/cli.py too), run directory, checkpoints, RNG state."""
 import argparse
 import dataclasses
 import json
@@ -11,6 +11,7 @@ import torch
 from fastsmall.methods.common import (CheckpointError, ConfigError, RunDir, add_config_arguments,
                                       config_from_args, get_rng_state, load_checkpoint, save_checkpoint,
                                       seed_everything, set_rng_state, validate_config)
+from fastsmall.methods.common import cli as common_cli
 
 
 @dataclasses.dataclass
@@ -95,3 +96,92 @@ def test_rng_state_round_trip(tmp_path):
     got = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.standard_normal(), torch.rand(3))
     assert got[:4] == want[:4]
     torch.testing.assert_close(got[4], want[4])
+
+
+# ---- the shared CLI (fastsmall/methods/common/cli.py) ------------------------------------------------
+
+@dataclasses.dataclass
+class ImplConfig:
+    impl: str = dataclasses.field(default="fused", metadata={"help": "100 % fused, or %(prog)s-free official",
+                                                             "choices": ["fused", "official"]})
+    epochs: int = dataclasses.field(default=3, metadata={"min": 1})
+    out: str = "run"
+
+
+@dataclasses.dataclass
+class OldImplConfig:
+    impl: str = dataclasses.field(default="fused", metadata={"choices": ["fused", "reference"]})
+
+
+@dataclasses.dataclass
+class RenamedConfig:
+    mode: str = dataclasses.field(default="a", metadata={"choices": ["a", "b"], "renamed": {"old-b": "b"}})
+
+
+def _run_toy(argv, train, config_cls=ImplConfig):
+    return common_cli.run(argv, name="toy", description="a toy method", config_cls=config_cls, train=train,
+                          report=lambda summary, args: json.dumps(summary))
+
+
+def test_cli_help_with_percent_signs(capsys):
+    """A bare % in a Config's help (DSD's "30 %") must not crash --help."""
+    with pytest.raises(SystemExit) as exit_:
+        _run_toy(["--help"], train=None)
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "100 % fused, or %(prog)s-free official" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("argv", [["--impl", "reference"], ["--impl=reference"]])
+def test_cli_maps_deprecated_impl_reference(argv, capsys):
+    seen = []
+    assert _run_toy(argv, train=lambda cfg: seen.append(cfg) or {"impl": cfg.impl}) == 0
+    out, err = capsys.readouterr()
+    assert seen == [ImplConfig(impl="official")] and json.loads(out) == {"impl": "official"}
+    assert err == "fastsmall toy: warning: --impl reference is deprecated; use --impl official\n"
+
+
+def test_cli_deprecation_only_when_the_config_has_the_new_name(capsys):
+    """Before the rename (choices fused / reference) 'reference' is a value like any other; other
+    flags' values are never rewritten."""
+    assert common_cli.map_deprecated(["--impl", "reference"], OldImplConfig, "p") == ["--impl", "reference"]
+    assert common_cli.map_deprecated(["--out", "reference"], ImplConfig, "p") == ["--out", "reference"]
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_maps_values_a_config_field_declares_renamed(capsys):
+    assert common_cli.map_deprecated(["--mode", "old-b"], RenamedConfig, "p") == ["--mode", "b"]
+    assert capsys.readouterr().err == "p: warning: --mode old-b is deprecated; use --mode b\n"
+
+
+@pytest.mark.parametrize("error, message", [
+    (ConfigError("epochs must be >= 2 when mode is 'b'"), "epochs must be >= 2 when mode is 'b'"),
+    (CheckpointError("runs/x already holds a run"), "runs/x already holds a run"),
+    (FileNotFoundError("/data/cameras.json is missing"), "/data/cameras.json is missing"),
+    (ValueError("bad.bvh: line 1: expected HIERARCHY\n  got 'x'"), "bad.bvh: line 1: expected HIERARCHY got 'x'"),
+    (KeyError("data_3d.npz has no key 'positions_3d'"), "data_3d.npz has no key 'positions_3d'"),
+])
+def test_cli_user_errors_are_one_line_and_exit_2(error, message, capsys, monkeypatch):
+    monkeypatch.delenv("FASTSMALL_TRACEBACK", raising=False)
+
+    def train(cfg):
+        raise error
+
+    with pytest.raises(SystemExit) as exit_:
+        _run_toy([], train)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"fastsmall toy: error: {message}\n"
+    monkeypatch.setenv("FASTSMALL_TRACEBACK", "1")  # for debugging: the exception itself
+    with pytest.raises(type(error)):
+        _run_toy([], train)
+
+
+def test_cli_bad_config_value_and_programming_errors(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _run_toy(["--epochs", "0"], train=None)
+    assert exit_.value.code == 2 and capsys.readouterr().err == "fastsmall toy: error: epochs must be >= 1, got 0\n"
+
+    def broken(cfg):
+        raise RuntimeError("a bug, not the user's error")
+
+    with pytest.raises(RuntimeError, match="a bug"):  # not turned into a one-line user error
+        _run_toy([], broken)

@@ -1,12 +1,7 @@
-"""PoseAug end to end with a tiny budget: files, fused = released arithmetic, resume after
-SIGKILL, torchrun, the baseline CLI, real data sources."""
-import copy
+"""PoseAug end to end with a tiny budget: files, fused = released arithmetic, the baseline CLI
+feeding --pretrained, real data sources. Resume after SIGKILL, torchrun and the CLI's error
+handling: test_pipeline_contract.py."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import warnings
 
 import pytest
@@ -17,33 +12,20 @@ from fastsmall.methods import poseaug
 from fastsmall.methods.common import CheckpointError, ConfigError
 from fastsmall.methods.poseaug.data import synthetic
 from fastsmall.methods.poseaug.gan import AugmentationGAN
+from pipeline_helpers import (POSEAUG_TINY, POSEAUG_TINY_ARGS, one_thread, records, run_cli,  # noqa: F401
+                              strip_times)
 
-TINY = dict(train_size=256, test_size=64, batch_size=64, epochs=3, warmup=1, baseline_epochs=1,
-            estimator="simple_baseline", estimator_width=64, pool_size=96, quiet=True)
-TINY_ARGS = ["--train-size", "256", "--test-size", "64", "--batch-size", "64", "--epochs", "3", "--warmup", "1",
-             "--baseline-epochs", "1", "--estimator", "simple_baseline", "--estimator-width", "64",
-             "--pool-size", "96", "--quiet", "--json"]
 CMU = SHARED_DATA / "cmu"
 NEEDS_SHARED = pytest.mark.skipif(not CMU.exists(), reason=f"real fixtures not found at {SHARED_DATA}")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(out, **changes):
-    return poseaug.Config(out=str(out), **{**TINY, **changes})
-
-
-def _cli(module, args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return poseaug.Config(out=str(out), **{**POSEAUG_TINY, **changes})
 
 
 def _records(run):
-    out = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        record.pop("seconds", None)
-        out.append(record)
-    return out
+    return strip_times(records(run))
 
 
 def test_end_to_end_writes_every_documented_file(tmp_path):
@@ -109,10 +91,9 @@ def test_no_augment_baseline_and_paper_feedback(tmp_path):
 
 
 def test_baseline_cli_then_pretrained_poseaug(tmp_path):
-    proc = _cli("fastsmall.methods.poseaug.baseline", TINY_ARGS + ["--epochs", "2", "--out", str(tmp_path / "b")])
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    assert json.loads(out.splitlines()[-1])["method"] == "baseline"  # --json: the last line
+    proc = run_cli("fastsmall.methods.poseaug.baseline", POSEAUG_TINY_ARGS + ["--epochs", "2", "--out", tmp_path / "b"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1])["method"] == "baseline"  # --json: the last line
     weights = tmp_path / "b" / "checkpoints" / "estimator.pt"
     summary = poseaug.train(tiny(tmp_path / "p", pretrained=str(weights), epochs=2))
     stages = [r.get("stage") for r in _records(tmp_path / "p")]
@@ -141,55 +122,19 @@ def test_config_errors_name_the_field():
         poseaug.train(poseaug.Config(eval=["mpii:x"]))
     with pytest.raises(ConfigError, match="needs a path"):
         poseaug.train(poseaug.Config(eval=["3dhp"]))
-    proc = _cli("fastsmall.methods.poseaug", ["--batch-size", "1"])
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "batch_size must be >= 2" in err
+    with pytest.raises(ConfigError, match="batch_size must be >= 2"):
+        poseaug.train(poseaug.Config(batch_size=1))
 
 
-def test_cli_bad_data_files_are_clear_errors(tmp_path):
-    """A missing or malformed file ends the CLI with exit 2 and a message naming it (no traceback)."""
-    proc = _cli("fastsmall.methods.poseaug", ["--data", "h36m", "--data-dir", str(tmp_path / "none"), "--quiet"])
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "cameras.json" in err and "Traceback" not in err
+def test_cli_malformed_bvh_is_a_clear_error(tmp_path):
+    """A malformed BVH file ends the CLI with exit 2 and a message naming the file and what it lacks
+    (a missing data folder, for every method: test_pipeline_contract.py)."""
     bad = tmp_path / "bad.bvh"
     bad.write_text("not a bvh file\n")
-    proc = _cli("fastsmall.methods.poseaug", ["--data", "bvh", "--data-dir", str(bad), "--quiet"])
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "bad.bvh" in err and "HIERARCHY" in err
-
-
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    args = TINY_ARGS + ["--epochs", "4", "--seed", "3"]
-    straight = _cli("fastsmall.methods.poseaug", args + ["--out", str(tmp_path / "a")])
-    assert straight.wait(timeout=600) == 0, straight.stderr.read()[-3000:]
-    killed = _cli("fastsmall.methods.poseaug", args + ["--out", str(tmp_path / "b")])
-    metrics = tmp_path / "b" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill inside the PoseAug epochs, after a checkpoint
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
-            break
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL
-    resumed = _cli("fastsmall.methods.poseaug", args + ["--out", str(tmp_path / "b"), "--resume"])
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert _records(a) == _records(b)
-    assert json.loads((a / "summary.json").read_text()) == json.loads((b / "summary.json").read_text())
-
-
-def test_torchrun_two_processes(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "fastsmall.methods.poseaug", *TINY_ARGS, "--epochs", "2",
-                          "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
-    assert summary["epochs"] == 2
-    assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 4  # rank 0 writes
-    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 2 and lines[0]["last"] == lines[1]["last"]  # both ranks hold the same estimator
+    proc = run_cli("fastsmall.methods.poseaug", ["--data", "bvh", "--data-dir", bad, "--quiet"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("fastsmall poseaug: error: ")
+    assert "bad.bvh" in proc.stderr and "HIERARCHY" in proc.stderr
 
 
 @NEEDS_SHARED

@@ -1,22 +1,20 @@
 """``python -m fastsmall.methods.crest`` (also ``fastsmall crest``; ``torchrun ... -m fastsmall.methods.crest``)."""
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
-from ..common import add_config_arguments, config_from_args
+from ..common.cli import run
 from .config import Config
 from .train import train
 
 
+def report(summary: dict, args=None) -> str:
+    return json.dumps({k: summary[k] for k in ("method", "test_accuracy", "test_balanced_accuracy")})
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fastsmall crest", description="CReST / CReST+ on FixMatch")
-    add_config_arguments(parser, Config)
-    cfg = config_from_args(Config, parser.parse_args(sys.argv[1:] if argv is None else argv))
-    summary = train(cfg)
-    print(json.dumps({k: summary[k] for k in ("method", "test_accuracy", "test_balanced_accuracy")}))
-    return 0
+    return run(argv, name="crest", description="CReST / CReST+ on FixMatch", config_cls=Config, train=train,
+               report=report)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,9 @@
 """``python -m fastsmall.methods.ke`` (also ``fastsmall ke``; ``torchrun ... -m fastsmall.methods.ke``)."""
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
-from ..common import add_config_arguments, config_from_args
+from ..common.cli import run
 from .config import Config
 from .train import train
 
@@ -27,15 +25,12 @@ def result_table(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fastsmall ke", description="Knowledge Evolution (KELS / WELS) and its "
-                                     "controls")
-    add_config_arguments(parser, Config)
-    cfg = config_from_args(Config, parser.parse_args(sys.argv[1:] if argv is None else argv))
-    summary = train(cfg)
-    print(result_table(summary))
-    print(json.dumps({k: summary[k] for k in ("method", "test_accuracy", "slim_test_accuracy",
-                                              "n1_test_accuracy")}))
-    return 0
+    def report(summary: dict, args) -> str:
+        return result_table(summary) + "\n" + json.dumps(
+            {k: summary[k] for k in ("method", "test_accuracy", "slim_test_accuracy", "n1_test_accuracy")})
+
+    return run(argv, name="ke", description="Knowledge Evolution (KELS / WELS) and its controls", config_cls=Config,
+               train=train, report=report)
 
 
 if __name__ == "__main__":

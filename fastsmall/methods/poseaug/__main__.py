@@ -1,11 +1,9 @@
 """``python -m fastsmall.methods.poseaug`` (also ``fastsmall poseaug``; under torchrun too)."""
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
-from ..common import CheckpointError, add_config_arguments, config_from_args
+from ..common.cli import run
 from .config import Config
 from .train import train
 
@@ -21,24 +19,21 @@ def result_table(summary: dict) -> str:
 
 
 def main(argv=None, *, stage0_only: bool = False) -> int:
-    prog = "fastsmall poseaug-baseline" if stage0_only else "fastsmall poseaug"
-    description = ("Stage 0: train the 3D pose estimator on real data only, for --epochs epochs; its weights go to "
-                   "OUT/checkpoints/estimator.pt for `fastsmall poseaug --pretrained`." if stage0_only else
-                   "PoseAug: train a 3D pose estimator with the learnable augmentor (released training loop).")
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_config_arguments(parser, Config)
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if stage0_only:
+    def add_arguments(parser):
+        parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+
+    def stage0(args):  # the estimator on real data only, for --epochs epochs
         args.augment, args.baseline_epochs, args.pretrained = False, args.epochs, None
-    cfg = config_from_args(Config, args)
-    try:
-        summary = train(cfg, stage0_only=stage0_only)
-    except (FileNotFoundError, KeyError, ValueError, CheckpointError) as exc:
-        # bad data files / checkpoints: the message names the file and the key, no traceback
-        parser.exit(2, f"{prog}: error: {exc}\n")
-    print(json.dumps(summary) if args.json else result_table(summary))
-    return 0
+
+    if stage0_only:
+        description = ("Stage 0: train the 3D pose estimator on real data only, for --epochs epochs; its weights go "
+                       "to OUT/checkpoints/estimator.pt for `fastsmall poseaug --pretrained`.")
+    else:
+        description = "PoseAug: train a 3D pose estimator with the learnable augmentor (released training loop)."
+    return run(argv, name="poseaug-baseline" if stage0_only else "poseaug", description=description,
+               config_cls=Config, train=lambda cfg: train(cfg, stage0_only=stage0_only),
+               report=lambda summary, args: json.dumps(summary) if args.json else result_table(summary),
+               add_arguments=add_arguments, adjust=stage0 if stage0_only else None)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,125 @@
+"""The command line every method shares (``python -m fastsmall.methods.<m>``, ``fastsmall <m>``).
+
+:func:`run` builds the parser from the method's Config dataclass, parses, validates, trains
+and prints the method's result; each method's ``__main__`` only says what is its own (the
+description, the result table, extra flags). User errors end the command the way argparse's
+own do: one line on stderr, ``fastsmall <m>: error: <message>``, exit status 2, no traceback:
+
+* :class:`ConfigError`: a bad value, or a rule across fields (each Config's ``validate``);
+* :class:`CheckpointError`: a corrupt or mismatched checkpoint, a run directory that already
+  holds a run;
+* the data loaders' ``FileNotFoundError`` / ``ValueError`` / ``KeyError``, whose messages name
+  the file (and the key).
+
+``FASTSMALL_TRACEBACK=1`` in the environment re-raises them instead, for debugging.
+
+Deprecated values -- those a field declares in its metadata as ``renamed={old: new}``, such as
+``--impl reference`` for ``--impl official`` -- are rewritten in argv before parsing, with a
+one-line warning on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+from typing import Callable, Sequence
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, add_config_arguments, config_from_args
+
+#: errors that are the user's (bad flags, files, checkpoints), reported in one line
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError, KeyError)
+
+class _EscapePercent:
+    """Hands ``add_argument`` calls to a parser with ``%`` in help texts escaped as ``%%``.
+
+    argparse %-formats every help string (``%(default)s``); a config's help such as
+    "DSD's 30 %" would crash ``--help``. Config help texts are plain text, so every lone
+    ``%`` is literal (an already escaped ``%%`` stays as it is).
+    """
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self._parser = parser
+
+    def add_argument(self, *args, **kwargs):
+        if isinstance(kwargs.get("help"), str):
+            kwargs["help"] = re.sub(r"%%|%", "%%", kwargs["help"])
+        return self._parser.add_argument(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._parser, name)
+
+
+def build_parser(prog: str, description: str, config_cls,
+                 add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+    """One ``--field-name`` option per Config field (help-safe), then the method's own flags."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_config_arguments(_EscapePercent(parser), config_cls)
+    if add_arguments is not None:
+        add_arguments(parser)
+    return parser
+
+
+def _renamed_values(config_cls):
+    """(field, old, new) for every deprecated value whose new name is among the field's choices."""
+    out = []
+    for f in dataclasses.fields(config_cls):
+        renamed = f.metadata.get("renamed", {})
+        choices = f.metadata.get("choices") or ()
+        out += [(f.name, old, new) for old, new in renamed.items() if new in choices and old not in choices]
+    return out
+
+
+def map_deprecated(argv: Sequence[str], config_cls, prog: str, *, stream=None) -> list[str]:
+    """argv with deprecated values replaced by their new names, when the Config knows the new
+    name (so this works before and after a rename); one warning line per replacement."""
+    stream = sys.stderr if stream is None else stream
+    argv = list(argv)
+    for name, old, new in _renamed_values(config_cls):
+        flag = "--" + name.replace("_", "-")
+        for i, arg in enumerate(argv):
+            if arg == "--":
+                break
+            if arg == f"{flag}={old}":
+                argv[i] = f"{flag}={new}"
+            elif arg == flag and i + 1 < len(argv) and argv[i + 1] == old:
+                argv[i + 1] = new
+            else:
+                continue
+            print(f"{prog}: warning: {flag} {old} is deprecated; use {flag} {new}", file=stream, flush=True)
+    return argv
+
+
+def error_message(exc: BaseException) -> str:
+    """The exception as one line (a KeyError's message without the quotes str() adds)."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        text = exc.args[0]
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def run(argv: Sequence[str] | None, *, name: str, description: str, config_cls, train: Callable,
+        report: Callable[[dict, argparse.Namespace], str],
+        add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+        adjust: Callable[[argparse.Namespace], None] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into ``config_cls``, ``train(cfg)``, print
+    ``report(summary, args)``; returns 0. ``adjust`` may change the parsed flags before the
+    Config is built (e.g. a sub-command that fixes some fields)."""
+    prog = f"fastsmall {name}"
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(prog, description, config_cls, add_arguments)
+    args = parser.parse_args(map_deprecated(argv, config_cls, prog))
+    try:
+        if adjust is not None:
+            adjust(args)
+        cfg = config_from_args(config_cls, args)
+        summary = train(cfg)
+    except USER_ERRORS as exc:
+        if os.environ.get("FASTSMALL_TRACEBACK"):
+            raise
+        parser.exit(2, f"{prog}: error: {error_message(exc)}\n")
+    print(report(summary, args), flush=True)
+    return 0
