@@ -9,7 +9,8 @@ own do: one line on stderr, ``fastsmall <m>: error: <message>``, exit status 2, 
 * :class:`CheckpointError`: a corrupt or mismatched checkpoint, a run directory that already
   holds a run;
 * the data loaders' ``FileNotFoundError`` / ``ValueError`` / ``KeyError``, whose messages name
-  the file (and the key).
+  the file (and the key);
+* :class:`DistributedTimeout`: under torchrun, another process stopped responding.
 
 ``FASTSMALL_TRACEBACK=1`` in the environment re-raises them instead, for debugging.
 
@@ -28,9 +29,10 @@ from typing import Callable, Sequence
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, add_config_arguments, config_from_args
+from .distributed import DistributedTimeout
 
-#: errors that are the user's (bad flags, files, checkpoints), reported in one line
-USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError, KeyError)
+#: errors that are the user's (bad flags, files, checkpoints) or a stuck process, reported in one line
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError, KeyError, DistributedTimeout)
 
 class _EscapePercent:
     """Hands ``add_argument`` calls to a parser with ``%`` in help texts escaped as ``%%``.

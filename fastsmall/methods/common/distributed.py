@@ -2,17 +2,36 @@
 
 Without torchrun (no WORLD_SIZE in the environment) everything degrades to one
 process: rank 0 of 1, reductions are identities.
+
+Every collective waits at most ``timeout`` seconds (``--dist-timeout``): a rank that stops
+responding (killed, stopped, stuck) ends the run on the other ranks with a
+:class:`DistributedTimeout` naming the limit, instead of a silent wait.
 """
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
 
 
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class DistributedTimeout(RuntimeError):
+    """Another process did not take part in a collective within the time limit."""
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a torch.distributed error is a collective that timed out (gloo and NCCL word it so)."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("timed out" in text or "timeout" in text)
+
+
 class Distributed:
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, timeout: float = DEFAULT_TIMEOUT_S):
+        self.timeout = float(timeout)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -21,7 +40,7 @@ class Distributed:
             backend = "nccl" if device.type == "cuda" else "gloo"
             if device.type == "cuda":
                 torch.cuda.set_device(self.local_rank)
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=self.timeout))
         self.device = device
 
     @property
@@ -67,6 +86,10 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def timeout_error(self, exc: BaseException) -> DistributedTimeout:
+        return DistributedTimeout(f"rank {self.rank} of {self.world_size}: another process did not respond within "
+                                  f"{self.timeout:g} s (--dist-timeout); stopping the run ({' '.join(str(exc).split())[:200]})")
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():

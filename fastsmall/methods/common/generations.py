@@ -69,6 +69,8 @@ class TrainConfig:
                                 "(ke/official.py, dsd/official.py)", choices=["fused", "official"],
                        renamed={"reference": "official"})
     out: str = option("runs/ke", "run directory")
+    dist_timeout: float = option(600.0, "torchrun: seconds a process waits for the others in a collective before the "
+                                        "run stops with an error (a stopped or stuck rank)", min=1.0)
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
     quiet: bool = option(False, "no progress bars")
 

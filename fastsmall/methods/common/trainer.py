@@ -27,13 +27,13 @@ import torch
 
 from .checkpoint import CheckpointError, has_checkpoint, load_latest_checkpoint, save_checkpoint
 from .config import config_fingerprint, validate_config
-from .distributed import Distributed
+from .distributed import DEFAULT_TIMEOUT_S, Distributed, is_timeout
 from .progress import progress
 from .rng import get_rng_state, set_rng_state
 from .rundir import RunDir
 
 # config fields that may change between a run and its resumption
-VOLATILE_FIELDS = ("resume", "quiet", "out", "device", "compile")
+VOLATILE_FIELDS = ("resume", "quiet", "out", "device", "compile", "dist_timeout")
 
 
 class Trainer:
@@ -135,8 +135,12 @@ class Trainer:
 def run_trainer(trainer_cls, cfg, **kwargs) -> dict:
     """Validate ``cfg``, join torchrun's process group (if any), train, return the summary."""
     validate_config(cfg)
-    dist = Distributed(torch.device(cfg.device))
+    dist = Distributed(torch.device(cfg.device), timeout=getattr(cfg, "dist_timeout", DEFAULT_TIMEOUT_S))
     try:
         return trainer_cls(cfg, dist, **kwargs).run_all()
+    except RuntimeError as exc:
+        if dist.enabled and is_timeout(exc):
+            raise dist.timeout_error(exc) from None
+        raise
     finally:
         dist.close()

@@ -45,6 +45,8 @@ class Config:
     impl: str = option("fused", "pseudo-label path: fastsmall's fused ops, or the official arithmetic "
                                 "(crest/official.py)", choices=["fused", "official"], renamed={"reference": "official"})
     out: str = option("runs/crest", "run directory")
+    dist_timeout: float = option(600.0, "torchrun: seconds a process waits for the others in a collective before the "
+                                        "run stops with an error (a stopped or stuck rank)", min=1.0)
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
     quiet: bool = option(False, "no progress bars")
 

@@ -78,6 +78,8 @@ class Config:
     seed: int = option(0, "seed (data, initialisation, noise)")
     device: str = option("cpu", "cpu or cuda")
     out: str = option("runs/poseaug", "run directory")
+    dist_timeout: float = option(600.0, "torchrun: seconds a process waits for the others in a collective before the "
+                                        "run stops with an error (a stopped or stuck rank)", min=1.0)
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
     quiet: bool = option(False, "no progress bars")
 
