@@ -8,12 +8,12 @@ The parameter list is the conv/linear weights of ``fastsmall.methods.models.resn
 
 * ``ke_reinit_`` (op), one case per mask kind (``mode`` = kels / wels at split rate 0.5,
   ``torch_default`` init): ``eager`` = the official KE per-module loop
-  (``fastsmall.reference.official_ke_reinit_``: a fresh ``kaiming_uniform_`` tensor and
+  (``fastsmall.methods.ke.official.official_ke_reinit_``: a fresh ``kaiming_uniform_`` tensor and
   ``torch.where`` with a stored bool mask per tensor), ``compiled`` = that loop under
   ``torch.compile`` (warm; compile time reported separately), ``fastsmall`` =
   ``fs.ops.ke_reinit_`` with KELS / WELS masks (no mask tensors). Target: >= 5x eager.
 * ``masked_mul_`` (mode ``dsd``: stored bool masks of 30 % magnitude pruning): ``eager`` =
-  ``W.mul_(mask)`` per tensor (``fastsmall.reference.official_masked_mul_``), ``foreach`` =
+  ``W.mul_(mask)`` per tensor (``fastsmall.methods.dsd.official.official_masked_mul_``), ``foreach`` =
   one ``torch._foreach_mul_`` (not a column of bench/report.py's table; in the JSON),
   ``fastsmall`` = ``fs.ops.masked_mul_``.
 * ``copy`` floor: one copy of 11.7 M float32 (read + write), for report.py's floor column.
@@ -30,6 +30,8 @@ import torch
 import fastsmall as fs
 from conftest import DEVICE, compile_and_time, measure
 from fastsmall.methods import dsd, ke
+from fastsmall.methods.dsd.official import official_masked_mul_
+from fastsmall.methods.ke.official import official_ke_reinit_
 from fastsmall.methods.models import resnet18
 
 F32 = 4
@@ -78,7 +80,7 @@ def _ke_case(mode, impl):
             fs.ops.ke_reinit_(ws, objs, seed=0, generation=state["generation"])
     else:
         def run():
-            fs.reference.official_ke_reinit_(ws, keeps)
+            official_ke_reinit_(ws, keeps)
     return run, reset * F32
 
 
@@ -107,7 +109,7 @@ def bench_masked_mul(benchmark, impl):
     elif impl == "foreach":
         run = lambda: torch._foreach_mul_(ws, keeps)  # noqa: E731
     else:
-        run = lambda: fs.reference.official_masked_mul_(ws, keeps)  # noqa: E731
+        run = lambda: official_masked_mul_(ws, keeps)  # noqa: E731
     run()
     allocated = _allocated(run)
     measure(benchmark, run, family="ke_reinit", op="masked_mul_", mode="dsd", batch=NUMEL, impl=impl,

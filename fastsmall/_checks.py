@@ -1,14 +1,37 @@
-"""Argument checks shared by the Python wrappers and the Triton launchers.
+"""Argument checks of the ops, one definition each, and the compute dtype.
 
-Errors name the argument and say what was expected (the C++ kernels check the
-same things again for callers of torch.ops.fastsmall.* that skip the wrappers).
+Every error names the argument and says what was expected. Where each check runs
+(fastsmall/ops/_dispatch.py): the op's check (built from these) runs once per call
+in front of the Triton launchers and the reference, in the fakes (meta tensors,
+torch.compile), and -- only when the C++ kernel has rejected a call -- to turn the
+kernel's RuntimeError into the same ValueError / TypeError the other backends raise.
+The C++ kernels (csrc/checks.h) hold the C++ spelling of the same checks.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+from .skeleton import split_parts
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+
+# ---- compute dtype -------------------------------------------------------------------------
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision every backend computes in: float64 for float64, float32 for the rest."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def opmath(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in its compute dtype (``t`` itself when it already is)."""
+    dtype = compute_dtype(t.dtype)
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+# ---- tensors ---------------------------------------------------------------------------------
 
 def check_tensor(t, name: str) -> None:
     if not isinstance(t, torch.Tensor):
@@ -38,16 +61,9 @@ def check_like(t, name: str, ref: torch.Tensor, ref_name: str) -> None:
         raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
 
 
-def check_eps(eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
-    return float(eps)
-
-
-# ==== distribution alignment =================================================================
-# Section added by branch dist-align (fastsmall/ops/distribution_align.py and its kernels).
-
-import math  # noqa: E402
+def check_shape(t: torch.Tensor, name: str, shape: tuple, what: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} ({what}), got {tuple(t.shape)}")
 
 
 def check_logits(t, name: str = "logits") -> None:
@@ -95,8 +111,22 @@ def check_mask(t, logits: torch.Tensor, name: str = "mask") -> None:
     _check_rows(t, name, logits)
 
 
+# ---- scalars and index lists -------------------------------------------------------------------
+
 def _real(x) -> bool:
     return not isinstance(x, bool) and isinstance(x, (int, float))
+
+
+def as_float(x, check) -> float:
+    """A float argument as the kernels take it. Only a non-float is checked (and converted) here:
+    a float's range is checked with the op's other arguments, where the op checks them."""
+    return x if type(x) is float else check(x)
+
+
+def check_eps(eps) -> float:
+    if not _real(eps) or not eps >= 0:
+        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    return float(eps)
 
 
 def check_temperature(t) -> float:
@@ -109,3 +139,15 @@ def check_threshold(x) -> float:
     if not _real(x) or not 0 <= x <= 1:
         raise ValueError(f"threshold must be a float in [0, 1], got {x!r}")
     return float(x)
+
+
+def check_parts(part_bones, part_sizes, num_bones: int) -> tuple[tuple[int, ...], ...]:
+    """Parts given as concatenated bone lists and their lengths, as a tuple of bone tuples."""
+    part_bones, part_sizes = list(part_bones), list(part_sizes)
+    if not part_sizes or any(n < 1 for n in part_sizes) or sum(part_sizes) != len(part_bones):
+        raise ValueError(f"part_sizes {part_sizes} must be >= 1 and sum to len(part_bones) = {len(part_bones)}")
+    parts = split_parts(part_bones, part_sizes)
+    for p, bones in enumerate(parts):
+        if any(not 0 <= b < num_bones for b in bones) or len(set(bones)) != len(bones):
+            raise ValueError(f"part {p} = {list(bones)} must list distinct bones in [0, {num_bones})")
+    return parts

@@ -2,7 +2,7 @@
 
 Shared by ``fastsmall.ops.ke_reinit_`` / ``fastsmall.ops.masked_mul_``, their
 Triton launchers (fastsmall/kernels/ke_reinit.py) and the reference
-(fastsmall/reference.py), as fastsmall/skeleton.py is for the KCS ops. The C++
+(fastsmall/reference/ke_reinit.py), as fastsmall/skeleton.py is for the KCS ops. The C++
 kernels (csrc/cpu/ke_reinit_cpu.cpp) implement the same definitions.
 
 Mask kinds (``masks[i]`` says which elements of ``tensors[i]`` are *kept*):
@@ -55,7 +55,9 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-__all__ = ["KELS", "WELS", "INITS", "encode", "check_encoded"]
+from ._checks import FLOAT_DTYPES
+
+__all__ = ["KELS", "WELS", "INITS", "encode", "decode", "check_encoded"]
 
 INITS = ("torch_default", "kaiming_normal", "zero")
 
@@ -183,9 +185,6 @@ def init_scale(init: str, shape: Sequence[int], dtype: torch.dtype) -> float:
 
 # ---- argument normalisation and checks ----------------------------------------------
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -199,6 +198,12 @@ def check_int64(v, name: str):
     return int(v)
 
 
+def as_int64(v, name: str):
+    """An int argument as the kernels take it: a plain int's range is checked with the op's other
+    arguments; anything else (a bool, a float) is checked here, since the op's schema would take it."""
+    return v if type(v) is int else check_int64(v, name)
+
+
 def check_init(init) -> str:
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
@@ -209,13 +214,21 @@ def _columns(t: torch.Tensor) -> int:
     return t.shape[1] if t.dim() >= 2 else 1
 
 
-def check_tensor_list(tensors, name: str = "tensors") -> list[torch.Tensor]:
+def as_tensor_list(tensors, name: str = "tensors") -> list[torch.Tensor]:
+    """``tensors`` as a list, each entry a tensor (what encoding the masks needs to read)."""
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
         raise TypeError(f"{name} must be a list or tuple of tensors, got {type(tensors).__name__}")
     tensors = list(tensors)
     for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+    return tensors
+
+
+def check_tensor_list(tensors, name: str = "tensors") -> list[torch.Tensor]:
+    """A list of float tensors on one device, each contiguous (they are updated in place)."""
+    tensors = as_tensor_list(tensors, name)
+    for i, t in enumerate(tensors):
         if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name}[{i}] must be a floating-point tensor (float16, bfloat16, float32 or float64), "
                             f"got {t.dtype}")
@@ -235,10 +248,11 @@ class Encoded(NamedTuple):
     wels_seed: list
 
 
-def encode(tensors: list[torch.Tensor], masks, init: str | None = None) -> Encoded:
-    """Validate ``masks`` (one per tensor) and encode them as the registered ops take them.
+def encode(tensors: list[torch.Tensor], masks) -> Encoded:
+    """Encode ``masks`` (one mask object per tensor) as the registered ops take them.
 
-    ``init`` (when given) is checked against the tensors too (fan_in needs 2+ dims).
+    Validates the mask objects, which no kernel sees; ``check_encoded`` validates the result
+    against the tensors (the C++ kernels check the same).
     """
     if isinstance(masks, torch.Tensor) or not isinstance(masks, (list, tuple)):
         raise TypeError(f"masks must be a list or tuple (one mask per tensor), got {type(masks).__name__}")
@@ -269,12 +283,17 @@ def encode(tensors: list[torch.Tensor], masks, init: str | None = None) -> Encod
         out.kels_in.append(ki)
         out.wels_rate.append(rate)
         out.wels_seed.append(seed)
-    check_encoded(tensors, *out, init=init)
     return out
 
 
+def decode(masks, kels_out, kels_in, wels_rate, wels_seed) -> list:
+    """The mask objects of an encoding (``k_in`` explicit: the same keep-mask as ``None``)."""
+    return [m if m is not None else KELS(ko, ki) if ko != UNUSED else WELS(rate, seed)
+            for m, ko, ki, rate, seed in zip(masks, kels_out, kels_in, wels_rate, wels_seed)]
+
+
 def check_encoded(tensors, masks, kels_out, kels_in, wels_rate, wels_seed, init=None) -> None:
-    """Checks of the registered ops' arguments (the C++ kernels check the same things)."""
+    """Checks of the registered ops' tensors and encoded masks (the C++ kernels check the same things)."""
     tensors = check_tensor_list(tensors)
     T = len(tensors)
     for name, seq in (("masks", masks), ("kels_out", kels_out), ("kels_in", kels_in), ("wels_rate", wels_rate),

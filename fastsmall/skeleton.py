@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-__all__ = ["Skeleton", "Tree", "tree_of", "device_table", "gram_entries", "part_table"]
+__all__ = ["Skeleton", "Tree", "tree_of", "device_table", "gram_entries", "part_table", "as_skeleton", "split_parts"]
 
 
 @dataclass(frozen=True)
@@ -243,6 +243,9 @@ class Skeleton:
             checked[str(part)] = bones
         self.names = names
         self.parts = checked
+        # the parts as the part_kcs_gram op takes them (concatenated bone lists, their lengths)
+        self.op_parts = (tuple(b for bones in checked.values() for b in bones),
+                         tuple(len(bones) for bones in checked.values()))
 
     # ---- tree facts --------------------------------------------------------------
     @property
@@ -323,3 +326,29 @@ class Skeleton:
                 "torso": [0, 3, 6, 7, 8, 9, 10, 13],
             },
         )
+
+
+# ---- skeletons as the ops take them ------------------------------------------------------------
+
+@lru_cache(maxsize=64)
+def _skeleton_of_parents(parents: tuple) -> Skeleton:
+    return Skeleton(parents)
+
+
+def as_skeleton(skeleton) -> Skeleton:
+    """A Skeleton, or a parent list made one (cached: the ops call this per call)."""
+    if isinstance(skeleton, Skeleton):
+        return skeleton
+    if isinstance(skeleton, (list, tuple)):
+        return _skeleton_of_parents(tuple(skeleton))
+    raise TypeError(f"skeleton must be a fastsmall.Skeleton or a list of parent indices, got {type(skeleton).__name__}")
+
+
+def split_parts(part_bones, part_sizes) -> tuple[tuple[int, ...], ...]:
+    """Concatenated part bone lists and their lengths (the ops' encoding) as a tuple of bone tuples."""
+    parts, start = [], 0
+    for n in part_sizes:
+        parts.append(tuple(part_bones[start:start + n]))
+        start += n
+    return tuple(parts)
+

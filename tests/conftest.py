@@ -34,6 +34,24 @@ def available_backends():
     return out
 
 
+def device_for(backend):
+    """The device a backend's tests run on: the C++ kernels and the reference on CPU, Triton on DEVICE."""
+    return torch.device("cpu") if backend in ("cpp", "reference") else DEVICE
+
+
+def assert_fake_matches_real(op, args):
+    """A registered op's fake gives its real outputs' shapes, strides and dtypes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    real = op(*args)
+    with FakeTensorMode() as mode:
+        fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    real = real if isinstance(real, tuple) else (real,)
+    fake = fake if isinstance(fake, tuple) else (fake,)
+    for r, f in zip(real, fake):
+        assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype)
+
+
 def random_parents(J: int, rng: random.Random) -> list[int]:
     """A random tree on J joints with shuffled joint labels (parents not in topological order)."""
     labels = list(range(J))

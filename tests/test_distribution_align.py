@@ -1,7 +1,6 @@
 """The distribution-alignment op family on every backend: values against the reference (CReST's
 product form), ties, edge cases, no gradient through the targets, the masked cross-entropy and its
-gradient, both running-distribution conventions against straightforward references of the
-official update rules, the registered ops (opcheck, fakes, torch.compile) and bad input.
+gradient, the registered ops (opcheck, fakes, torch.compile) and bad input.
 """
 import os
 import subprocess
@@ -9,11 +8,10 @@ import sys
 
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fastsmall as fs
 from fastsmall import _extension as ext
-from conftest import DEVICE, ROOT, available_backends
+from conftest import DEVICE, ROOT, assert_fake_matches_real, available_backends
 
 BACKENDS = available_backends()
 COMPILED = [b for b in BACKENDS if "reference" not in str(b)]  # backends with kernels
@@ -24,10 +22,6 @@ TOL = {torch.float32: dict(atol=2e-6, rtol=1e-5), torch.float64: dict(atol=1e-12
        torch.float16: dict(atol=2e-3, rtol=2e-3), torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2)}
 # how far from a tie / from the threshold a reference value must be for labels / masks to be compared
 MARGIN = {torch.float32: 1e-5, torch.float64: 1e-11, torch.float16: 1e-5, torch.bfloat16: 1e-5}
-
-
-def device_for(backend):
-    return torch.device("cpu") if backend in ("cpp", "reference") else DEVICE
 
 
 def inputs(B, C, dtype=torch.float32, device="cpu", scale=3.0):
@@ -338,89 +332,6 @@ def test_masked_cross_entropy_double_backward_raises():
         g.sum().backward()
 
 
-# ---- DistAlign: both running conventions against the official update rules -----------------------------
-
-def batches(n, B, C, dtype=torch.float32, empty_at=None):
-    out = []
-    for i in range(n):
-        rows = 0 if i == empty_at else B + i % 3
-        out.append((torch.randn(rows, C, dtype=torch.float64) * 2 + torch.linspace(1, -1, C, dtype=torch.float64))
-                   .to(dtype))
-    return out
-
-
-@pytest.mark.parametrize("backend, device", BACKENDS)
-@pytest.mark.parametrize("mode", ["window", "ema"])
-def test_dist_align_follows_the_official_update_rule(backend, device, mode):
-    """CReST's PMovingAverage (window 128, update after aligning) and USB's DistAlignEMAHook
-    (momentum 0.999, batch mean as the first value, update before aligning), step by step."""
-    C, steps = 6, 6
-    prior = torch.tensor([40.0, 20, 10, 5, 3, 2])
-    dtype = torch.float64
-    window = 4 if mode == "window" else 128  # a short window wraps around within the test
-    da = fs.ops.DistAlign(C, mode, window=window, momentum=0.9, dtype=dtype, device=device)
-    ref = (fs.reference.DistAlignWindowReference(C, window, dtype=dtype) if mode == "window"
-           else fs.reference.DistAlignEMAReference(C, momentum=0.9, dtype=dtype))
-    for i, logits in enumerate(batches(steps, 12, C, dtype, empty_at=3)):
-        out = da(logits.to(device), prior.to(device), 0.5, 0.6, backend=backend)
-        want = ref(logits, prior, 0.5, 0.6)
-        torch.testing.assert_close(out.probs.cpu(), want[0], **TOL[dtype])
-        assert torch.equal(out.pseudo_label.cpu(), want[1]) and torch.equal(out.mask.cpu(), want[2])
-        expected_running = ref.p_model() if mode == "window" else ref.p_model
-        torch.testing.assert_close(da.running.cpu(), expected_running, **TOL[dtype])
-    assert da.count.item() == steps - 1  # the empty batch changed nothing
-
-
-def test_dist_align_defaults_are_the_published_ones():
-    window, ema = fs.ops.DistAlign(10), fs.ops.DistAlign(10, "ema")
-    assert (window.mode, window.window_size, window.window.shape) == ("window", 128, (128, 10))
-    assert ema.momentum == 0.999 and not hasattr(ema, "window")
-    assert torch.equal(window.running, torch.full((10,), 0.1)) and window.running.dtype == torch.float32
-    assert "mode='ema', momentum=0.999" in repr(ema)
-
-
-@pytest.mark.parametrize("mode", ["window", "ema"])
-def test_dist_align_state_dict_round_trip(mode):
-    C = 5
-    da = fs.ops.DistAlign(C, mode)
-    for logits in batches(3, 10, C):
-        da(logits, torch.ones(C))
-    clone = fs.ops.DistAlign(C, mode)
-    clone.load_state_dict(da.state_dict())
-    logits = torch.randn(7, C)
-    a, b = da(logits, torch.ones(C)), clone(logits, torch.ones(C))
-    assert torch.equal(a.probs, b.probs) and torch.equal(da.running, clone.running)
-    assert set(da.state_dict()) == ({"running", "count", "window"} if mode == "window" else {"running", "count"})
-
-
-@needs_ops
-@pytest.mark.parametrize("mode", ["window", "ema"])
-def test_dist_align_compiles_fullgraph(mode):
-    C = 5
-    eager, compiled_da = fs.ops.DistAlign(C, mode, window=3), fs.ops.DistAlign(C, mode, window=3)
-    torch._dynamo.reset()
-    step = torch.compile(compiled_da, fullgraph=True, backend="aot_eager")
-    prior = torch.tensor([5.0, 4, 3, 2, 1])
-    for logits in batches(5, 8, C):
-        a, b = eager(logits, prior, 0.5, 0.5), step(logits, prior, 0.5, 0.5)
-        torch.testing.assert_close(b.probs, a.probs)
-        torch.testing.assert_close(compiled_da.running, eager.running)
-    assert compiled_da.count.item() == eager.count.item() == 5
-
-
-def test_dist_align_errors():
-    with pytest.raises(ValueError, match="mode must be 'window' \\(CReST\\) or 'ema' \\(USB\\)"):
-        fs.ops.DistAlign(10, "queue")
-    with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
-        fs.ops.DistAlign(0)
-    with pytest.raises(ValueError, match="window must be an int >= 1"):
-        fs.ops.DistAlign(10, window=0)
-    with pytest.raises(ValueError, match="momentum must be a float in \\[0, 1\\)"):
-        fs.ops.DistAlign(10, "ema", momentum=1.0)
-    with pytest.raises(ValueError, match="logits has 4 classes but this DistAlign has 10"):
-        fs.ops.DistAlign(10)(torch.randn(3, 4), torch.ones(10))
-
-
 # ---- the registered ops: opcheck, fakes, torch.compile ---------------------------------------------------
 
 def _samples():
@@ -455,14 +366,7 @@ def test_opcheck(name, args):
 @needs_ops
 @pytest.mark.parametrize("name, args", SAMPLES, ids=IDS)
 def test_fake_and_real_outputs_have_same_strides(name, args):
-    real = getattr(torch.ops.fastsmall, name)(*args)
-    with FakeTensorMode() as mode:
-        fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
-        fake = getattr(torch.ops.fastsmall, name)(*fake_args)
-    real = real if isinstance(real, tuple) else (real,)
-    fake = fake if isinstance(fake, tuple) else (fake,)
-    for r, f in zip(real, fake):
-        assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype)
+    assert_fake_matches_real(getattr(torch.ops.fastsmall, name), args)
 
 
 def _fixmatch_step(weak, strong, prior, running):

@@ -8,20 +8,18 @@ from scipy import stats
 from torch import nn
 
 import fastsmall as fs
-from conftest import DEVICE, available_backends
+from conftest import available_backends
 from fastsmall import _extension as ext
 from fastsmall import masks as km
 from fastsmall.methods import dsd, ke
+from fastsmall.methods.dsd.official import official_masked_mul_
+from fastsmall.methods.ke.official import official_ke_reinit_
 from fastsmall.methods.models import resnet18
 from fastsmall.ops import KELS, WELS
 
 BACKENDS = available_backends()
 INITS = ["torch_default", "kaiming_normal", "zero"]
 needs_cpp = pytest.mark.skipif(ext.C is None, reason=f"C++ extension unavailable: {ext.CPP_ERROR}")
-
-
-def device_for(backend):
-    return torch.device("cpu") if backend in ("cpp", "reference") else DEVICE
 
 
 def fastest_backend():
@@ -539,7 +537,7 @@ def test_official_baselines(compiled):
     torch._dynamo.reset()
     ws = [torch.randn(8, 6, 3), torch.randn(5, 10)]
     keeps = [torch.rand(8, 6, 3) > 0.5, torch.rand(5, 10) > 0.5]
-    reinit, mul = fs.reference.official_ke_reinit_, fs.reference.official_masked_mul_
+    reinit, mul = official_ke_reinit_, official_masked_mul_
     if compiled:
         reinit = torch.compile(reinit, fullgraph=True, backend="aot_eager")
         mul = torch.compile(mul, fullgraph=True, backend="aot_eager")

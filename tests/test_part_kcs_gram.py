@@ -1,21 +1,16 @@
 """The part-aware KCS Gram on every backend against the reference and PoseAug's formula."""
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fastsmall as fs
 from fastsmall import _extension as ext
-from conftest import DEVICE, available_backends, random_parents
+from conftest import assert_fake_matches_real, available_backends, random_parents
 
 BACKENDS = available_backends()
 LAYOUTS = ["masked", "compact"]
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-12, rtol=1e-12),
        torch.float16: dict(atol=4e-3, rtol=4e-3), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 SK = fs.Skeleton.h36m16()
-
-
-def device_for(backend):
-    return torch.device("cpu") if backend in ("cpp", "reference") else DEVICE
 
 
 def random_skeleton(J, rng):
@@ -119,10 +114,7 @@ SAMPLES = [
 def test_opcheck_and_fake_strides(name, args):
     op = getattr(torch.ops.fastsmall, name)
     torch.library.opcheck(op.default, args)
-    real = op(*args)
-    with FakeTensorMode() as mode:
-        fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
-    assert (real.shape, real.stride(), real.dtype) == (fake.shape, fake.stride(), fake.dtype)
+    assert_fake_matches_real(op, args)
 
 
 @needs_cpp

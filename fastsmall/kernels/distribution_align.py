@@ -25,9 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import check_class_vector, check_eps, check_logits, check_mask, check_target
-from .._checks import check_temperature, check_threshold
-from .kcs import _acc
+from .._checks import compute_dtype
+from ._common import tl_compute_dtype
 
 __all__ = ["distribution_align", "softmax_batch_mean", "masked_cross_entropy", "masked_cross_entropy_backward"]
 
@@ -153,10 +152,7 @@ def _ce_backward_kernel(g_ptr, z_ptr, y_ptr, w_ptr, out_ptr, B, C, den_hi, den_l
 
 
 # ---- launchers (same names and signatures as the torch.ops.fastsmall ops) ------------------------
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
+# The arguments arrive validated (fastsmall/ops/distribution_align.py checks them once, before any route).
 
 def _split(x: float) -> tuple[float, float]:
     """A float64 as a float32 (hi, lo) pair with hi + lo == x to ~48 bits."""
@@ -190,7 +186,7 @@ def _column_mean(part: torch.Tensor, B: int, acc) -> torch.Tensor:
 def _align(logits: torch.Tensor, ratio, threshold: float, return_probs: bool, align: bool):
     z = logits.detach().contiguous()
     B, C = z.shape
-    acc_dtype = _acc_dtype(z.dtype)
+    acc_dtype = compute_dtype(z.dtype)
     probs = z.new_empty((B, C if return_probs else 0))
     label = z.new_empty((B,), dtype=torch.int64)
     mask = z.new_empty((B,), dtype=torch.bool)
@@ -202,20 +198,16 @@ def _align(logits: torch.Tensor, ratio, threshold: float, return_probs: bool, al
     thr_hi, thr_lo = _split(threshold)
     _align_kernel[(programs,)](
         z, ratio if ratio is not None else part, probs, label, mask, part, B, C, tiles_per_prog, thr_hi, thr_lo,
-        ALIGN=align, WRITE_PROBS=align and return_probs, ACC=_acc(z.dtype), BLOCK_B=block_b, BLOCK_C=block_c)
-    return probs, label, mask, _column_mean(part, B, _acc(z.dtype))
+        ALIGN=align, WRITE_PROBS=align and return_probs, ACC=tl_compute_dtype(z.dtype), BLOCK_B=block_b, BLOCK_C=block_c)
+    return probs, label, mask, _column_mean(part, B, tl_compute_dtype(z.dtype))
 
 
 def distribution_align(logits: torch.Tensor, prior: torch.Tensor, running: torch.Tensor, temperature: float,
                        threshold: float, eps: float, return_probs: bool):
-    check_logits(logits)
-    check_class_vector(prior, "prior", logits)
-    check_class_vector(running, "running", logits)
-    temperature, threshold, eps = check_temperature(temperature), check_threshold(threshold), check_eps(eps)
     C = logits.shape[1]
     _, block_c = _blocks(C)
-    acc = _acc(logits.dtype)
-    ratio = torch.empty(C, dtype=_acc_dtype(logits.dtype), device=logits.device)
+    acc = tl_compute_dtype(logits.dtype)
+    ratio = torch.empty(C, dtype=compute_dtype(logits.dtype), device=logits.device)
     t_hi, t_lo = _split(temperature)
     eps_hi, eps_lo = _split(eps)
     _ratio_kernel[(1,)](prior.detach().contiguous(), running.detach().contiguous(), ratio, C, t_hi, t_lo,
@@ -224,22 +216,18 @@ def distribution_align(logits: torch.Tensor, prior: torch.Tensor, running: torch
 
 
 def softmax_batch_mean(logits: torch.Tensor) -> torch.Tensor:
-    check_logits(logits)
     return _align(logits, None, 0.0, False, False)[3]
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    check_logits(logits)
-    check_target(target, logits)
-    check_mask(mask, logits)
     z = logits.contiguous()
     B, C = z.shape
-    acc = _acc(z.dtype)
+    acc = tl_compute_dtype(z.dtype)
     if B == 0:
         return z.new_zeros(())
     block_b, block_c = _blocks(C)
     programs, tiles_per_prog = _grid(B, block_b)
-    part = torch.empty((programs, 1), dtype=_acc_dtype(z.dtype), device=z.device)
+    part = torch.empty((programs, 1), dtype=compute_dtype(z.dtype), device=z.device)
     _ce_kernel[(programs,)](z, target.contiguous(), mask.contiguous(), part, B, C, tiles_per_prog,
                             ACC=acc, BLOCK_B=block_b, BLOCK_C=block_c)
     return _column_mean(part, B, acc).to(z.dtype).reshape(())
@@ -247,11 +235,6 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch
 
 def masked_cross_entropy_backward(grad: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
                                   mask: torch.Tensor) -> torch.Tensor:
-    check_logits(logits)
-    check_target(target, logits)
-    check_mask(mask, logits)
-    if not isinstance(grad, torch.Tensor) or grad.dim() != 0:
-        raise ValueError(f"grad must be a scalar (0-dim) tensor, got {getattr(grad, 'shape', type(grad).__name__)}")
     z = logits.contiguous()
     B, C = z.shape
     out = torch.empty_like(z)
@@ -261,5 +244,5 @@ def masked_cross_entropy_backward(grad: torch.Tensor, logits: torch.Tensor, targ
     den_hi, den_lo = _split(float(B))
     _ce_backward_kernel[(triton.cdiv(B, block_b),)](
         grad, z, target.contiguous(), mask.contiguous(), out, B, C, den_hi, den_lo,
-        ACC=_acc(z.dtype), BLOCK_B=block_b, BLOCK_C=block_c)
+        ACC=tl_compute_dtype(z.dtype), BLOCK_B=block_b, BLOCK_C=block_c)
     return out

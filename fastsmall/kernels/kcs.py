@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import check_eps, check_like, check_points
 from ..skeleton import device_table, tree_of
+from ._common import tl_compute_dtype
 
 __all__ = [
     "kcs_forward", "kcs_forward_backward", "bone_decompose", "bone_decompose_backward",
@@ -64,6 +64,29 @@ def _tile(pid, B, N, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
     return rows[:, None], cols, col_ok, m
 
 
+@triton.jit
+def _gather_listed(rows_ptr, table_ptr, ids, ids_ok, i, W: tl.constexpr, m, D: tl.constexpr, ACC: tl.constexpr):
+    """Point ``table[ids, i]`` of every pose, from a table padded with -1 (zeros there)."""
+    idx = tl.load(table_ptr + ids * W + i, mask=ids_ok, other=-1)[None, :]
+    return _gather_point(rows_ptr, tl.maximum(idx, 0), m & (idx >= 0), D, ACC)
+
+
+@triton.jit
+def _bone_ends(parent_ptr, child_ptr, ks, k_ok):
+    """Parent and child joints ([1, BLOCK]) of bones ``ks``."""
+    p = tl.load(parent_ptr + ks, mask=k_ok, other=0)[None, :]
+    c = tl.load(child_ptr + ks, mask=k_ok, other=0)[None, :]
+    return p, c
+
+
+@triton.jit
+def _bone_vector(x_rows, p, c, m, D: tl.constexpr, ACC: tl.constexpr):
+    """Bone vectors x[p] - x[c] of every pose, per coordinate."""
+    a0, a1, a2 = _gather_point(x_rows, p, m, D, ACC)
+    c0, c1, c2 = _gather_point(x_rows, c, m, D, ACC)
+    return a0 - c0, a1 - c1, a2 - c2
+
+
 # ---- kcs_forward ------------------------------------------------------------------
 
 @triton.jit
@@ -71,12 +94,9 @@ def _kcs_forward_kernel(x_ptr, out_ptr, parent_ptr, child_ptr, B,
                         J: tl.constexpr, NB: tl.constexpr, D: tl.constexpr, ACC: tl.constexpr,
                         BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
     rows, ks, k_ok, m = _tile(tl.program_id(0), B, NB, BLOCK_B, BLOCK_K)
-    p = tl.load(parent_ptr + ks, mask=k_ok, other=0)[None, :]
-    c = tl.load(child_ptr + ks, mask=k_ok, other=0)[None, :]
-    x_rows = x_ptr + rows * (J * D)
-    a0, a1, a2 = _gather_point(x_rows, p, m, D, ACC)
-    c0, c1, c2 = _gather_point(x_rows, c, m, D, ACC)
-    _store_point(out_ptr + rows * (NB * D), ks[None, :], m, a0 - c0, a1 - c1, a2 - c2, D)
+    p, c = _bone_ends(parent_ptr, child_ptr, ks, k_ok)
+    b0, b1, b2 = _bone_vector(x_ptr + rows * (J * D), p, c, m, D, ACC)
+    _store_point(out_ptr + rows * (NB * D), ks[None, :], m, b0, b1, b2, D)
 
 
 @triton.jit
@@ -90,9 +110,7 @@ def _kcs_forward_backward_kernel(g_ptr, out_ptr, joint_bone_ptr, child_bones_ptr
     o0, o1, o2 = _gather_point(g_rows, tl.maximum(own, 0), mo, D, ACC)
     s0, s1, s2 = -o0, -o1, -o2
     for i in tl.static_range(CMAX):
-        ch = tl.load(child_bones_ptr + js * CMAX + i, mask=j_ok, other=-1)[None, :]
-        mc = m & (ch >= 0)
-        v0, v1, v2 = _gather_point(g_rows, tl.maximum(ch, 0), mc, D, ACC)
+        v0, v1, v2 = _gather_listed(g_rows, child_bones_ptr, js, j_ok, i, CMAX, m, D, ACC)
         s0 += v0
         s1 += v1
         s2 += v2
@@ -106,12 +124,8 @@ def _bone_decompose_kernel(x_ptr, unit_ptr, length_ptr, parent_ptr, child_ptr, B
                            J: tl.constexpr, NB: tl.constexpr, D: tl.constexpr, ACC: tl.constexpr,
                            BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
     rows, ks, k_ok, m = _tile(tl.program_id(0), B, NB, BLOCK_B, BLOCK_K)
-    p = tl.load(parent_ptr + ks, mask=k_ok, other=0)[None, :]
-    c = tl.load(child_ptr + ks, mask=k_ok, other=0)[None, :]
-    x_rows = x_ptr + rows * (J * D)
-    a0, a1, a2 = _gather_point(x_rows, p, m, D, ACC)
-    c0, c1, c2 = _gather_point(x_rows, c, m, D, ACC)
-    b0, b1, b2 = a0 - c0, a1 - c1, a2 - c2
+    p, c = _bone_ends(parent_ptr, child_ptr, ks, k_ok)
+    b0, b1, b2 = _bone_vector(x_ptr + rows * (J * D), p, c, m, D, ACC)
     length = tl.sqrt(b0 * b0 + b1 * b1 + b2 * b2)
     # max(len, 0) == len: eps == 0 is PoseAug's b / ||b||. Masked-off lanes divide by 1.
     den = tl.where(m, tl.maximum(length, eps), 1.0)
@@ -123,9 +137,7 @@ def _bone_decompose_kernel(x_ptr, unit_ptr, length_ptr, parent_ptr, child_ptr, B
 def _bone_grad(x_rows, gu_rows, gl_rows, k, p, c, m, eps,
                D: tl.constexpr, HAS_GU: tl.constexpr, HAS_GL: tl.constexpr, ACC: tl.constexpr):
     """Gradient w.r.t. bone vector k of (unit, length) given their output gradients."""
-    a0, a1, a2 = _gather_point(x_rows, p, m, D, ACC)
-    c0, c1, c2 = _gather_point(x_rows, c, m, D, ACC)
-    b0, b1, b2 = a0 - c0, a1 - c1, a2 - c2
+    b0, b1, b2 = _bone_vector(x_rows, p, c, m, D, ACC)
     length = tl.sqrt(b0 * b0 + b1 * b1 + b2 * b2)
     length_div = tl.where(m, length, 1.0)  # masked-off lanes divide by 1, not 0
     g0 = tl.zeros_like(b0)
@@ -196,9 +208,7 @@ def _kcs_inverse_kernel(b_ptr, root_ptr, out_ptr, path_ptr, B,
     if HAS_ROOT:
         s0, s1, s2 = _gather_point(root_ptr + rows * D, tl.zeros_like(js)[None, :], m, D, ACC)
     for level in tl.static_range(H):
-        k = tl.load(path_ptr + js * H + level, mask=j_ok, other=-1)[None, :]
-        mk = m & (k >= 0)
-        v0, v1, v2 = _gather_point(b_rows, tl.maximum(k, 0), mk, D, ACC)
+        v0, v1, v2 = _gather_listed(b_rows, path_ptr, js, j_ok, level, H, m, D, ACC)
         s0 -= v0
         s1 -= v1
         s2 -= v2
@@ -216,9 +226,7 @@ def _kcs_inverse_backward_kernel(g_ptr, gb_ptr, groot_ptr, subtree_ptr, B,
     zero = tl.zeros([BLOCK_B, BLOCK_K], dtype=ACC)
     s0, s1, s2 = zero, zero, zero
     for i in tl.static_range(S):
-        j = tl.load(subtree_ptr + ks * S + i, mask=k_ok, other=-1)[None, :]
-        mj = m & (j >= 0)
-        v0, v1, v2 = _gather_point(g_rows, tl.maximum(j, 0), mj, D, ACC)
+        v0, v1, v2 = _gather_listed(g_rows, subtree_ptr, ks, k_ok, i, S, m, D, ACC)
         s0 -= v0
         s1 -= v1
         s2 -= v2
@@ -237,10 +245,7 @@ def _kcs_inverse_backward_kernel(g_ptr, gb_ptr, groot_ptr, subtree_ptr, B,
 
 
 # ---- launchers (same names and signatures as the torch.ops.fastsmall ops) -------------
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
+# The arguments arrive validated (fastsmall/ops/kcs.py checks them once, before any route).
 
 def _blocks(cols: int) -> tuple[int, int]:
     block_n = triton.next_power_of_2(max(cols, 1))
@@ -259,7 +264,6 @@ def _batch(t: torch.Tensor) -> int:
 def kcs_forward(x: torch.Tensor, parents) -> torch.Tensor:
     parents = tuple(parents)
     tree = tree_of(parents)
-    check_points(x, "x", tree.num_joints, "joints")
     J, NB, D = tree.num_joints, tree.num_bones, x.shape[-1]
     x = x.contiguous()
     out = x.new_empty(x.shape[:-2] + (NB, D))
@@ -268,14 +272,13 @@ def kcs_forward(x: torch.Tensor, parents) -> torch.Tensor:
         bb, bk = _blocks(NB)
         _kcs_forward_kernel[(triton.cdiv(B, bb),)](
             x, out, _table(parents, "bone_parent", x.device), _table(parents, "bone_child", x.device), B,
-            J=J, NB=NB, D=D, ACC=_acc(x.dtype), BLOCK_B=bb, BLOCK_K=bk)
+            J=J, NB=NB, D=D, ACC=tl_compute_dtype(x.dtype), BLOCK_B=bb, BLOCK_K=bk)
     return out
 
 
 def kcs_forward_backward(grad_bones: torch.Tensor, parents) -> torch.Tensor:
     parents = tuple(parents)
     tree = tree_of(parents)
-    check_points(grad_bones, "grad_bones", tree.num_bones, "bones")
     J, NB, D = tree.num_joints, tree.num_bones, grad_bones.shape[-1]
     g = grad_bones.contiguous()
     out = g.new_empty(g.shape[:-2] + (J, D))
@@ -287,15 +290,13 @@ def kcs_forward_backward(grad_bones: torch.Tensor, parents) -> torch.Tensor:
         bb, bj = _blocks(J)
         _kcs_forward_backward_kernel[(triton.cdiv(B, bb),)](
             g, out, _table(parents, "joint_bone", g.device), child_bones, B,
-            J=J, NB=NB, D=D, CMAX=child_bones.shape[1], ACC=_acc(g.dtype), BLOCK_B=bb, BLOCK_J=bj)
+            J=J, NB=NB, D=D, CMAX=child_bones.shape[1], ACC=tl_compute_dtype(g.dtype), BLOCK_B=bb, BLOCK_J=bj)
     return out
 
 
 def bone_decompose(x: torch.Tensor, parents, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     parents = tuple(parents)
     tree = tree_of(parents)
-    check_points(x, "x", tree.num_joints, "joints")
-    eps = check_eps(eps)
     J, NB, D = tree.num_joints, tree.num_bones, x.shape[-1]
     x = x.contiguous()
     unit = x.new_empty(x.shape[:-2] + (NB, D))
@@ -305,26 +306,18 @@ def bone_decompose(x: torch.Tensor, parents, eps: float) -> tuple[torch.Tensor, 
         bb, bk = _blocks(NB)
         _bone_decompose_kernel[(triton.cdiv(B, bb),)](
             x, unit, length, _table(parents, "bone_parent", x.device), _table(parents, "bone_child", x.device),
-            B, eps, J=J, NB=NB, D=D, ACC=_acc(x.dtype), BLOCK_B=bb, BLOCK_K=bk)
+            B, eps, J=J, NB=NB, D=D, ACC=tl_compute_dtype(x.dtype), BLOCK_B=bb, BLOCK_K=bk)
     return unit, length
 
 
 def bone_decompose_backward(grad_unit, grad_length, x: torch.Tensor, parents, eps: float) -> torch.Tensor:
     parents = tuple(parents)
     tree = tree_of(parents)
-    check_points(x, "x", tree.num_joints, "joints")
-    eps = check_eps(eps)
     J, NB, D = tree.num_joints, tree.num_bones, x.shape[-1]
     batch = tuple(x.shape[:-2])
     if grad_unit is not None:
-        check_like(grad_unit, "grad_unit", x, "x")
-        if tuple(grad_unit.shape) != batch + (NB, D):
-            raise ValueError(f"grad_unit must have shape {batch + (NB, D)}, got {tuple(grad_unit.shape)}")
         grad_unit = grad_unit.contiguous()
     if grad_length is not None:
-        check_like(grad_length, "grad_length", x, "x")
-        if tuple(grad_length.shape) != batch + (NB, 1):
-            raise ValueError(f"grad_length must have shape {batch + (NB, 1)}, got {tuple(grad_length.shape)}")
         grad_length = grad_length.contiguous()
     x = x.contiguous()
     out = torch.empty_like(x)
@@ -340,21 +333,16 @@ def bone_decompose_backward(grad_unit, grad_length, x: torch.Tensor, parents, ep
             _table(parents, "joint_bone", x.device), child_bones, _table(parents, "bone_child", x.device),
             _table(parents, "bone_parent", x.device), B, eps,
             J=J, NB=NB, D=D, CMAX=child_bones.shape[1], HAS_GU=grad_unit is not None,
-            HAS_GL=grad_length is not None, ACC=_acc(x.dtype), BLOCK_B=bb, BLOCK_J=bj)
+            HAS_GL=grad_length is not None, ACC=tl_compute_dtype(x.dtype), BLOCK_B=bb, BLOCK_J=bj)
     return out
 
 
 def kcs_inverse(bones: torch.Tensor, parents, root) -> torch.Tensor:
     parents = tuple(parents)
     tree = tree_of(parents)
-    check_points(bones, "bones", tree.num_bones, "bones")
     J, NB, D = tree.num_joints, tree.num_bones, bones.shape[-1]
     batch = tuple(bones.shape[:-2])
     if root is not None:
-        check_like(root, "root", bones, "bones")
-        if tuple(root.shape) != batch + (1, D):
-            raise ValueError(f"root must have shape {batch + (1, D)} ([..., 1, D] with the batch dims of bones), "
-                             f"got {tuple(root.shape)}")
         root = root.contiguous()
     b = bones.contiguous()
     out = b.new_empty(batch + (J, D))
@@ -364,14 +352,13 @@ def kcs_inverse(bones: torch.Tensor, parents, root) -> torch.Tensor:
         bb, bj = _blocks(J)
         _kcs_inverse_kernel[(triton.cdiv(B, bb),)](
             b, root if root is not None else b, out, path, B,
-            J=J, NB=NB, D=D, H=path.shape[1], HAS_ROOT=root is not None, ACC=_acc(b.dtype), BLOCK_B=bb, BLOCK_J=bj)
+            J=J, NB=NB, D=D, H=path.shape[1], HAS_ROOT=root is not None, ACC=tl_compute_dtype(b.dtype), BLOCK_B=bb, BLOCK_J=bj)
     return out
 
 
 def kcs_inverse_backward(grad_x: torch.Tensor, parents) -> tuple[torch.Tensor, torch.Tensor]:
     parents = tuple(parents)
     tree = tree_of(parents)
-    check_points(grad_x, "grad_x", tree.num_joints, "joints")
     J, NB, D = tree.num_joints, tree.num_bones, grad_x.shape[-1]
     g = grad_x.contiguous()
     batch = tuple(g.shape[:-2])
@@ -388,5 +375,5 @@ def kcs_inverse_backward(grad_x: torch.Tensor, parents) -> tuple[torch.Tensor, t
         bb = max(1, min(128, 2048 // block_j))
         _kcs_inverse_backward_kernel[(triton.cdiv(B, bb),)](
             g, grad_bones, grad_root, subtree, B,
-            J=J, NB=NB, D=D, S=subtree.shape[1], ACC=_acc(g.dtype), BLOCK_B=bb, BLOCK_K=block_k, BLOCK_J=block_j)
+            J=J, NB=NB, D=D, S=subtree.shape[1], ACC=tl_compute_dtype(g.dtype), BLOCK_B=bb, BLOCK_K=block_k, BLOCK_J=block_j)
     return grad_bones, grad_root

@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from .. import masks as km
+from ._common import tl_compute_dtype, tl_dtype
 
 __all__ = ["ke_reinit_", "masked_mul_"]
 
@@ -214,10 +215,7 @@ def _ke_multi_tensor_kernel(tab_ptr, G, OP: tl.constexpr, INIT: tl.constexpr, DT
 
 
 # ---- launchers (same names and signatures as the torch.ops.fastsmall ops) -----------------------
-
-_TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
-             torch.bfloat16: tl.bfloat16}
-
+# The arguments arrive validated (fastsmall/ops/ke_reinit.py checks them once, before any route).
 
 def _f64_bits(x: float) -> int:
     return struct.unpack("<q", struct.pack("<d", x))[0]
@@ -258,8 +256,7 @@ def _launch(op, tensors, masks, kels_out, kels_in, wels_rate, wels_seed, seed=0,
         table = torch.tensor(rows + starts, dtype=torch.int64).to(tensors[idx[0]].device)
         G = len(idx)
         _ke_multi_tensor_kernel[(total,)](
-            table, G, OP=op, INIT=INIT_CODE[init], DT=_TL_DTYPE[dtype],
-            ACC=tl.float64 if dtype == torch.float64 else tl.float32,
+            table, G, OP=op, INIT=INIT_CODE[init], DT=tl_dtype(dtype), ACC=tl_compute_dtype(dtype),
             LOG2G=math.ceil(math.log2(G)) if G > 1 else 0,
             IDX32=all(tensors[i].numel() < 2 ** 31 for i in idx), BLOCK=BLOCK, enable_fp_fusion=False)
 
@@ -267,13 +264,9 @@ def _launch(op, tensors, masks, kels_out, kels_in, wels_rate, wels_seed, seed=0,
 def ke_reinit_(tensors, masks, kels_out, kels_in, wels_rate, wels_seed, seed: int, generation: int,
                init: str) -> None:
     """``tensors[i] = where(keep_i, tensors[i], draws)`` in place; see fastsmall/masks.py."""
-    km.check_encoded(tensors, masks, kels_out, kels_in, wels_rate, wels_seed, init)
-    seed = km.check_int64(seed, "seed")
-    generation = km.check_int64(generation, "generation")
     _launch(OP_REINIT, list(tensors), masks, kels_out, kels_in, wels_rate, wels_seed, seed, generation, init)
 
 
 def masked_mul_(tensors, masks, kels_out, kels_in, wels_rate, wels_seed) -> None:
     """``tensors[i] *= keep_i`` in place (not-kept elements become ``w * 0``)."""
-    km.check_encoded(tensors, masks, kels_out, kels_in, wels_rate, wels_seed)
     _launch(OP_MUL, list(tensors), masks, kels_out, kels_in, wels_rate, wels_seed)

@@ -13,9 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import check_like, check_points
-from ..skeleton import part_table
-from .kcs import _acc
+from ..skeleton import part_table, split_parts
+from ._common import tl_compute_dtype
 
 __all__ = ["part_kcs_gram", "part_kcs_gram_backward"]
 
@@ -64,33 +63,18 @@ def _part_kcs_gram_backward_kernel(g_ptr, u_ptr, out_ptr, pos1_ptr, pos2_ptr, ot
         tl.store(out_ptr + rows * (NB * D) + ks[None, :] * D + d, s.to(out_ptr.dtype.element_ty), mask=m)
 
 
-def _parts(part_bones, part_sizes, NB: int) -> tuple:
-    """Validated parts as a tuple of bone tuples (the cache key of the tables)."""
-    part_bones, part_sizes = list(part_bones), list(part_sizes)
-    if not part_sizes or any(n < 1 for n in part_sizes) or sum(part_sizes) != len(part_bones):
-        raise ValueError(f"part_sizes {part_sizes} must be >= 1 and sum to len(part_bones) = {len(part_bones)}")
-    parts, start = [], 0
-    for p, n in enumerate(part_sizes):
-        bones = tuple(part_bones[start:start + n])
-        if any(not 0 <= b < NB for b in bones) or len(set(bones)) != n:
-            raise ValueError(f"part {p} = {list(bones)} must list distinct bones in [0, {NB})")
-        parts.append(bones)
-        start += n
-    return tuple(parts)
-
-
 def _out_shape(bones, parts, NB, compact):
     if compact:
         return tuple(bones.shape[:-2]) + (sum(len(p) ** 2 for p in parts),)
     return tuple(bones.shape[:-2]) + (len(parts), NB * NB)
 
 
+# ---- launchers (same names and signatures as the torch.ops.fastsmall ops) -------------
+# The arguments arrive validated (fastsmall/ops/part_kcs_gram.py checks them once, before any route).
+
 def part_kcs_gram(bones: torch.Tensor, part_bones, part_sizes, compact: bool) -> torch.Tensor:
-    if not isinstance(bones, torch.Tensor) or bones.dim() < 2:
-        raise ValueError("bones must be a tensor of shape [..., NB, D]")
     NB = bones.shape[-2]
-    check_points(bones, "bones", NB, "bones")
-    parts = _parts(part_bones, part_sizes, NB)
+    parts = split_parts(part_bones, part_sizes)
     u = bones.contiguous()
     out = torch.zeros(_out_shape(u, parts, NB, compact), dtype=u.dtype, device=u.device)
     B = u.numel() // (NB * u.shape[-1]) if NB else 0
@@ -102,21 +86,14 @@ def part_kcs_gram(bones: torch.Tensor, part_bones, part_sizes, compact: bool) ->
         block_b = max(1, min(64, 4096 // block_e))
         _part_kcs_gram_kernel[(triton.cdiv(B, block_b),)](
             u, out, i, table("j"), table("pos1"), table("pos2"), B,
-            NB=NB, D=u.shape[-1], E=E, S=out.numel() // B, ACC=_acc(u.dtype), BLOCK_B=block_b, BLOCK_E=block_e)
+            NB=NB, D=u.shape[-1], E=E, S=out.numel() // B, ACC=tl_compute_dtype(u.dtype), BLOCK_B=block_b, BLOCK_E=block_e)
     return out
 
 
 def part_kcs_gram_backward(grad: torch.Tensor, bones: torch.Tensor, part_bones, part_sizes,
                            compact: bool) -> torch.Tensor:
-    if not isinstance(bones, torch.Tensor) or bones.dim() < 2:
-        raise ValueError("bones must be a tensor of shape [..., NB, D]")
     NB = bones.shape[-2]
-    check_points(bones, "bones", NB, "bones")
-    check_like(grad, "grad", bones, "bones")
-    parts = _parts(part_bones, part_sizes, NB)
-    shape = _out_shape(bones, parts, NB, compact)
-    if tuple(grad.shape) != shape:
-        raise ValueError(f"grad must have shape {shape} (part_kcs_gram's output), got {tuple(grad.shape)}")
+    parts = split_parts(part_bones, part_sizes)
     u, g = bones.contiguous(), grad.contiguous()
     out = torch.empty_like(u)
     B = u.numel() // (NB * u.shape[-1]) if NB else 0
@@ -127,6 +104,6 @@ def part_kcs_gram_backward(grad: torch.Tensor, bones: torch.Tensor, part_bones, 
         block_b = max(1, min(64, 2048 // block_k))
         _part_kcs_gram_backward_kernel[(triton.cdiv(B, block_b),)](
             g, u, out, table("bone_pos1"), table("bone_pos2"), other, B,
-            NB=NB, D=u.shape[-1], L=other.shape[1], S=g.numel() // B, ACC=_acc(u.dtype),
+            NB=NB, D=u.shape[-1], L=other.shape[1], S=g.numel() // B, ACC=tl_compute_dtype(u.dtype),
             BLOCK_B=block_b, BLOCK_K=block_k)
     return out

@@ -2,11 +2,11 @@
 
 ``distribution_align`` turns weak-view logits into aligned probabilities, hard pseudo-labels, the
 confidence mask and the batch mean of the raw softmax; ``masked_cross_entropy`` is the
-strong-view loss on those labels; ``DistAlign`` owns the running class distribution in either
-published convention. Followable through five files with matching names:
+strong-view loss on those labels; ``DistAlign`` (ops/running_distribution.py) owns the running
+class distribution in either published convention. One op lives in five files with matching names:
   csrc/fastsmall.cpp (schemas) -> csrc/cpu/distribution_align_cpu.cpp (CPU kernels)
-  -> fastsmall/kernels/distribution_align.py (Triton kernels) -> this file (fakes, autograd,
-  CUDA registration, public wrappers, DistAlign) -> fastsmall/reference.py (references),
+  -> fastsmall/kernels/distribution_align.py (Triton kernels) -> this file (the op table: checks,
+  fakes, autograd; public wrappers) -> fastsmall/reference/distribution_align.py (references),
   tested in tests/test_distribution_align.py and benchmarked in bench/bench_distribution_align.py.
 
 Conventions (CReST = google-research/crest, USB = microsoft/Semi-supervised-learning):
@@ -30,18 +30,17 @@ Conventions (CReST = google-research/crest, USB = microsoft/Semi-supervised-lear
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 import torch
 
 from .. import _extension as ext
 from .. import reference
-from .._checks import check_class_vector, check_eps, check_logits, check_mask, check_target
-from .._checks import check_temperature, check_threshold
-from ._backend import OPS, REFERENCE, autograd_function, select
+from .._checks import (as_float, check_class_vector, check_eps, check_logits, check_mask, check_target,
+                       check_temperature, check_threshold, compute_dtype)
+from ._dispatch import Family, OpDef, no_double_backward
 
-__all__ = ["distribution_align", "softmax_batch_mean", "masked_cross_entropy", "DistAlign", "DistAlignOutput"]
+__all__ = ["distribution_align", "softmax_batch_mean", "masked_cross_entropy", "DistAlignOutput", "DEFAULT_EPS"]
 
 DEFAULT_EPS = reference.DIST_ALIGN_EPS
 
@@ -55,8 +54,44 @@ class DistAlignOutput(NamedTuple):
     batch_mean: torch.Tensor  # [C], mean over rows of softmax(logits), float32 (float64 for float64 logits)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _detached(t):
+    """No gradient flows into the pseudo-label path (a non-tensor is left for the op's check)."""
+    return t.detach() if isinstance(t, torch.Tensor) else t
+
+
+# ---- checks of the ops' arguments (see ._dispatch for where they run) ----------------------------
+
+def _check_distribution_align(logits, prior, running, temperature, threshold, eps, return_probs):
+    check_logits(logits)
+    check_class_vector(prior, "prior", logits)
+    check_class_vector(running, "running", logits)
+    check_temperature(temperature)
+    check_threshold(threshold)
+    check_eps(eps)
+
+
+def _check_masked_cross_entropy(logits, target, mask):
+    check_logits(logits)
+    check_target(target, logits)
+    check_mask(mask, logits)
+
+
+def _check_masked_cross_entropy_backward(grad, logits, target, mask):
+    _check_masked_cross_entropy(logits, target, mask)
+    if not isinstance(grad, torch.Tensor) or grad.dim() != 0:
+        raise ValueError(f"grad must be a scalar (0-dim) tensor, got {getattr(grad, 'shape', type(grad).__name__)}")
+
+
+# ---- fakes: output metadata only, same shapes and (contiguous) strides as the kernels -------------
+
+def _outputs_distribution_align(logits, prior, running, temperature, threshold, eps, return_probs):
+    B, C = logits.shape
+    return (logits.new_empty((B, C if return_probs else 0)), logits.new_empty((B,), dtype=torch.int64),
+            logits.new_empty((B,), dtype=torch.bool), logits.new_empty((C,), dtype=compute_dtype(logits.dtype)))
+
+
+def _outputs_softmax_batch_mean(logits):
+    return logits.new_empty((logits.shape[1],), dtype=compute_dtype(logits.dtype))
 
 
 # ---- autograd formulas, written once and bound to a kernel set ----------------------------------
@@ -89,86 +124,23 @@ def _masked_cross_entropy_formulas(k):
     return setup_context, backward
 
 
-def _masked_cross_entropy_backward_formulas(k):
-    def setup_context(ctx, inputs, output):
-        pass
-
-    def backward(ctx, grad):
-        raise NotImplementedError(
-            "double backward through fastsmall.ops.masked_cross_entropy is not implemented; "
-            "use backend='reference' for higher-order gradients"
-        )
-
-    return setup_context, backward
-
-
-_FORMULAS = {
-    "distribution_align": _targets_formulas,
-    "softmax_batch_mean": _targets_formulas,
-    "masked_cross_entropy": _masked_cross_entropy_formulas,
-    "masked_cross_entropy_backward": _masked_cross_entropy_backward_formulas,
-}
-
-
-# ---- fakes: output metadata only, same shapes and (contiguous) strides as the kernels -------------
-
-def _fake_distribution_align(logits, prior, running, temperature, threshold, eps, return_probs):
-    check_logits(logits)
-    check_class_vector(prior, "prior", logits)
-    check_class_vector(running, "running", logits)
-    B, C = logits.shape
-    return (logits.new_empty((B, C if return_probs else 0)), logits.new_empty((B,), dtype=torch.int64),
-            logits.new_empty((B,), dtype=torch.bool), logits.new_empty((C,), dtype=_compute_dtype(logits.dtype)))
-
-
-def _fake_softmax_batch_mean(logits):
-    check_logits(logits)
-    return logits.new_empty((logits.shape[1],), dtype=_compute_dtype(logits.dtype))
-
-
-def _fake_masked_cross_entropy(logits, target, mask):
-    check_logits(logits)
-    check_target(target, logits)
-    check_mask(mask, logits)
-    return logits.new_empty(())
-
-
-def _fake_masked_cross_entropy_backward(grad, logits, target, mask):
-    check_logits(logits)
-    return torch.empty_like(logits, memory_format=torch.contiguous_format)
-
-
-_FAKES = {
-    "distribution_align": _fake_distribution_align,
-    "softmax_batch_mean": _fake_softmax_batch_mean,
-    "masked_cross_entropy": _fake_masked_cross_entropy,
-    "masked_cross_entropy_backward": _fake_masked_cross_entropy_backward,
-}
-
-
-# ---- registration ------------------------------------------------------------------------------------
+# ---- the op table ---------------------------------------------------------------------------------------
 
 _triton = None  # Triton launchers (fastsmall.kernels.distribution_align), when Triton imports
 if ext.TRITON_ERROR is None:
     from ..kernels import distribution_align as _triton
 
-if ext.C is not None:
-    for _name in _FORMULAS:
-        _qualname = f"fastsmall::{_name}"
-        torch.library.register_fake(_qualname)(_FAKES[_name])
-        _setup, _backward = _FORMULAS[_name](torch.ops.fastsmall)
-        torch.library.register_autograd(_qualname, _backward, setup_context=_setup)
-        if _triton is not None:
-            torch.library.register_kernel(_qualname, "cuda", getattr(_triton, _name))
-
-# Triton called directly (CPU tensors under TRITON_INTERPRET=1, or CUDA without the extension):
-# the same formulas bound to the launchers. The target ops need no autograd: they are called on
-# detached inputs.
-_triton_direct = SimpleNamespace()
-if _triton is not None:
-    _triton_direct.masked_cross_entropy = autograd_function(
-        "_Triton_masked_cross_entropy", _triton.masked_cross_entropy,
-        _FORMULAS["masked_cross_entropy"](_triton)).apply
+_ALIGN = Family([
+    OpDef("distribution_align", _check_distribution_align, _outputs_distribution_align, _targets_formulas,
+          reference.distribution_align),
+    OpDef("softmax_batch_mean", check_logits, _outputs_softmax_batch_mean, _targets_formulas,
+          reference.softmax_batch_mean),
+    OpDef("masked_cross_entropy", _check_masked_cross_entropy, lambda logits, target, mask: logits.new_empty(()),
+          _masked_cross_entropy_formulas, reference.masked_cross_entropy),
+    OpDef("masked_cross_entropy_backward", _check_masked_cross_entropy_backward,
+          lambda grad, logits, target, mask: torch.empty_like(logits, memory_format=torch.contiguous_format),
+          no_double_backward("masked_cross_entropy")),
+], _triton)
 
 
 # ---- public API ----------------------------------------------------------------------------------------
@@ -194,22 +166,11 @@ def distribution_align(logits: torch.Tensor, prior: torch.Tensor, running: torch
     No gradient flows through this op; it works on logits that require grad and returns
     detached outputs. ``backend``: None (auto), "cpp", "triton" or "reference".
     """
-    check_logits(logits)
-    check_class_vector(prior, "prior", logits)
-    check_class_vector(running, "running", logits)
-    temperature, threshold, eps = check_temperature(temperature), check_threshold(threshold), check_eps(eps)
-    return_probs = bool(return_probs)
-    logits, prior, running = logits.detach(), prior.detach(), running.detach()
-    impl = select(backend, logits, "logits")
-    if impl == OPS:
-        probs, label, mask, mean = torch.ops.fastsmall.distribution_align(
-            logits, prior, running, temperature, threshold, eps, return_probs)
-    elif impl == REFERENCE:
-        probs, label, mask, mean = reference.distribution_align(
-            logits, prior, running, temperature, threshold, eps, return_probs)
-    else:
-        probs, label, mask, mean = _triton.distribution_align(
-            logits, prior, running, temperature, threshold, eps, return_probs)
+    temperature = as_float(temperature, check_temperature)
+    threshold, eps, return_probs = as_float(threshold, check_threshold), as_float(eps, check_eps), bool(return_probs)
+    logits, prior, running = _detached(logits), _detached(prior), _detached(running)
+    probs, label, mask, mean = _ALIGN.route("distribution_align", backend, logits, "logits")(
+        logits, prior, running, temperature, threshold, eps, return_probs)
     return DistAlignOutput(probs if return_probs else None, label, mask, mean)
 
 
@@ -219,14 +180,8 @@ def softmax_batch_mean(logits: torch.Tensor, *, backend: str | None = None) -> t
     In float32 (float64 for float64 logits). ``DistAlign(mode="ema")`` uses it to update the
     running distribution *before* aligning, as USB does.
     """
-    check_logits(logits)
-    logits = logits.detach()
-    impl = select(backend, logits, "logits")
-    if impl == OPS:
-        return torch.ops.fastsmall.softmax_batch_mean(logits)
-    if impl == REFERENCE:
-        return reference.softmax_batch_mean(logits)
-    return _triton.softmax_batch_mean(logits)
+    logits = _detached(logits)
+    return _ALIGN.route("softmax_batch_mean", backend, logits, "logits")(logits)
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *,
@@ -241,89 +196,5 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch
     finite. Returns a 0-dim tensor in the logits' dtype. On CPU an out-of-range target raises; on
     CUDA (no host sync) it makes the loss NaN.
     """
-    check_logits(logits)
-    check_target(target, logits)
-    check_mask(mask, logits)
-    target, mask = target.detach(), mask.detach()
-    impl = select(backend, logits, "logits")
-    if impl == OPS:
-        return torch.ops.fastsmall.masked_cross_entropy(logits, target, mask)
-    if impl == REFERENCE:
-        return reference.masked_cross_entropy(logits, target, mask)
-    return _triton_direct.masked_cross_entropy(logits, target, mask)
-
-
-# ---- the running class distribution -------------------------------------------------------------
-
-class DistAlign(torch.nn.Module):
-    """Distribution alignment with its own running class distribution, in either published convention.
-
-    ``da = DistAlign(num_classes, mode="window")``, then per step ``probs, label, mask, mean =
-    da(logits_weak, prior, temperature)``. ``da.running`` ``[C]`` (a buffer, initialised to 1/C) is
-    the distribution the next call aligns with; all state is in buffers, so it checkpoints with
-    ``state_dict()``. The update has no data-dependent Python control flow, so a step traces under
-    ``torch.compile(fullgraph=True)``. An empty batch leaves the state unchanged.
-
-    * ``mode="window"`` -- CReST's official code (google-research/crest ``PMovingAverage``, from
-      ReMixMatch): a window of the last ``window`` (128) batch means, all initialised to the
-      uniform distribution; ``running = mean(window) / sum(mean(window))``. A batch is aligned with
-      the current ``running``, *then* its raw-softmax mean replaces the oldest entry (CReST updates
-      ``p_model`` after the training step). Kept as a ring buffer ``window`` ``[W, C]`` plus ``count``
-      (the mean does not depend on the order of the entries).
-    * ``mode="ema"`` -- USB (``DistAlignEMAHook``, momentum 0.999): *before* aligning a batch,
-      ``running = m * running + (1 - m) * batch_mean``, except on the first batch, where
-      ``running = batch_mean`` (USB's ``p_model is None`` case); then the batch is aligned with it.
-      The batch mean comes from ``softmax_batch_mean`` (a second read of the logits, inherent to
-      updating before aligning).
-
-    Buffers are float32 by default (``dtype``); ``prior`` may be any float dtype.
-    """
-
-    def __init__(self, num_classes: int, mode: str = "window", *, window: int = 128, momentum: float = 0.999,
-                 dtype: torch.dtype = torch.float32, device=None):
-        super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-        if mode not in ("window", "ema"):
-            raise ValueError(f"mode must be 'window' (CReST) or 'ema' (USB), got {mode!r}")
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be an int >= 1, got {window!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be a float in [0, 1), got {momentum!r}")
-        self.num_classes, self.mode, self.window_size, self.momentum = num_classes, mode, window, float(momentum)
-        uniform = torch.full((num_classes,), 1.0 / num_classes, dtype=dtype, device=device)
-        self.register_buffer("running", uniform)
-        self.register_buffer("count", torch.zeros((), dtype=torch.int64, device=device))
-        if mode == "window":
-            self.register_buffer("window", uniform.expand(window, num_classes).clone())
-
-    def extra_repr(self) -> str:
-        detail = f"window={self.window_size}" if self.mode == "window" else f"momentum={self.momentum}"
-        return f"num_classes={self.num_classes}, mode={self.mode!r}, {detail}"
-
-    @torch.no_grad()
-    def forward(self, logits: torch.Tensor, prior: torch.Tensor, temperature: float = 1.0, threshold: float = 0.95,
-                eps: float = DEFAULT_EPS, return_probs: bool = True, *, backend: str | None = None
-                ) -> DistAlignOutput:
-        """Aligns ``logits`` ``[B, C]`` and updates ``running`` (see the class doc for the order)."""
-        check_logits(logits)
-        if logits.shape[1] != self.num_classes:
-            raise ValueError(f"logits has {logits.shape[1]} classes but this DistAlign has {self.num_classes}")
-        nonempty = logits.shape[0] > 0  # a shape, not data: static under torch.compile
-        if self.mode == "ema":
-            if nonempty:
-                mean = softmax_batch_mean(logits, backend=backend).to(self.running.dtype)
-                m = self.momentum
-                self.running.copy_(torch.where(self.count == 0, mean, self.running * m + mean * (1 - m)))
-                self.count.add_(1)
-            return distribution_align(logits, prior, self.running, temperature, threshold, eps, return_probs,
-                                      backend=backend)
-        out = distribution_align(logits, prior, self.running, temperature, threshold, eps, return_probs,
-                                 backend=backend)
-        if nonempty:
-            slot = torch.remainder(self.count, self.window_size).reshape(1)
-            self.window.index_copy_(0, slot, out.batch_mean.to(self.window.dtype).reshape(1, -1))
-            self.count.add_(1)
-            v = self.window.mean(dim=0)
-            self.running.copy_(v / v.sum())
-        return out
+    target, mask = _detached(target), _detached(mask)
+    return _ALIGN.route("masked_cross_entropy", backend, logits, "logits")(logits, target, mask)

@@ -1,9 +1,9 @@
 """The masked re-initialisation family: ke_reinit_ (Knowledge Evolution) and masked_mul_ (DSD).
 
-Followable through five files with matching names:
+One op lives in five files with matching names:
   csrc/fastsmall.cpp (schemas) -> csrc/cpu/ke_reinit_cpu.cpp (CPU kernels)
-  -> fastsmall/kernels/ke_reinit.py (Triton kernels) -> this file (fakes, CUDA
-  registration, public wrappers) -> fastsmall/reference.py (reference),
+  -> fastsmall/kernels/ke_reinit.py (Triton kernels) -> this file (the op table: checks,
+  fakes, in-place registration; public wrappers) -> fastsmall/reference/ke_reinit.py (reference),
   tested in tests/test_ke_reinit.py and benchmarked in bench/bench_ke_reinit.py.
 The mask kinds, the counter-based RNG and the initialisers are defined in
 fastsmall/masks.py (shared by all of them, as fastsmall/skeleton.py is for KCS).
@@ -19,63 +19,44 @@ import torch
 
 from .. import _extension as ext
 from .. import reference
-from ..masks import KELS, WELS, check_encoded, check_init, check_int64, check_tensor_list, encode
-from ._backend import BACKENDS, OPS, REFERENCE, select
+from ..masks import KELS, WELS, as_int64, as_tensor_list, check_encoded, check_init, check_int64, decode, encode
+from ._dispatch import Family, OpDef, check_backend
 
 __all__ = ["ke_reinit_", "masked_mul_", "KELS", "WELS"]
 
 
-# ---- fakes: the ops return nothing; they check their arguments as the kernels do ------------
+# ---- checks of the ops' arguments (see ._dispatch for where they run) ----------------------------
 
-def _fake_ke_reinit_(tensors, masks, kels_out, kels_in, wels_rate, wels_seed, seed, generation, init):
+def _check_ke_reinit_(tensors, masks, kels_out, kels_in, wels_rate, wels_seed, seed, generation, init):
+    check_init(init)
+    check_int64(seed, "seed")
+    check_int64(generation, "generation")
     check_encoded(tensors, masks, kels_out, kels_in, wels_rate, wels_seed, init)
 
 
-def _fake_masked_mul_(tensors, masks, kels_out, kels_in, wels_rate, wels_seed):
-    check_encoded(tensors, masks, kels_out, kels_in, wels_rate, wels_seed)
+# ---- references with the ops' signatures (the masks decoded back to mask objects) -----------------
+
+def _reference_ke_reinit_(tensors, masks, kels_out, kels_in, wels_rate, wels_seed, seed, generation, init):
+    reference.ke_reinit_(tensors, decode(masks, kels_out, kels_in, wels_rate, wels_seed), seed, generation, init)
 
 
-_FAKES = {"ke_reinit_": _fake_ke_reinit_, "masked_mul_": _fake_masked_mul_}
+def _reference_masked_mul_(tensors, *encoded):
+    reference.masked_mul_(tensors, decode(*encoded))
 
 
-# ---- registration ------------------------------------------------------------------------------
+# ---- the op table: in-place ops, no autograd (the wrappers run them under no_grad) ---------------
 
 _triton = None  # Triton launchers (fastsmall.kernels.ke_reinit), when Triton imports
 if ext.TRITON_ERROR is None:
     from ..kernels import ke_reinit as _triton
 
-
-def _bump_versions_then(op):
-    """ADInplaceOrView kernel: bump the version counters of the mutated tensors, as every
-    in-place aten op does (and as torch.library.custom_op registers for mutable ops), so
-    autograd notices a tensor saved for backward being overwritten."""
-    below = torch._C._after_ADInplaceOrView_keyset
-
-    def kernel(keyset, tensors, *args):
-        torch.autograd.graph.increment_version(tensors)
-        return op.redispatch(keyset & below, tensors, *args)
-
-    return kernel
-
-
-_lib = None
-if ext.C is not None:
-    _lib = torch.library.Library("fastsmall", "IMPL")  # holds the ADInplaceOrView registrations
-    for _name, _fake in _FAKES.items():
-        _qualname = f"fastsmall::{_name}"
-        torch.library.register_fake(_qualname)(_fake)
-        _lib.impl(_name, _bump_versions_then(getattr(torch.ops.fastsmall, _name).default), "ADInplaceOrView",
-                  with_keyset=True)
-        if _triton is not None:
-            torch.library.register_kernel(_qualname, "cuda", getattr(_triton, _name))
+_MASKED = Family([
+    OpDef("ke_reinit_", _check_ke_reinit_, reference=_reference_ke_reinit_, mutates=True),
+    OpDef("masked_mul_", check_encoded, reference=_reference_masked_mul_, mutates=True),
+], _triton)
 
 
 # ---- public API ---------------------------------------------------------------------------------
-
-def _check_backend_name(backend) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
 
 def ke_reinit_(tensors, masks, seed: int, generation: int = 0, init: str = "torch_default", *,
                backend: str | None = None) -> None:
@@ -94,23 +75,15 @@ def ke_reinit_(tensors, masks, seed: int, generation: int = 0, init: str = "torc
     or ``"zero"``; fan_in = size(1) * prod(size(2:)). Kept elements keep their exact bits
     (a select, never arithmetic on them). Definitions: fastsmall/masks.py. Returns None.
     """
-    tensors = check_tensor_list(tensors)
-    init = check_init(init)
-    seed = check_int64(seed, "seed")
-    generation = check_int64(generation, "generation")
-    enc = encode(tensors, masks, init)
-    _check_backend_name(backend)
+    tensors = as_tensor_list(tensors)
+    seed, generation = as_int64(seed, "seed"), as_int64(generation, "generation")
+    enc = encode(tensors, masks)  # the mask objects, which no kernel sees, as the op's lists
+    check_backend(backend)
     if not tensors:
+        _check_ke_reinit_(tensors, *enc, seed, generation, init)  # nothing to run: no kernel checks the rest
         return None
-    impl = select(backend, tensors[0], "tensors[0]")
     with torch.no_grad():
-        if impl == OPS:
-            torch.ops.fastsmall.ke_reinit_(tensors, *enc, seed, generation, init)
-        elif impl == REFERENCE:
-            reference.ke_reinit_(tensors, masks, seed, generation, init)
-        else:  # the launcher called directly: bump the versions as the registered op does
-            torch.autograd.graph.increment_version(tensors)
-            _triton.ke_reinit_(tensors, *enc, seed, generation, init)
+        _MASKED.route("ke_reinit_", backend, tensors[0], "tensors[0]")(tensors, *enc, seed, generation, init)
     return None
 
 
@@ -121,18 +94,11 @@ def masked_mul_(tensors, masks, *, backend: str | None = None) -> None:
     Not-kept elements become ``W * 0`` (as ``W.mul_(mask)``: a signed zero, NaN
     for inf/NaN), kept elements are not written. Returns None.
     """
-    tensors = check_tensor_list(tensors)
+    tensors = as_tensor_list(tensors)
     enc = encode(tensors, masks)
-    _check_backend_name(backend)
+    check_backend(backend)
     if not tensors:
         return None
-    impl = select(backend, tensors[0], "tensors[0]")
     with torch.no_grad():
-        if impl == OPS:
-            torch.ops.fastsmall.masked_mul_(tensors, *enc)
-        elif impl == REFERENCE:
-            reference.masked_mul_(tensors, masks)
-        else:
-            torch.autograd.graph.increment_version(tensors)
-            _triton.masked_mul_(tensors, *enc)
+        _MASKED.route("masked_mul_", backend, tensors[0], "tensors[0]")(tensors, *enc)
     return None

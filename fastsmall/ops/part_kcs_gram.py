@@ -1,22 +1,52 @@
 """The part-aware KCS Gram: ``part_kcs_gram``, PoseAug's 3D-discriminator features.
 
-Followable through: csrc/fastsmall.cpp (schemas) -> csrc/cpu/part_kcs_gram_cpu.cpp
--> fastsmall/kernels/part_kcs_gram.py -> this file -> fastsmall/reference.py,
-tested in tests/test_part_kcs_gram.py, benchmarked in bench/bench_part_kcs_gram.py.
+One op lives in five files with matching names: csrc/fastsmall.cpp (schema)
+-> csrc/cpu/part_kcs_gram_cpu.cpp -> fastsmall/kernels/part_kcs_gram.py -> this file (the op
+table, the public wrapper) -> fastsmall/reference/part_kcs_gram.py, tested in
+tests/test_part_kcs_gram.py, benchmarked in bench/bench_part_kcs_gram.py.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import _extension as ext
-from .. import reference
-from .._checks import check_points
-from ._backend import OPS, REFERENCE, register_family, select, triton_direct
-from .kcs import _as_skeleton
+from .._checks import check_like, check_parts, check_points, check_shape
+from ..reference.part_kcs_gram import part_kcs_gram_of_parts
+from ..skeleton import as_skeleton
+from ._dispatch import Family, OpDef, no_double_backward
 
 __all__ = ["part_kcs_gram"]
 LAYOUTS = ("masked", "compact")
 
+
+def _out_shape(bones, parts, compact):
+    NB = bones.shape[-2]
+    if compact:
+        return tuple(bones.shape[:-2]) + (sum(len(p) ** 2 for p in parts),)
+    return tuple(bones.shape[:-2]) + (len(parts), NB * NB)
+
+
+# ---- checks of the ops' arguments (see ._dispatch for where they run) ------------------
+
+def _check_bones(bones):
+    if not isinstance(bones, torch.Tensor) or bones.dim() < 2:
+        check_points(bones, "bones", "NB", "bones")  # says what is wrong (any bone count passes)
+    check_points(bones, "bones", bones.shape[-2], "bones")
+
+
+def _check_part_kcs_gram(bones, part_bones, part_sizes, compact):
+    _check_bones(bones)
+    check_parts(part_bones, part_sizes, bones.shape[-2])
+
+
+def _check_part_kcs_gram_backward(grad, bones, part_bones, part_sizes, compact):
+    _check_bones(bones)
+    check_like(grad, "grad", bones, "bones")
+    parts = check_parts(part_bones, part_sizes, bones.shape[-2])
+    check_shape(grad, "grad", _out_shape(bones, parts, compact), "part_kcs_gram's output")
+
+
+# ---- autograd formulas ------------------------------------------------------------------------
 
 def _part_kcs_gram_formulas(k):
     def setup_context(ctx, inputs, output):
@@ -30,51 +60,26 @@ def _part_kcs_gram_formulas(k):
     return setup_context, backward
 
 
-def _part_kcs_gram_backward_formulas(k):
-    def setup_context(ctx, inputs, output):
-        pass
+# ---- the op table ---------------------------------------------------------------------------
 
-    def backward(ctx, grad):
-        raise NotImplementedError(
-            "double backward through fastsmall.ops.part_kcs_gram is not implemented; "
-            "use backend='reference' for higher-order gradients (e.g. a gradient penalty)"
-        )
+def _outputs(bones, part_bones, part_sizes, compact):
+    parts = check_parts(part_bones, part_sizes, bones.shape[-2])
+    return bones.new_empty(_out_shape(bones, parts, compact))
 
-    return setup_context, backward
-
-
-_FORMULAS = {
-    "part_kcs_gram": _part_kcs_gram_formulas,
-    "part_kcs_gram_backward": _part_kcs_gram_backward_formulas,
-}
-
-
-def _out_shape(bones, part_sizes, compact):
-    NB = bones.shape[-2]
-    if compact:
-        return bones.shape[:-2] + (sum(n * n for n in part_sizes),)
-    return bones.shape[:-2] + (len(part_sizes), NB * NB)
-
-
-def _fake_part_kcs_gram(bones, part_bones, part_sizes, compact):
-    check_points(bones, "bones", bones.shape[-2], "bones")
-    return bones.new_empty(_out_shape(bones, part_sizes, compact))
-
-
-def _fake_part_kcs_gram_backward(grad, bones, part_bones, part_sizes, compact):
-    check_points(bones, "bones", bones.shape[-2], "bones")
-    return torch.empty_like(bones, memory_format=torch.contiguous_format)
-
-
-_FAKES = {"part_kcs_gram": _fake_part_kcs_gram, "part_kcs_gram_backward": _fake_part_kcs_gram_backward}
 
 _triton = None
 if ext.TRITON_ERROR is None:
     from ..kernels import part_kcs_gram as _triton
 
-register_family(_FORMULAS, _FAKES, _triton)
-_triton_direct = triton_direct(("part_kcs_gram",), _FORMULAS, _triton)
+_GRAM = Family([
+    OpDef("part_kcs_gram", _check_part_kcs_gram, _outputs, _part_kcs_gram_formulas, part_kcs_gram_of_parts),
+    OpDef("part_kcs_gram_backward", _check_part_kcs_gram_backward,
+          lambda grad, bones, *parts: torch.empty_like(bones, memory_format=torch.contiguous_format),
+          no_double_backward("part_kcs_gram", "for higher-order gradients (e.g. a gradient penalty)")),
+], _triton)
 
+
+# ---- public API -------------------------------------------------------------------------------
 
 def part_kcs_gram(unit: torch.Tensor, skeleton, layout: str = "masked", *, backend: str | None = None) -> torch.Tensor:
     """Part-aware KCS Gram matrices of (unit) bone vectors ``[..., J-1, D]``.
@@ -89,18 +94,12 @@ def part_kcs_gram(unit: torch.Tensor, skeleton, layout: str = "masked", *, backe
 
     Differentiable w.r.t. ``unit``; only the dot products inside the parts are computed.
     """
-    sk = _as_skeleton(skeleton)
+    sk = as_skeleton(skeleton)
     if not sk.parts:
         raise ValueError("skeleton has no parts; part_kcs_gram needs a Skeleton with parts={name: [bones]}")
+    # the op sees a bone count only through the tensor: the skeleton's is checked here
     check_points(unit, "unit", sk.num_bones, "bones")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    compact = layout == "compact"
-    impl = select(backend, unit, "unit")
-    if impl == REFERENCE:
-        return reference.part_kcs_gram(unit, sk, layout)
-    part_bones = [b for bones in sk.part_bones for b in bones]
-    part_sizes = [len(bones) for bones in sk.part_bones]
-    if impl == OPS:
-        return torch.ops.fastsmall.part_kcs_gram(unit, part_bones, part_sizes, compact)
-    return _triton_direct.part_kcs_gram(unit, part_bones, part_sizes, compact)
+    part_bones, part_sizes = sk.op_parts
+    return _GRAM.route("part_kcs_gram", backend, unit, "unit")(unit, part_bones, part_sizes, layout == "compact")

@@ -1,0 +1,66 @@
+"""References of the distribution-alignment family (FixMatch / CReST+ pseudo-labels), written as
+CReST's official code (google-research/crest) and USB's (microsoft/Semi-supervised-learning)."""
+from __future__ import annotations
+
+import torch
+
+from .._checks import opmath
+
+__all__ = ["DIST_ALIGN_EPS", "distribution_align_target", "distribution_align", "softmax_batch_mean",
+           "masked_cross_entropy"]
+
+DIST_ALIGN_EPS = 1e-6  # CReST's and USB's constant in (target + eps) / (running + eps)
+
+
+def distribution_align_target(prior: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """CReST's target distribution ``prior^t / sum(prior^t)`` (in the precision of ``prior``, float32 at least)."""
+    p = opmath(prior) ** temperature
+    return p / p.sum()
+
+
+def distribution_align(logits: torch.Tensor, prior: torch.Tensor, running: torch.Tensor, temperature: float = 1.0,
+                       threshold: float = 0.95, eps: float = DIST_ALIGN_EPS, return_probs: bool = True):
+    """FixMatch/CReST+ pseudo-labels from weak-view logits ``[B, C]``, written as CReST's official code.
+
+    ``probs = softmax(z)``; ``aligned = probs * (target + eps) / (running + eps)``, renormalised per row,
+    with ``target = prior^t / sum(prior^t)`` (google-research/crest ``pseudo_target_fn``; USB's
+    ``DistAlignEMAHook.dist_align`` is the same formula). Returns ``(aligned or None, argmax aligned
+    [B] int64, max aligned >= threshold [B] bool, mean over rows of probs [C])``; the batch mean of
+    an empty batch is zeros. Computed in float32 for float16/bfloat16 logits (and in float64 for
+    float64); ``aligned`` is returned in the logits' dtype, the batch mean in the compute dtype.
+    No gradient flows through any output.
+    """
+    z = opmath(logits.detach())
+    probs = torch.softmax(z, dim=-1)
+    target = distribution_align_target(prior.detach().to(z.dtype), temperature)
+    aligned = probs * (target + eps) / (running.detach().to(z.dtype) + eps)
+    aligned = aligned / aligned.sum(dim=-1, keepdim=True)
+    label = torch.argmax(aligned, dim=-1)  # the first maximal index on ties
+    mask = aligned.amax(dim=-1) >= threshold
+    batch_mean = probs.sum(dim=0) / max(z.shape[0], 1)
+    return (aligned.to(logits.dtype) if return_probs else None), label, mask, batch_mean
+
+
+def softmax_batch_mean(logits: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``softmax(logits)`` ``[C]`` (zeros for an empty batch), in the compute dtype."""
+    z = opmath(logits.detach())
+    return torch.softmax(z, dim=-1).sum(dim=0) / max(z.shape[0], 1)
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """FixMatch's unlabelled loss ``sum_i mask_i * CE(z_i, y_i) / B`` (0 for an empty batch).
+
+    The mean is over the whole batch, masked rows included (USB's ``(ce * mask).mean()``,
+    CReST's ``unsup_loss_divisor='full'``). A row with mask 0 contributes exactly 0 and gets a
+    zero gradient even when its logits are not finite (a select, not a product). ``mask`` is bool
+    or floating (weights); it receives no gradient.
+    """
+    z = opmath(logits)
+    w = mask.detach().to(z.dtype)
+    keep = w != 0
+    zero = torch.zeros((), dtype=z.dtype, device=z.device)
+    # masked-out rows are replaced before the CE, so non-finite logits there cannot leak NaN into
+    # the gradient (where() alone would give 0 * NaN)
+    ce = torch.nn.functional.cross_entropy(torch.where(keep[:, None], z, zero), target, reduction="none")
+    loss = torch.where(keep, ce * w, zero).sum() / max(z.shape[0], 1)
+    return loss.to(logits.dtype)
