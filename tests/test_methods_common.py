@@ -103,7 +103,8 @@ def test_rng_state_round_trip(tmp_path):
 @dataclasses.dataclass
 class ImplConfig:
     impl: str = dataclasses.field(default="fused", metadata={"help": "100 % fused, or %(prog)s-free official",
-                                                             "choices": ["fused", "official"]})
+                                                             "choices": ["fused", "official"],
+                                                             "renamed": {"reference": "official"}})
     epochs: int = dataclasses.field(default=3, metadata={"min": 1})
     out: str = "run"
 
