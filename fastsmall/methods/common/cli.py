@@ -122,6 +122,12 @@ def run(argv: Sequence[str] | None, *, name: str, description: str, config_cls, 
     except USER_ERRORS as exc:
         if os.environ.get("FASTSMALL_TRACEBACK"):
             raise
+        if isinstance(exc, DistributedTimeout):
+            # the process group is broken: gloo's threads would abort the interpreter's normal
+            # exit ("terminate called ..."), so leave at once after the message
+            sys.stdout.flush()
+            print(f"{prog}: error: {error_message(exc)}", file=sys.stderr, flush=True)
+            os._exit(2)
         parser.exit(2, f"{prog}: error: {error_message(exc)}\n")
     print(report(summary, args), flush=True)
     return 0

@@ -91,6 +91,13 @@ class Distributed:
         return DistributedTimeout(f"rank {self.rank} of {self.world_size}: another process did not respond within "
                                   f"{self.timeout:g} s (--dist-timeout); stopping the run ({' '.join(str(exc).split())[:200]})")
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Leave the process group; with ``wait`` all ranks leave together (a rank that tears
+        gloo down while another still talks to it can abort at exit)."""
         if self.enabled and dist.is_initialized():
+            if wait:
+                try:
+                    dist.barrier()
+                except RuntimeError:  # a peer is gone or stuck: leave anyway
+                    pass
             dist.destroy_process_group()

@@ -136,11 +136,14 @@ def run_trainer(trainer_cls, cfg, **kwargs) -> dict:
     """Validate ``cfg``, join torchrun's process group (if any), train, return the summary."""
     validate_config(cfg)
     dist = Distributed(torch.device(cfg.device), timeout=getattr(cfg, "dist_timeout", DEFAULT_TIMEOUT_S))
+    finished = False
     try:
-        return trainer_cls(cfg, dist, **kwargs).run_all()
+        summary = trainer_cls(cfg, dist, **kwargs).run_all()
+        finished = True
+        return summary
     except RuntimeError as exc:
         if dist.enabled and is_timeout(exc):
             raise dist.timeout_error(exc) from None
         raise
     finally:
-        dist.close()
+        dist.close(wait=finished)  # after an error a peer may never reach the barrier

@@ -110,9 +110,8 @@ class PoseAugTrainer(Trainer):
                 raise ValueError(f"bl_templates {path}: expected a .npy array [S, {self.skeleton.num_bones}], "
                                  f"got an .npz archive (save the array alone with np.save)")
             if array.ndim != 2 or array.shape[1] != self.skeleton.num_bones or not np.issubdtype(array.dtype, np.number):
-                raise ValueError(f"bl_templates {path}: expected a numeric array of shape "
-                                 f"[S, {self.skeleton.num_bones}] (bone lengths in metres), got "
-                                 f"{array.dtype} {tuple(array.shape)}")
+                raise ValueError(f"bl_templates {path}: expected shape [S, {self.skeleton.num_bones}] (numeric bone "
+                                 f"lengths in metres), got {array.dtype} {tuple(array.shape)}")
             if array.shape[0] == 0 or not np.isfinite(array).all() or (array <= 0).any():
                 raise ValueError(f"bl_templates {path}: every bone length must be finite and > 0 "
                                  f"({array.shape[0]} templates)")
