@@ -52,6 +52,26 @@ def assert_fake_matches_real(op, args):
         assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype)
 
 
+def op_registration_tests(samples):
+    """The registration tests every op family runs on its ``samples`` [(op name, args)]:
+    ``torch.library.opcheck`` and fake-vs-real output strides. Assign the returned pair to
+    ``test_opcheck, test_fake_and_real_outputs_have_same_strides`` in the family's test module."""
+    needs_cpp = pytest.mark.skipif(ext.C is None, reason=f"C++ extension unavailable: {ext.CPP_ERROR}")
+    each_sample = pytest.mark.parametrize("name, args", samples, ids=[f"{n}-{i}" for i, (n, _) in enumerate(samples)])
+
+    @needs_cpp
+    @each_sample
+    def test_opcheck(name, args):
+        torch.library.opcheck(getattr(torch.ops.fastsmall, name).default, args)
+
+    @needs_cpp
+    @each_sample
+    def test_fake_and_real_outputs_have_same_strides(name, args):
+        assert_fake_matches_real(getattr(torch.ops.fastsmall, name), args)
+
+    return test_opcheck, test_fake_and_real_outputs_have_same_strides
+
+
 def random_parents(J: int, rng: random.Random) -> list[int]:
     """A random tree on J joints with shuffled joint labels (parents not in topological order)."""
     labels = list(range(J))

@@ -11,7 +11,7 @@ import torch
 
 import fastsmall as fs
 from fastsmall import _extension as ext
-from conftest import DEVICE, ROOT, assert_fake_matches_real, available_backends
+from conftest import DEVICE, ROOT, available_backends, op_registration_tests
 
 BACKENDS = available_backends()
 COMPILED = [b for b in BACKENDS if "reference" not in str(b)]  # backends with kernels
@@ -353,20 +353,7 @@ def _samples():
     return out
 
 
-SAMPLES = _samples()
-IDS = [f"{n}-{i}" for i, (n, _) in enumerate(SAMPLES)]
-
-
-@needs_ops
-@pytest.mark.parametrize("name, args", SAMPLES, ids=IDS)
-def test_opcheck(name, args):
-    torch.library.opcheck(getattr(torch.ops.fastsmall, name).default, args)
-
-
-@needs_ops
-@pytest.mark.parametrize("name, args", SAMPLES, ids=IDS)
-def test_fake_and_real_outputs_have_same_strides(name, args):
-    assert_fake_matches_real(getattr(torch.ops.fastsmall, name), args)
+test_opcheck, test_fake_and_real_outputs_have_same_strides = op_registration_tests(_samples())
 
 
 def _fixmatch_step(weak, strong, prior, running):

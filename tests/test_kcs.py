@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fastsmall as fs
-from conftest import assert_fake_matches_real, available_backends, device_for, random_parents
+from conftest import available_backends, device_for, op_registration_tests, random_parents
 from fastsmall import _extension as ext
 
 BACKENDS = available_backends()
@@ -255,20 +255,7 @@ def _samples():
     return out
 
 
-SAMPLES = _samples()
-SAMPLE_IDS = [f"{n}-{i}" for i, (n, _) in enumerate(SAMPLES)]
-
-
-@needs_cpp
-@pytest.mark.parametrize("name, args", SAMPLES, ids=SAMPLE_IDS)
-def test_opcheck(name, args):
-    torch.library.opcheck(getattr(torch.ops.fastsmall, name).default, args)
-
-
-@needs_cpp
-@pytest.mark.parametrize("name, args", SAMPLES, ids=SAMPLE_IDS)
-def test_fake_and_real_outputs_have_same_strides(name, args):
-    assert_fake_matches_real(getattr(torch.ops.fastsmall, name), args)
+test_opcheck, test_fake_and_real_outputs_have_same_strides = op_registration_tests(_samples())
 
 
 def _pipeline(x, root):

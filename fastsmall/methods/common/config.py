@@ -29,6 +29,31 @@ def list_option(default, help: str, **meta):
     return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **meta})
 
 
+# ---- the run options every method has, defined once -------------------------------------------
+def impl_option(what: str):
+    """``--impl fused|official`` (``reference``, its old name, still accepted); ``what`` says which
+    steps the choice covers and where the official version lives."""
+    return option("fused", f"{what}: fastsmall's fused ops, or the released code's arithmetic",
+                  choices=["fused", "official"], renamed={"reference": "official"})
+
+
+def device_option():
+    return option("cpu", "cpu or cuda")
+
+
+def dist_timeout_option():
+    return option(600.0, "torchrun: seconds a process waits for the others in a collective before the run stops "
+                         "with an error (a stopped or stuck rank)", min=1.0)
+
+
+def resume_option():
+    return option(False, "continue the run in --out from its last checkpoint")
+
+
+def quiet_option():
+    return option(False, "no progress bars")
+
+
 def _apply_renames(cfg, f) -> None:
     renamed = f.metadata.get("renamed", {})
     value = getattr(cfg, f.name)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import build as build_model
-from .config import ConfigError, option
+from .config import (ConfigError, device_option, dist_timeout_option, impl_option, option, quiet_option,
+                     resume_option)
 from .image_data import load_data
 from .layers import prunable_layers
 from .rng import derive_seed
@@ -63,16 +64,13 @@ class TrainConfig:
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy", min=0.0, max=1.0)
     # run
     seed: int = option(0, "seed (training subset, initialisation, re-initialisation, batches, augmentation)")
-    device: str = option("cpu", "cpu or cuda")
+    device: str = device_option()
     compile: bool = option(False, "torch.compile the model")
-    impl: str = option("fused", "masked ops: fastsmall's fused ops, or the official per-tensor loops "
-                                "(ke/official.py, dsd/official.py)", choices=["fused", "official"],
-                       renamed={"reference": "official"})
+    impl: str = impl_option("masked ops (ke/ and dsd/ kernels.py, official.py: the official per-tensor loops)")
     out: str = option("runs/ke", "run directory")
-    dist_timeout: float = option(600.0, "torchrun: seconds a process waits for the others in a collective before the "
-                                        "run stops with an error (a stopped or stuck rank)", min=1.0)
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
-    quiet: bool = option(False, "no progress bars")
+    dist_timeout: float = dist_timeout_option()
+    resume: bool = resume_option()
+    quiet: bool = quiet_option()
 
     def validate(self):
         if self.dataset == "imagefolder" and not self.data:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..common.config import ConfigError, option
+from ..common.config import (ConfigError, device_option, dist_timeout_option, impl_option, option, quiet_option,
+                             resume_option)
 
 
 
@@ -40,15 +41,13 @@ class Config:
     eval_last: int = option(3, "report the median EMA test accuracy of this many last epochs", min=1)
     # run
     seed: int = option(0, "seed (splits, init, augmentation; deterministic on CPU)")
-    device: str = option("cpu", "cpu or cuda")
+    device: str = device_option()
     compile: bool = option(False, "torch.compile the model")
-    impl: str = option("fused", "pseudo-label path: fastsmall's fused ops, or the official arithmetic "
-                                "(crest/official.py)", choices=["fused", "official"], renamed={"reference": "official"})
+    impl: str = impl_option("pseudo-label path (crest/kernels.py, crest/official.py)")
     out: str = option("runs/crest", "run directory")
-    dist_timeout: float = option(600.0, "torchrun: seconds a process waits for the others in a collective before the "
-                                        "run stops with an error (a stopped or stuck rank)", min=1.0)
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
-    quiet: bool = option(False, "no progress bars")
+    dist_timeout: float = dist_timeout_option()
+    resume: bool = resume_option()
+    quiet: bool = quiet_option()
 
     def validate(self):
         if self.dataset != "digits-lt" and not self.data_dir:

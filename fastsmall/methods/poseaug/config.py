@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..common.config import ConfigError, list_option, option
+from ..common.config import (ConfigError, device_option, dist_timeout_option, impl_option, list_option, option,
+                             quiet_option, resume_option)
 from .losses import FEEDBACKS
 
 ESTIMATOR_NAMES = ["videopose", "simple_baseline", "semgcn", "stgcn"]
@@ -73,15 +74,13 @@ class Config:
     gloss_feedback_rt: float = option(0.01, "weight of the RT feedback loss", min=0.0)
     augment: bool = option(True, "--no-augment: train the estimator on real data only for the same epochs (the baseline)")
     # ---- run ----------------------------------------------------------------------------
-    impl: str = option("fused", "bones / part features: fastsmall ops, or the released code's constant-matrix arithmetic "
-                                "(poseaug/official.py)", choices=["fused", "official"], renamed={"reference": "official"})
+    impl: str = impl_option("bones / part features (poseaug/official.py: constant-matrix arithmetic)")
     seed: int = option(0, "seed (data, initialisation, noise)")
-    device: str = option("cpu", "cpu or cuda")
+    device: str = device_option()
     out: str = option("runs/poseaug", "run directory")
-    dist_timeout: float = option(600.0, "torchrun: seconds a process waits for the others in a collective before the "
-                                        "run stops with an error (a stopped or stuck rank)", min=1.0)
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
-    quiet: bool = option(False, "no progress bars")
+    dist_timeout: float = dist_timeout_option()
+    resume: bool = resume_option()
+    quiet: bool = quiet_option()
 
     def validate(self):
         if self.data != "synthetic" and not self.data_dir:
