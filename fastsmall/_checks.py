@@ -10,6 +10,7 @@ The C++ kernels (csrc/checks.h) hold the C++ spelling of the same checks.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -114,7 +115,8 @@ def check_mask(t, logits: torch.Tensor, name: str = "mask") -> None:
 # ---- scalars and index lists -------------------------------------------------------------------
 
 def _real(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, (int, float))
+    """A real number that is not a bool: Python and numpy ints and floats (numpy's bool is not Real)."""
+    return type(x) is float or (not isinstance(x, bool) and isinstance(x, numbers.Real))
 
 
 def as_float(x, check) -> float:

@@ -270,10 +270,16 @@ def encode(tensors: list[torch.Tensor], masks) -> Encoded:
             ki = _columns(t) if m.k_in is None else m.k_in
             if not _is_int(ko) or not _is_int(ki):
                 raise TypeError(f"masks[{i}] = {m}: k_out and k_in must be ints")
+            for name, v in (("kels_out", ko), ("kels_in", ki)):
+                if v < 0:  # -1 would read as "no KELS mask" in the encoding
+                    raise ValueError(f"{name}[{i}] = {v} is out of range (masks[{i}] = {m}): k_out and k_in "
+                                     f"must be >= 0")
         elif isinstance(m, WELS):
             if isinstance(m.rate, bool) or not isinstance(m.rate, (int, float)):
                 raise TypeError(f"masks[{i}] = {m}: rate must be a float")
             rate = float(m.rate)
+            if not 0.0 <= rate <= 1.0:  # also NaN; -1.0 would read as "no WELS mask" in the encoding
+                raise ValueError(f"wels_rate[{i}] = {rate} is outside [0, 1] (masks[{i}] = {m})")
             seed = check_int64(m.seed, f"masks[{i}].seed")
         else:
             raise TypeError(f"masks[{i}] must be a bool tensor shaped like tensors[{i}], fastsmall.ops.KELS or "
