@@ -146,7 +146,7 @@ struct Job {
   at::ScalarType dtype = at::kFloat;
   int64_t numel = 0;
   Kind kind = Kind::Dense;
-  const bool* mask = nullptr;
+  const uint8_t* mask = nullptr;  // bool bytes: any nonzero byte is True (torch's convention)
   int64_t k_out = 0, k_in = 0, row_len = 1, inner = 1;
   Key wels;
   uint32_t wels_t = 0;
@@ -208,7 +208,7 @@ std::vector<Job> make_jobs(at::TensorList tensors, const c10::List<std::optional
                   "] is on ", t.device());
       held.push_back(m->contiguous());
       j.kind = Kind::Dense;
-      j.mask = held.back().const_data_ptr<bool>();
+      j.mask = static_cast<const uint8_t*>(held.back().const_data_ptr());
     } else if (kels_out[i] != -1) {
       TORCH_CHECK(t.dim() >= 1, "fastsmall: kels_out[", i, "]: KELS needs a tensor with at least 1 dim, tensors[", i,
                   "] is 0-dim");
@@ -280,7 +280,9 @@ FASTSMALL_INLINE void draw_values(const Job& j, int64_t e0, int64_t n, acc_t* __
 // Keep flags of elements e0 .. e0 + n - 1 of a Dense or WELS tensor.
 FASTSMALL_INLINE void keep_flags(const Job& j, int64_t e0, int64_t n, uint8_t* __restrict__ keep) {
   if (j.kind == Kind::Dense) {
-    std::memcpy(keep, j.mask + e0, n);  // bool is one byte, 0 or 1
+    // Normalised to 0/1: a bool tensor made with .view(torch.bool) can hold any byte, and
+    // select_store builds its blend mask from the flag, so a 2 would mix bits of both values.
+    for (int64_t i = 0; i < n; ++i) keep[i] = j.mask[e0 + i] != 0;
   } else {
     uint32_t k[kTile];
     draw_bits(j.wels, e0, n, k);

@@ -119,6 +119,10 @@ def ke_keep_mask(shape, mask, device=None) -> torch.Tensor:
     """The bool keep-mask of a mask kind (bool tensor, KELS or WELS) for a tensor of ``shape``."""
     shape = tuple(shape)
     if isinstance(mask, torch.Tensor):
+        if mask.dtype == torch.bool:
+            # Any nonzero byte is True. A bool tensor made with .view(torch.bool) can hold bytes
+            # other than 0/1, and mul_ by such a tensor would scale by the byte value.
+            mask = mask.view(torch.uint8) != 0
         return mask.to(device=device, dtype=torch.bool).reshape(shape)
     numel = math.prod(shape)
     if isinstance(mask, km.WELS):
