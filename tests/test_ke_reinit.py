@@ -119,6 +119,26 @@ def test_kept_elements_bit_exact(backend, device, op):
 
 
 @pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("op", ["ke_reinit_", "masked_mul_"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_any_nonzero_bool_byte_is_true(backend, device, op, dtype):
+    """A bool tensor made with .view(torch.bool) can hold any byte; every nonzero byte means kept,
+    on every backend: the same bits as the 0/1 mask (not a bit blend of both values, not w * 2)."""
+    raw = torch.randint(0, 256, (7, 37), dtype=torch.uint8)
+    raw[0, :8] = torch.tensor([0, 1, 2, 3, 127, 128, 254, 255], dtype=torch.uint8)
+    odd = raw.view(torch.bool).to(device)
+    clean = (raw != 0).to(device)
+    w = torch.randn(7, 37, dtype=dtype, device=device)
+    kw = {"seed": 5, "generation": 1} if op == "ke_reinit_" else {}
+    got = run(op, [w], [odd], backend, **kw)[0]
+    want = run(op, [w], [clean], backend, **kw)[0]
+    assert torch.equal(bits(got), bits(want))
+    kept = clean.cpu()
+    assert torch.equal(bits(got.cpu())[kept], bits(w.cpu())[kept])
+    assert (raw != 0).any() and (raw == 0).any()  # both kinds of element present
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
 def test_only_the_masked_region_changes_and_kels_region_is_exact(backend, device):
     w = torch.randn(20, 10, 3, device=device)
     out = run("ke_reinit_", [w], [KELS(7, 4)], backend, seed=9)[0]

@@ -188,7 +188,7 @@ MaskView<acc_t> mask_view(const at::Tensor& mask, at::Tensor& converted) {
   MaskView<acc_t> view;
   if (mask.scalar_type() == at::kBool) {
     converted = mask.contiguous();
-    view.b = converted.const_data_ptr<bool>();
+    view.b = static_cast<const uint8_t*>(converted.const_data_ptr());
   } else {
     converted = mask.detach().to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     view.w = converted.const_data_ptr<acc_t>();

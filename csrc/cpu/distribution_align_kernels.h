@@ -73,11 +73,21 @@ FASTSMALL_INLINE void exp_tile(V* __restrict__ t, int64_t C, V* m, V* s) {
     }
 }
 
+// so <- sum over classes j != y of the tile's exp values (y per row in yv; -1 matches no class).
+template <int NV, typename V>
+FASTSMALL_INLINE void other_sums(const V* __restrict__ t, int64_t C, const V* yv, V* so) {
+  for (int v = 0; v < NV; ++v) so[v] = V{};
+  for (int64_t j = 0; j < C; ++j) {
+    const V jj = splat<V>(static_cast<lane_t<V>>(j));
+    for (int v = 0; v < NV; ++v) so[v] += yv[v] == jj ? V{} : t[j * NV + v];
+  }
+}
+
 // Vectors of the row weights of a tile: mask values as 0/1 (bool) or weights (floating); 0 for
 // padding rows.
 template <typename acc_t>
 struct MaskView {
-  const bool* b = nullptr;
+  const uint8_t* b = nullptr;  // bool bytes: any nonzero byte is True (weight 1), as torch reads bool
   const acc_t* w = nullptr;
 };
 
@@ -91,7 +101,7 @@ FASTSMALL_INLINE void load_rows_info(MaskView<acc_t> mask, const int64_t* __rest
   bool any_bad = false;
   if (n == R) {  // a full tile, without data-dependent branches (masks and targets are random)
     if (mask.b != nullptr) {
-      for (int r = 0; r < R; ++r) ws[r] = static_cast<acc_t>(mask.b[i0 + r]);
+      for (int r = 0; r < R; ++r) ws[r] = mask.b[i0 + r] != 0 ? acc_t(1) : acc_t(0);
     } else {
       for (int r = 0; r < R; ++r) ws[r] = mask.w[i0 + r];
     }
@@ -103,7 +113,7 @@ FASTSMALL_INLINE void load_rows_info(MaskView<acc_t> mask, const int64_t* __rest
     }
   } else {
     for (int r = 0; r < R; ++r) {
-      ws[r] = r < n ? (mask.b != nullptr ? static_cast<acc_t>(mask.b[i0 + r]) : mask.w[i0 + r]) : acc_t(0);
+      ws[r] = r < n ? (mask.b != nullptr ? (mask.b[i0 + r] != 0 ? acc_t(1) : acc_t(0)) : mask.w[i0 + r]) : acc_t(0);
       const int64_t yi = r < n ? y[i0 + r] : -1;
       const bool ok = static_cast<uint64_t>(yi) < static_cast<uint64_t>(C);
       any_bad |= r < n && !ok;
@@ -222,12 +232,17 @@ FASTSMALL_INLINE void ce_block(const scalar_t* __restrict__ z, const int64_t* __
       for (int v = 0; v < NV; ++v) zy[v] += yv[v] == jj ? t[j * NV + v] : V{};
     }
     exp_tile<NV>(t, C, m, s);
-    // CE = log sum exp z - z_y = log(s) + m - z_y; rows with zero weight are cleared with a
-    // bitwise and (NaN-proof), as in ce_backward_block.
+    V so[NV];  // sum over j != y of exp(z_j - m)
+    other_sums<NV>(t, C, yv, so);
+    // CE = log sum exp z - z_y = log(s) + m - z_y, or log1p(so) where z_y is the row max (s = 1 +
+    // so there, and 1 + so would round away most of a small loss: a confident row's CE has full
+    // relative precision this way). Rows with zero weight are cleared with a bitwise and
+    // (NaN-proof), as in ce_backward_block.
     using I = decltype(w[0] != w[0]);
     for (int v = 0; v < NV; ++v) {
       const I keep = w[v] != acc_t(0);
-      sum[v] += bit_cast_vec<V>(bit_cast_vec<I>(w[v] * (log_pos(s[v]) + m[v] - zy[v])) & keep);
+      const V ce = zy[v] == m[v] ? log1p_nonneg(so[v]) : log_pos(s[v]) + m[v] - zy[v];
+      sum[v] += bit_cast_vec<V>(bit_cast_vec<I>(w[v] * ce) & keep);
     }
   }
   acc_t total = 0;
@@ -251,22 +266,25 @@ FASTSMALL_INLINE void ce_backward_block(const scalar_t* __restrict__ z, const in
   for (int64_t i0 = row0; i0 < row1; i0 += R) {
     const int64_t n = std::min<int64_t>(R, row1 - i0);
     load_rows<R, BYTES>(z + i0 * C, n, C, ts);
-    V m[NV], s[NV], coef[NV], w[NV], yv[NV], onehot[NV];
+    V m[NV], s[NV], coef[NV], w[NV], yv[NV];
     load_rows_info<R>(mask, y, i0, n, C, w, yv, any_bad);
     exp_tile<NV>(t, C, m, s);
     // keep: all-ones lanes where w != 0; rows with w == 0 are cleared with a bitwise and, which
     // also clears NaN (a select on this loop-invariant mask would be scalarised by GCC).
     using I = decltype(w[0] != w[0]);
     I keep[NV];
+    V so[NV];
+    other_sums<NV>(t, C, yv, so);
     for (int v = 0; v < NV; ++v) {
       keep[v] = w[v] != acc_t(0);
       coef[v] = scale * w[v] / s[v];
-      onehot[v] = scale * w[v];
     }
+    // softmax_y - 1 = -so / s, not p_y - 1: for a confident row p_y rounds to 1 and the target's
+    // gradient would vanish.
     for (int64_t j = 0; j < C; ++j) {
       const V jj = splat<V>(static_cast<acc_t>(j));
       for (int v = 0; v < NV; ++v) {
-        const V g = t[j * NV + v] * coef[v] - (yv[v] == jj ? onehot[v] : V{});
+        const V g = (yv[v] == jj ? -so[v] : t[j * NV + v]) * coef[v];
         t[j * NV + v] = bit_cast_vec<V>(bit_cast_vec<I>(g) & keep[v]);
       }
     }
@@ -375,6 +393,15 @@ FASTSMALL_INLINE void align_rows(const scalar_t* __restrict__ z, int64_t row0, i
   for (int64_t j = 0; j < C; ++j) part[j] = bms[j];
 }
 
+// Sum over j != y of a row's exp values x (a plain loop: the large-C path is not the hot one).
+template <typename V>
+FASTSMALL_INLINE lane_t<V> other_sum(const V* __restrict__ x, int64_t C, int64_t y) {
+  const lane_t<V>* xs = reinterpret_cast<const lane_t<V>*>(x);
+  lane_t<V> so = 0;
+  for (int64_t j = 0; j < C; ++j) so += j == y ? lane_t<V>(0) : xs[j];
+  return so;
+}
+
 template <int BYTES, typename scalar_t, typename acc_t>
 FASTSMALL_INLINE void ce_rows(const scalar_t* __restrict__ z, const int64_t* __restrict__ y, MaskView<acc_t> mask,
                               int64_t row0, int64_t row1, int64_t C, Scratch& scratch, acc_t* __restrict__ part,
@@ -391,11 +418,13 @@ FASTSMALL_INLINE void ce_rows(const scalar_t* __restrict__ z, const int64_t* __r
       any_bad = true;
       continue;
     }
-    const acc_t w = mask.b != nullptr ? static_cast<acc_t>(mask.b[i]) : mask.w[i];
+    const acc_t w = mask.b != nullptr ? (mask.b[i] != 0 ? acc_t(1) : acc_t(0)) : mask.w[i];
     if (w == acc_t(0)) continue;  // exactly 0, whatever the logits
     acc_t m, s;
     exp_row<W>(z + i * C, C, NC, x, m, s);
-    sum += w * (std::log(s) + m - static_cast<acc_t>(z[i * C + yi]));
+    const acc_t zy = static_cast<acc_t>(z[i * C + yi]);
+    // as in ce_block: log1p of the other classes' sum where z_y is the max (full relative precision)
+    sum += w * (zy == m ? std::log1p(other_sum(x, C, yi)) : std::log(s) + m - zy);
   }
   part[0] = sum;
   *bad = any_bad;
@@ -416,7 +445,7 @@ FASTSMALL_INLINE void ce_backward_rows(const scalar_t* __restrict__ z, const int
     const int64_t yi = y[i];
     const bool ok = static_cast<uint64_t>(yi) < static_cast<uint64_t>(C);
     any_bad |= !ok;
-    const acc_t w = mask.b != nullptr ? static_cast<acc_t>(mask.b[i]) : mask.w[i];
+    const acc_t w = mask.b != nullptr ? (mask.b[i] != 0 ? acc_t(1) : acc_t(0)) : mask.w[i];
     if (!ok || w == acc_t(0)) {  // exact zeros
       for (int64_t j = 0; j < C; ++j) gi[j] = scalar_t(0);
       continue;
@@ -424,8 +453,9 @@ FASTSMALL_INLINE void ce_backward_rows(const scalar_t* __restrict__ z, const int
     acc_t m, s;
     exp_row<W>(z + i * C, C, NC, x, m, s);
     const acc_t coef = scale * w / s;
+    const acc_t so = other_sum(x, C, yi);
     for (int64_t v = 0; v < NC; ++v) x[v] = x[v] * coef;
-    xs[yi] -= scale * w;
+    xs[yi] = -so * coef;  // softmax_y - 1 = -so / s (p_y - 1 would vanish for a confident row)
     for (int64_t j = 0; j < C; ++j) gi[j] = static_cast<scalar_t>(xs[j]);
   }
   *bad = any_bad;

@@ -133,6 +133,16 @@ FASTSMALL_INLINE V log_pos(V x) {
   }
 }
 
+// log(1 + x) for x >= 0 to a few ulp relative (Goldberg's trick: u = 1 + x rounds, but
+// log(u) * x / (u - 1) cancels the rounding of u). Used where 1 + x would lose a small x: the
+// cross-entropy of a confident row is log1p of the other classes' exp sum.
+template <typename V>
+FASTSMALL_INLINE V log1p_nonneg(V x) {
+  const V u = x + lane_t<V>(1);
+  const V d = u - lane_t<V>(1);
+  return d == V{} ? x : log_pos(u) * (x / d);
+}
+
 // ---- horizontal reductions and loads -------------------------------------------------------------
 // Over lanes in a fixed order, so results do not depend on the instruction set's width beyond
 // the lane count.

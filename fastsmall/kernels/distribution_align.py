@@ -114,24 +114,46 @@ def _column_mean_kernel(part_ptr, out_ptr, P, C, den_hi, den_lo, ACC: tl.constex
 
 
 @triton.jit
-def _targets(y_ptr, w_ptr, rows, row_ok, C, ACC: tl.constexpr):
+def _targets(y_ptr, w_ptr, rows, row_ok, C, ACC: tl.constexpr, BOOL_MASK: tl.constexpr):
     y = tl.load(y_ptr + rows, mask=row_ok, other=0)
     y_ok = (y >= 0) & (y < C)
-    w = tl.load(w_ptr + rows, mask=row_ok, other=0).to(ACC)  # bool masks load as 0/1
-    return y, y_ok, w
+    w = tl.load(w_ptr + rows, mask=row_ok, other=0)
+    if BOOL_MASK:  # bool masks arrive as bytes: any nonzero byte is True (weight 1)
+        w = tl.where(w != 0, 1.0, 0.0)
+    return y, y_ok, w.to(ACC)
+
+
+@triton.jit
+def _ce_rows(z_ptr, y_ptr, w_ptr, tile, B, C, ACC: tl.constexpr, BOOL_MASK: tl.constexpr,
+             BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One tile's rows with their targets, weights and so = sum over j != y of exp(z_j - max)."""
+    rows, cols, row_ok, col_ok, m2, z, zmax, e, s = _row_tile(z_ptr, tile, B, C, BLOCK_B, BLOCK_C, ACC)
+    y, y_ok, w = _targets(y_ptr, w_ptr, rows, row_ok, C, ACC, BOOL_MASK)
+    is_y = cols[None, :] == y[:, None]
+    zy = tl.sum(tl.where(m2 & is_y, z, 0.0), axis=1)
+    so = tl.sum(tl.where(is_y, 0.0, e), axis=1)
+    return rows, cols, row_ok, m2, zmax, e, s, y_ok, w, is_y, zy, so
+
+
+@triton.jit
+def _log1p_nonneg(x):
+    """log(1 + x), x >= 0, to full relative precision (Goldberg: log(u) * x / (u - 1), u = 1 + x)."""
+    u = x + 1.0
+    d = u - 1.0
+    return tl.where(d == 0.0, x, tl.log(u) * (x / tl.where(d == 0.0, 1.0, d)))
 
 
 @triton.jit
 def _ce_kernel(z_ptr, y_ptr, w_ptr, part_ptr, B, C, tiles_per_prog,
-               ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+               ACC: tl.constexpr, BOOL_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     acc = tl.zeros([BLOCK_B], dtype=ACC)
     for k in range(tiles_per_prog):
-        rows, cols, row_ok, col_ok, m2, z, zmax, e, s = _row_tile(
-            z_ptr, pid * tiles_per_prog + k, B, C, BLOCK_B, BLOCK_C, ACC)
-        y, y_ok, w = _targets(y_ptr, w_ptr, rows, row_ok, C, ACC)
-        zy = tl.sum(tl.where(m2 & (cols[None, :] == y[:, None]), z, 0.0), axis=1)
-        ce = tl.log(s) + zmax - zy  # log sum exp z - z_y
+        rows, cols, row_ok, m2, zmax, e, s, y_ok, w, is_y, zy, so = _ce_rows(
+            z_ptr, y_ptr, w_ptr, pid * tiles_per_prog + k, B, C, ACC, BOOL_MASK, BLOCK_B, BLOCK_C)
+        # CE = log sum exp z - z_y, as log1p(so) where z_y is the row max: there s = 1 + so, and
+        # log(s) would round away most of a confident row's small loss (as the C++ kernel).
+        ce = tl.where(zy == zmax, _log1p_nonneg(so), tl.log(s) + zmax - zy)
         contrib = tl.where(w != 0, w * ce, 0.0)  # a zero weight selects 0, even for non-finite logits
         acc += tl.where(y_ok | ~row_ok, contrib, float("nan"))
     tl.store(part_ptr + pid, tl.sum(acc, axis=0))
@@ -139,13 +161,12 @@ def _ce_kernel(z_ptr, y_ptr, w_ptr, part_ptr, B, C, tiles_per_prog,
 
 @triton.jit
 def _ce_backward_kernel(g_ptr, z_ptr, y_ptr, w_ptr, out_ptr, B, C, den_hi, den_lo,
-                        ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows, cols, row_ok, col_ok, m2, z, zmax, e, s = _row_tile(
-        z_ptr, tl.program_id(0), B, C, BLOCK_B, BLOCK_C, ACC)
-    y, y_ok, w = _targets(y_ptr, w_ptr, rows, row_ok, C, ACC)
+                        ACC: tl.constexpr, BOOL_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows, cols, row_ok, m2, zmax, e, s, y_ok, w, is_y, zy, so = _ce_rows(
+        z_ptr, y_ptr, w_ptr, tl.program_id(0), B, C, ACC, BOOL_MASK, BLOCK_B, BLOCK_C)
     scale = tl.load(g_ptr).to(ACC) / _scalar(den_hi, den_lo, ACC)
-    onehot = tl.where(cols[None, :] == y[:, None], 1.0, 0.0)
-    g = (scale * w)[:, None] * (e / s[:, None] - onehot)
+    # softmax_y - 1 = -so / s: p_y - 1 would vanish where p_y rounds to 1
+    g = (scale * w / s)[:, None] * tl.where(is_y, -so[:, None], e)
     g = tl.where((w != 0)[:, None], g, 0.0)
     g = tl.where(y_ok[:, None], g, float("nan"))
     tl.store(out_ptr + rows[:, None] * C + cols[None, :], g.to(out_ptr.dtype.element_ty), mask=m2)
@@ -219,8 +240,21 @@ def softmax_batch_mean(logits: torch.Tensor) -> torch.Tensor:
     return _align(logits, None, 0.0, False, False)[3]
 
 
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _ce_args(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    """Contiguous inputs of the CE kernels (a bool mask as its bytes) after the target range check."""
     z = logits.contiguous()
+    C = z.shape[1]
+    # The kernels cannot raise; the C++ kernel rejects such targets, so this launcher does too
+    # (one device sync, the price of an error instead of a NaN loss).
+    if target.numel() and bool(((target < 0) | (target >= C)).any()):
+        raise RuntimeError(f"fastsmall: target has class indices outside [0, C) = [0, {C})")
+    bool_mask = mask.dtype == torch.bool
+    w = mask.contiguous()
+    return z, target.contiguous(), (w.view(torch.uint8) if bool_mask else w), bool_mask
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    z, y, w, bool_mask = _ce_args(logits, target, mask)
     B, C = z.shape
     acc = tl_compute_dtype(z.dtype)
     if B == 0:
@@ -228,14 +262,14 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch
     block_b, block_c = _blocks(C)
     programs, tiles_per_prog = _grid(B, block_b)
     part = torch.empty((programs, 1), dtype=compute_dtype(z.dtype), device=z.device)
-    _ce_kernel[(programs,)](z, target.contiguous(), mask.contiguous(), part, B, C, tiles_per_prog,
-                            ACC=acc, BLOCK_B=block_b, BLOCK_C=block_c)
+    _ce_kernel[(programs,)](z, y, w, part, B, C, tiles_per_prog,
+                            ACC=acc, BOOL_MASK=bool_mask, BLOCK_B=block_b, BLOCK_C=block_c)
     return _column_mean(part, B, acc).to(z.dtype).reshape(())
 
 
 def masked_cross_entropy_backward(grad: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
                                   mask: torch.Tensor) -> torch.Tensor:
-    z = logits.contiguous()
+    z, y, w, bool_mask = _ce_args(logits, target, mask)
     B, C = z.shape
     out = torch.empty_like(z)
     if B == 0:
@@ -243,6 +277,6 @@ def masked_cross_entropy_backward(grad: torch.Tensor, logits: torch.Tensor, targ
     block_b, block_c = _blocks(C)
     den_hi, den_lo = _split(float(B))
     _ce_backward_kernel[(triton.cdiv(B, block_b),)](
-        grad, z, target.contiguous(), mask.contiguous(), out, B, C, den_hi, den_lo,
-        ACC=tl_compute_dtype(z.dtype), BLOCK_B=block_b, BLOCK_C=block_c)
+        grad, z, y, w, out, B, C, den_hi, den_lo,
+        ACC=tl_compute_dtype(z.dtype), BOOL_MASK=bool_mask, BLOCK_B=block_b, BLOCK_C=block_c)
     return out
