@@ -11,6 +11,12 @@ from . import __version__
 from . import _extension as ext
 
 
+def _matrix_units() -> dict:
+    """bf16 matrix units found at run time (what ``--precision bf16`` uses)."""
+    from .methods.common.speed import matrix_units
+    return matrix_units()
+
+
 def collect() -> dict:
     try:
         import triton
@@ -30,6 +36,7 @@ def collect() -> dict:
         "cuda_available": cuda,
         "cuda_device": torch.cuda.get_device_name() if cuda else None,
         "torch_threads": torch.get_num_threads(),
+        "matrix_units": _matrix_units(),
         "build": ext.build_info(),
         "extension_build": ext.C.build_info() if ext.C is not None else None,
         "backends": {

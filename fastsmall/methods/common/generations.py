@@ -29,6 +29,7 @@ from torch import nn
 from ..models import build as build_model
 from .config import (ConfigError, device_option, dist_timeout_option, impl_option, option, quiet_option,
                      resume_option)
+from .speed import StepSpeed, channels_last_option, compile_option, precision_option
 from .image_data import load_data
 from .layers import prunable_layers
 from .rng import derive_seed
@@ -65,7 +66,9 @@ class TrainConfig:
     # run
     seed: int = option(0, "seed (training subset, initialisation, re-initialisation, batches, augmentation)")
     device: str = device_option()
-    compile: bool = option(False, "torch.compile the model")
+    compile: bool = compile_option()
+    precision: str = precision_option()
+    channels_last: bool = channels_last_option()
     impl: str = impl_option("masked ops (ke/ and dsd/ kernels.py, official.py: the official per-tensor loops)")
     out: str = option("runs/ke", "run directory")
     dist_timeout: float = dist_timeout_option()
@@ -109,6 +112,7 @@ class GenerationTrainer(Trainer):
             raise ConfigError(f"batch_size ({cfg.batch_size}) must be divisible by the number of processes "
                               f"({dist.world_size})")
         self.data = load_data(cfg)
+        self.speed = StepSpeed(cfg, self.device, self.say)
         self.C = self.data.num_classes
         self.input_shape = tuple(self.data.test_batch(torch.arange(1)).shape[1:])
         self.G = self.num_generations()
@@ -153,18 +157,26 @@ class GenerationTrainer(Trainer):
         torch.manual_seed(derive_seed(self.cfg.seed, 0, 17))
         self.model = build_model(self.cfg.model_name, self.C, self.input_shape[0], width=self.cfg.width)
         kaiming_init_(self.model)
+        # (weights stay contiguous under --channels-last: KE's re-initialisation and DSD's masks
+        # update them in place as flat tensors; NHWC inputs alone make the convolutions run NHWC)
         self.model.to(self.device)
         self.fresh_optimizer()
 
     def fresh_optimizer(self) -> None:
         # the official get_optimizer: plain SGD over all parameters, weight decay on all of them
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                         weight_decay=self.cfg.weight_decay)
+                                         weight_decay=self.cfg.weight_decay, foreach=True)
         self.forward_model = self.model
         if self.dist.enabled:
             self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model)
-        if self.cfg.compile:
-            self.forward_model = torch.compile(self.forward_model)
+        self.losses = self.speed.compile(self._losses)
+
+    def _losses(self, x: torch.Tensor, y: torch.Tensor):
+        """The step's forward and loss (one graph under --compile); logits float32 before the loss."""
+        with self.speed.autocast():
+            logits = self.forward_model(x)
+        logits = logits.float()
+        return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing), logits
 
     def lr(self) -> float:
         """The official ``cosine_lr``, per epoch: ``lr (e+1)/W`` for e < W warm-up epochs, then
@@ -192,10 +204,9 @@ class GenerationTrainer(Trainer):
         self.model.train()
         for s in range(steps):
             idx = perm[s * B:(s + 1) * B][rank::W]
-            x = self.data.train_batch(idx, augment).to(self.device)
+            x = self.speed.inputs(self.data.train_batch(idx, augment).to(self.device))
             y = self.data.y_train[idx].to(self.device)
-            logits = self.forward_model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss, logits = self.losses(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

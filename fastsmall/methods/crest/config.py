@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..common.config import (ConfigError, device_option, dist_timeout_option, impl_option, option, quiet_option,
                              resume_option)
+from ..common.speed import channels_last_option, compile_option, precision_option
 
 
 
@@ -42,7 +43,9 @@ class Config:
     # run
     seed: int = option(0, "seed (splits, init, augmentation; deterministic on CPU)")
     device: str = device_option()
-    compile: bool = option(False, "torch.compile the model")
+    compile: bool = compile_option()
+    precision: str = precision_option()
+    channels_last: bool = channels_last_option()
     impl: str = impl_option("pseudo-label path (crest/kernels.py, crest/official.py)")
     out: str = option("runs/crest", "run directory")
     dist_timeout: float = dist_timeout_option()

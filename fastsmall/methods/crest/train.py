@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..common import Distributed, derive_seed
 from ..common.impl import choose
+from ..common.speed import StepSpeed
 from ..common.trainer import Trainer, run_trainer
 from ..models import build as build_model
 from . import augment
@@ -43,6 +44,7 @@ class CReSTTrainer(Trainer):
     def __init__(self, cfg: Config, dist: Distributed):
         super().__init__(cfg, dist)
         self.pseudo_kernels = choose(cfg.impl, fused=FusedPseudoLabels, official=OfficialPseudoLabels)()
+        self.speed = StepSpeed(cfg, self.device, self.say)
         self.split: SemiSupervisedSplit = load_split(cfg)
         self.C = self.split.num_classes
         self.in_channels, self.side = self.split.x_test.shape[1], self.split.x_test.shape[-1]
@@ -64,7 +66,7 @@ class CReSTTrainer(Trainer):
     # ---- model, optimiser, EMA -------------------------------------------------------
     def _fresh_generation_state(self):
         torch.manual_seed(derive_seed(self.cfg.seed, self.generation, 17))
-        self.model = build_model(self.model_name, self.C, self.in_channels).to(self.device)
+        self.model = self.speed.prepare(build_model(self.model_name, self.C, self.in_channels).to(self.device))
         self.ema = copy.deepcopy(self.model).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -72,7 +74,7 @@ class CReSTTrainer(Trainer):
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() <= 1]
         self.optimizer = torch.optim.SGD(
             [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=True)
+            lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=True, foreach=True)
         self.labeler = PseudoLabeler(self.C, self.prior, plus=self.cfg.plus, threshold=self.cfg.threshold,
                                      convention=self.cfg.dist_align, kernels=self.pseudo_kernels, device=self.device)
         self.step = 0
@@ -80,8 +82,7 @@ class CReSTTrainer(Trainer):
         self.forward_model = self.model
         if self.dist.enabled:
             self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model)
-        if self.cfg.compile:
-            self.forward_model = torch.compile(self.forward_model)
+        self.losses = self.speed.compile(self._losses)
 
     @torch.no_grad()
     def _update_ema(self):
@@ -115,6 +116,19 @@ class CReSTTrainer(Trainer):
         need = self.cfg.steps_per_epoch * per_rank
         return shard[torch.arange(need) % shard.numel()].view(self.cfg.steps_per_epoch, per_rank)
 
+    def _losses(self, inputs: torch.Tensor, yl: torch.Tensor, t_g: float):
+        """The step's forward and losses (one graph under --compile): labelled CE, pseudo-labels of
+        the weak view, masked CE of the strong view. Logits are float32 before any loss (bf16)."""
+        with self.speed.autocast():
+            logits = self.forward_model(inputs)
+        n_l = yl.shape[0]
+        n_u = (inputs.shape[0] - n_l) // 2
+        logits_l, logits_w, logits_s = logits.float().split([n_l, n_u, n_u])
+        loss_s = F.cross_entropy(logits_l, yl)
+        label, mask = self.labeler(logits_w, t_g)
+        loss_u = self.labeler.unlabelled_loss(logits_s, label, mask)
+        return loss_s + self.cfg.lambda_u * loss_u, loss_s, loss_u, mask
+
     # ---- one epoch ---------------------------------------------------------------------------
     def _train_epoch(self):
         cfg = self.cfg
@@ -134,12 +148,7 @@ class CReSTTrainer(Trainer):
                                 augment.strong(xu, flip=self.flip)])
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr()
-            logits = self.forward_model(inputs)
-            logits_l, logits_w, logits_s = logits.split([len(xl), len(xu), len(xu)])
-            loss_s = F.cross_entropy(logits_l, yl)
-            label, mask = self.labeler(logits_w, t_g)
-            loss_u = self.labeler.unlabelled_loss(logits_s, label, mask)
-            loss = loss_s + cfg.lambda_u * loss_u
+            loss, loss_s, loss_u, mask = self.losses(self.speed.inputs(inputs), yl, t_g)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -1,0 +1,138 @@
+"""How a method's training step runs fast: ``--precision``, ``--channels-last`` and ``--compile``,
+shared by every method.
+
+* ``--precision bf16`` runs matmuls and convolutions under ``torch.autocast(bfloat16)`` where the
+  hardware has bf16 matrix units (CPU: AMX-BF16 or AVX512-BF16; CUDA: any GPU that supports
+  bf16). Parameters, optimizer state, BatchNorm running statistics and the losses stay float32
+  (the step casts logits to float32 before any loss; fastsmall's ops accumulate in float32).
+  Without such units it says so once and runs float32: emulated bf16 is slower than float32.
+* ``--channels-last`` keeps 4-d activations and conv weights NHWC, the layout oneDNN's CPU
+  convolutions run natively (the default NCHW makes them reorder on every call).
+* ``--compile`` compiles the step's forward and losses as one graph (``fullgraph=True``, static
+  shapes; AOTAutograd compiles the backward with it), fastsmall's custom ops inside the graph.
+
+``StepSpeed`` turns a config's three fields into what the training loop calls: ``autocast()``,
+``prepare(module)``, ``inputs(x)`` and ``compile(fn)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+
+from .config import option
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def precision_option():
+    return option("fp32", "fp32, or bf16: matmuls and convolutions in bfloat16 where the hardware has bf16 matrix "
+                          "units (parameters, optimizer state, BatchNorm statistics and losses stay float32)",
+                  choices=list(PRECISIONS))
+
+
+def channels_last_option():
+    return option(False, "NHWC activations and conv weights (the layout oneDNN's CPU convolutions run natively)")
+
+
+def compile_option():
+    return option(False, "torch.compile the step's forward and losses as one graph (fullgraph, static shapes)")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def matrix_units() -> dict:
+    """What this machine has for low-precision matrix work, found at run time."""
+    flags = cpu_flags()
+    units = {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "amx_bf16": "amx_bf16" in flags,
+        "amx_tile": "amx_tile" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "avx512_fp16": "avx512_fp16" in flags,
+        "cuda": torch.cuda.is_available(),
+        "cuda_bf16": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
+    }
+    units["cpu_bf16"] = units["amx_bf16"] or units["avx512_bf16"]
+    return units
+
+
+def bf16_supported(device: torch.device) -> tuple[bool, str]:
+    """(bf16 matrix units on ``device``, why not)."""
+    units = matrix_units()
+    if device.type == "cuda":
+        return units["cuda_bf16"], "this GPU has no bf16 support"
+    if device.type == "cpu":
+        return units["cpu_bf16"], "this CPU has neither AMX-BF16 nor AVX512-BF16"
+    return False, f"no bf16 path for {device.type}"
+
+
+_warned: set[str] = set()
+
+
+def _say_once(say, message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        say(message)
+
+
+class StepSpeed:
+    """The speed settings of one run (``precision``, ``channels_last``, ``compile`` of a config)."""
+
+    def __init__(self, cfg, device: torch.device, say=print):
+        self.device = torch.device(device)
+        self.requested = getattr(cfg, "precision", "fp32")
+        self.channels_last = bool(getattr(cfg, "channels_last", False))
+        self.compiled = bool(getattr(cfg, "compile", False))
+        self.dtype = None  # the autocast dtype; None: float32
+        if self.requested == "bf16":
+            ok, why = bf16_supported(self.device)
+            if ok:
+                self.dtype = torch.bfloat16
+            else:
+                _say_once(say, f"--precision bf16: {why}; running fp32 (emulated bf16 would be slower)")
+
+    @property
+    def precision(self) -> str:
+        """The precision that runs (``fp32`` where bf16 was asked for but has no units)."""
+        return "bf16" if self.dtype is not None else "fp32"
+
+    def autocast(self):
+        """The context a forward runs in: bf16 autocast, or nothing."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module in the run's memory format (in place, as ``Module.to``)."""
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+        return module
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the run's memory format (4-d image batches only)."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def compile(self, fn):
+        """``fn`` compiled as one graph with static shapes, or ``fn`` itself without ``--compile``."""
+        if not self.compiled:
+            return fn
+        return torch.compile(fn, fullgraph=True, dynamic=False)
+
+    def describe(self) -> dict:
+        return {"precision": self.precision, "precision_requested": self.requested,
+                "channels_last": self.channels_last, "compile": self.compiled}
