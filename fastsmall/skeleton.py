@@ -21,7 +21,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-__all__ = ["Skeleton", "Tree", "tree_of", "device_table", "gram_entries", "part_table", "as_skeleton", "split_parts"]
+__all__ = ["Skeleton", "Tree", "tree_of", "tree_levels", "device_table", "gram_entries", "part_table", "as_skeleton",
+           "split_parts"]
 
 _INT = {int}  # ``_INT.issuperset(map(type, seq))``: every entry is exactly an int (no bool, no float)
 _SHOW = 10  # at most this many joints are listed in an error message
@@ -253,6 +254,47 @@ def _path_matrix(tree: Tree, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
+def _levels(tree: Tree) -> tuple[tuple[int, int], ...]:
+    """Depth levels as ranges ``[a, b)`` of positions in the breadth-first joint order
+    ``(root, child of topo_bones[0], child of topo_bones[1], ...)``: level 0 is ``(0, 1)``, the
+    root; level L holds the joints at depth L (``topo_bones`` is breadth-first, so the depth never
+    decreases along it). O(J). No cached_property here: torch.compile traces this (Python 3.11's
+    cached_property takes a lock, which Dynamo cannot enter)."""
+    depth = [0] * tree.num_joints
+    starts = [0]
+    previous = 0  # the depth at the previous position
+    for i, k in enumerate(tree.topo_bones, start=1):
+        j = tree.bone_child[k]
+        depth[j] = depth[tree.parents[j]] + 1
+        if depth[j] != previous:
+            starts.append(i)
+            previous = depth[j]
+    return tuple(zip(starts, starts[1:] + [tree.num_joints]))
+
+
+@lru_cache(maxsize=256)
+def tree_levels(parents: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """The depth levels of a tree (see ``_levels``), cached per parent tuple."""
+    return _levels(tree_of(parents))
+
+
+def _level_tables(tree: Tree) -> dict[str, list[int]]:
+    """The tables of a level-by-level tree walk (the reference kcs_inverse), in O(J):
+    ``bfs_slot`` [J], the position of joint j in the breadth-first order of ``Tree.levels``;
+    ``level_parent_slot`` [NB], for ``topo_bones[i]`` the position of its parent joint within
+    the previous level (an index into that level's rows)."""
+    order = [tree.root] + [tree.bone_child[k] for k in tree.topo_bones]
+    slot = [0] * tree.num_joints
+    for i, j in enumerate(order):
+        slot[j] = i
+    level_start = [0] * tree.num_joints  # the first position of each joint's level
+    for a, b in _levels(tree):
+        for i in range(a, b):
+            level_start[i] = a
+    parent_slot = [slot[tree.bone_parent[k]] - level_start[slot[tree.bone_parent[k]]] for k in tree.topo_bones]
+    return {"bfs_slot": slot, "level_parent_slot": parent_slot}
+
+
 def _build_table(tree: Tree, name: str) -> list:
     if name == "parents":
         return list(tree.parents)
@@ -268,6 +310,10 @@ def _build_table(tree: Tree, name: str) -> list:
         return _padded(tree.path_bones)
     if name == "subtree_joints":  # [NB, max subtree size], -1 padded
         return _padded(tree.subtree_joints) if tree.num_bones else []
+    if name == "topo_bones":  # [NB]
+        return list(tree.topo_bones)
+    if name in ("bfs_slot", "level_parent_slot"):
+        return _level_tables(tree)[name]
     raise KeyError(name)
 
 
@@ -281,7 +327,8 @@ def device_table(parents: tuple[int, ...], name: str, device: torch.device, dtyp
     a dict lookup, with no host-to-device copy. Sizes: ``parents`` [J], ``bone_parent``,
     ``bone_child`` [J-1], ``joint_bone`` [J], ``child_bones`` [J, max children],
     ``path_bones`` [J, max depth], ``subtree_joints`` [J-1, max subtree size] (the padded ones
-    are O(J^2) for a chain or a star), ``path_matrix`` [J, J-1] (dense, always O(J^2)).
+    are O(J^2) for a chain or a star), ``path_matrix`` [J, J-1] (dense, always O(J^2)),
+    ``topo_bones`` [J-1], ``bfs_slot`` [J] and ``level_parent_slot`` [J-1] (see ``_level_tables``).
     """
     if type(parents) is not tuple or not _INT.issuperset(map(type, parents)):
         parents = tree_of(parents).parents  # the key is compared by value: check the types first

@@ -146,6 +146,8 @@ inline void normalize_bones(BoneArrays<acc_t, Dc>& a, int64_t NB, acc_t e) {
     if constexpr (Dc == 3) sq += b2[k] * b2[k];
     const acc_t l = std::sqrt(sq);
     // max(len, 0) == len: eps == 0 is PoseAug's b / ||b|| (a true division, bit-exact).
+    // std::max(l, e) is (l < e ? e : l): a NaN length stays NaN, so a bone touching a NaN
+    // coordinate gets a NaN unit vector, as the reference (README "Non-finite input").
     const acc_t den = std::max(l, e);
     len[k] = l;
     b0[k] = b0[k] / den;
@@ -186,8 +188,10 @@ inline void bone_gradients(BoneArrays<acc_t, Dc>& a, int64_t NB, acc_t e) {
       coef -= len >= e ? radial : acc_t(0);
     }
     if constexpr (HAS_GL) {
+      // "== 0", not "> 0": a NaN length keeps its NaN gradient in every coordinate of the bone
+      // (as the reference's autograd), instead of 0 * b, NaN only in the NaN coordinates.
       const acc_t along = gl[k] / len;
-      coef += len > 0 ? along : acc_t(0);
+      coef += len == acc_t(0) ? acc_t(0) : along;
     }
     g0[k] = (HAS_GU ? g0[k] * scale : acc_t(0)) + coef * b0[k];
     g1[k] = (HAS_GU ? g1[k] * scale : acc_t(0)) + coef * b1[k];

@@ -92,7 +92,12 @@ def _align_kernel(z_ptr, ratio_ptr, probs_ptr, label_ptr, mask_ptr, part_ptr, B,
             a = e * ratio[None, :]
             asum = tl.where(row_ok, tl.sum(a, axis=1), 1.0)
             p = a / asum[:, None]
-            pm = tl.where(col_ok[None, :], p, -1.0)
+            # NaN entries are selected out of the max and argmax (p == p): a row with a NaN or
+            # +inf logit (or all -inf) has NaN probs everywhere (the NaN reaches asum), so its
+            # label is 0 -- torch.argmax's first NaN, and the C++ kernel's -- and its mask False,
+            # on every device (NaN comparisons in tl.max / tl.argmax differ between the GPU and
+            # the interpreter, which gave out-of-range labels).
+            pm = tl.where(col_ok[None, :] & (p == p), p, -1.0)
             best = tl.max(pm, axis=1)
             arg = tl.argmax(pm, axis=1, tie_break_left=True)  # the first maximal index, as torch.argmax
             tl.store(label_ptr + rows, arg.to(tl.int64), mask=row_ok)

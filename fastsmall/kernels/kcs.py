@@ -127,8 +127,10 @@ def _bone_decompose_kernel(x_ptr, unit_ptr, length_ptr, parent_ptr, child_ptr, B
     p, c = _bone_ends(parent_ptr, child_ptr, ks, k_ok)
     b0, b1, b2 = _bone_vector(x_ptr + rows * (J * D), p, c, m, D, ACC)
     length = tl.sqrt(b0 * b0 + b1 * b1 + b2 * b2)
-    # max(len, 0) == len: eps == 0 is PoseAug's b / ||b||. Masked-off lanes divide by 1.
-    den = tl.where(m, tl.maximum(length, eps), 1.0)
+    # max(len, eps) as a select that keeps a NaN length (tl.maximum may return eps for NaN, and a
+    # NaN coordinate would give a unit of +-inf): eps == 0 is PoseAug's b / ||b||, a NaN bone a
+    # NaN unit, as the C++ kernel's std::max and torch.clamp_min. Masked-off lanes divide by 1.
+    den = tl.where(m, tl.where(length < eps, eps, length), 1.0)
     _store_point(unit_ptr + rows * (NB * D), ks[None, :], m, b0 / den, b1 / den, b2 / den, D)
     tl.store(length_ptr + rows * NB + ks[None, :], length.to(length_ptr.dtype.element_ty), mask=m)
 
@@ -147,7 +149,7 @@ def _bone_grad(x_rows, gu_rows, gl_rows, k, p, c, m, eps,
         # unit = b / den, den = max(len, eps): g / den - (b.g) b / (den^2 len), the
         # radial term only where the clamp passes the gradient (len >= eps).
         u0, u1, u2 = _gather_point(gu_rows, k, m, D, ACC)
-        den = tl.maximum(length_div, eps)
+        den = tl.where(length_div < eps, eps, length_div)  # NaN-keeping max, as in the forward
         dot = b0 * u0 + b1 * u1 + b2 * u2
         radial = tl.where(length >= eps, dot / (den * den * length_div), 0.0)
         g0 += u0 / den - radial * b0
@@ -155,8 +157,10 @@ def _bone_grad(x_rows, gu_rows, gl_rows, k, p, c, m, eps,
         g2 += u2 / den - radial * b2
     if HAS_GL:
         gl = tl.load(gl_rows + k, mask=m, other=0).to(ACC)
-        safe = tl.where(length > 0, length, 1.0)
-        s = tl.where(length > 0, gl / safe, 0.0)  # d||b|| = b/||b||, 0 at b = 0
+        # d||b|| = b/||b||, 0 at b = 0 (as torch.linalg.vector_norm); "!= 0", not "> 0", so a
+        # NaN length gives a NaN gradient in every coordinate of the bone, as the reference
+        nonzero = length != 0
+        s = tl.where(nonzero, gl / tl.where(nonzero, length, 1.0), 0.0)
         g0 += s * b0
         g1 += s * b1
         g2 += s * b2

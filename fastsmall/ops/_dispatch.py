@@ -9,7 +9,9 @@ each a callable with the op's signature:
 
 * ``OPS``: the registered op; the dispatcher picks the device kernel (C++ on CPU, Triton on CUDA);
 * ``TRITON_DIRECT``: the Triton launchers bound to the same formulas, called without the
-  dispatcher (CPU tensors under TRITON_INTERPRET=1, or CUDA without the C++ extension);
+  dispatcher (CPU tensors under TRITON_INTERPRET=1, or CUDA without the C++ extension); the
+  backward ops are autograd Functions too (``triton_kernel_set``), so double backward behaves as
+  on the registered ops (a linear op's adjoint, or ``no_double_backward``'s error);
 * ``REFERENCE``: the plain-PyTorch reference (fastsmall.reference).
 
 A public wrapper converts what the kernels never see (a Skeleton, mask objects) and calls
@@ -34,10 +36,10 @@ Backends (the ``backend=`` argument of every op in fastsmall.ops):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable, Optional
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .. import _extension as ext
 
@@ -153,13 +155,34 @@ def _ad_inplace_or_view_kernel(op):
 
 
 def autograd_function(name: str, forward, formulas) -> type[torch.autograd.Function]:
-    """An autograd.Function from a forward kernel and ``(setup_context, backward)`` formulas."""
+    """An autograd.Function from a forward kernel and ``(setup_context, backward)`` formulas.
+
+    The backward is not ``once_differentiable``: under ``create_graph=True`` it runs with grad
+    mode on, so the formulas must be bound to a kernel set whose ops are autograd Functions
+    themselves (``triton_kernel_set``), as the registered ops are -- then double backward
+    differentiates the backward op (the adjoint of a linear op) or reaches its
+    ``no_double_backward`` formulas and raises their documented error, on every backend.
+    """
     setup_context, backward = formulas
     return type(name, (torch.autograd.Function,), {
         "forward": staticmethod(forward),
         "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(once_differentiable(backward)),
+        "backward": staticmethod(backward),
     })
+
+
+def triton_kernel_set(defs: list[OpDef], triton_module) -> SimpleNamespace:
+    """The Triton launchers of a family as the autograd formulas see ``k``: every op with formulas
+    an autograd Function whose formulas are bound to this same set (the backward ops included,
+    so the formulas' calls are differentiable in turn, like those of torch.ops.fastsmall); ops
+    without formulas (the in-place ops, never called from a formula) the plain launchers."""
+    k = SimpleNamespace()
+    for d in defs:
+        launcher = getattr(triton_module, d.name)
+        if d.formulas is not None:
+            launcher = autograd_function(f"_Triton_{d.name}", launcher, d.formulas(k)).apply
+        setattr(k, d.name, launcher)
+    return k
 
 
 def no_double_backward(op: str, why: str = "for higher-order gradients"):
@@ -209,17 +232,16 @@ class Family:
         if ext.C is not None:
             for d in defs:
                 _register(d, triton_module)
-        self._routes = {d.name: self._routes_of(d, triton_module) for d in defs if d.reference is not None}
+        triton_ops = triton_kernel_set(defs, triton_module) if triton_module is not None else None
+        self._routes = {d.name: self._routes_of(d, triton_ops) for d in defs if d.reference is not None}
 
     @staticmethod
-    def _routes_of(d: OpDef, triton_module) -> dict:
+    def _routes_of(d: OpDef, triton_ops) -> dict:
         routes = {REFERENCE: _checked(d.reference, d.check)}
         if ext.C is not None:
             routes[OPS] = _diagnosed(getattr(torch.ops.fastsmall, d.name), d.check)
-        if triton_module is not None:
-            direct = getattr(triton_module, d.name)
-            if d.formulas is not None:
-                direct = autograd_function(f"_Triton_{d.name}", direct, d.formulas(triton_module)).apply
+        if triton_ops is not None:
+            direct = getattr(triton_ops, d.name)
             if d.mutates:
                 direct = _bumping_versions(direct)
             routes[TRITON_DIRECT] = _checked(direct, d.check)

@@ -29,6 +29,11 @@ def distribution_align(logits: torch.Tensor, prior: torch.Tensor, running: torch
     an empty batch is zeros. Computed in float32 for float16/bfloat16 logits (and in float64 for
     float64); ``aligned`` is returned in the logits' dtype, the batch mean in the compute dtype.
     No gradient flows through any output.
+
+    Non-finite input: a row with a NaN or +inf logit, or only -inf logits, has an undefined softmax
+    (NaN, as torch.softmax): NaN probs, label 0 (torch.argmax's first NaN), mask False, and a NaN
+    batch mean in every class; other rows are unaffected. A -inf logit in a finite row is
+    probability exactly 0.
     """
     z = opmath(logits.detach())
     probs = torch.softmax(z, dim=-1)
@@ -42,7 +47,10 @@ def distribution_align(logits: torch.Tensor, prior: torch.Tensor, running: torch
 
 
 def softmax_batch_mean(logits: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of ``softmax(logits)`` ``[C]`` (zeros for an empty batch), in the compute dtype."""
+    """Mean over rows of ``softmax(logits)`` ``[C]`` (zeros for an empty batch), in the compute dtype.
+
+    Non-finite input: one row with a NaN or +inf logit (or only -inf logits) makes every class NaN.
+    """
     z = opmath(logits.detach())
     return torch.softmax(z, dim=-1).sum(dim=0) / max(z.shape[0], 1)
 

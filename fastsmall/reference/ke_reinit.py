@@ -141,6 +141,9 @@ def ke_reinit_(tensors, masks, seed: int, generation: int = 0, init: str = "torc
 
     The official KE reset (a fresh random tensor and ``torch.where`` per tensor),
     with the counter-based draws instead of torch's generator.
+
+    Non-finite input: a select, so kept NaN / inf keep their exact bits and not-kept ones are
+    replaced by finite draws.
     """
     with torch.no_grad():
         for i, (w, m) in enumerate(zip(tensors, masks)):
@@ -150,7 +153,11 @@ def ke_reinit_(tensors, masks, seed: int, generation: int = 0, init: str = "torc
 
 
 def masked_mul_(tensors, masks) -> None:
-    """In place: ``W_i *= keep_i`` (DSD's sparse phase: pruned weights become ``W * 0``)."""
+    """In place: ``W_i *= keep_i`` (DSD's sparse phase: pruned weights become ``W * 0``).
+
+    Non-finite input: a product, as DSD's ``W.mul_(mask)``: a pruned NaN / inf becomes NaN
+    (``inf * 0``); kept values keep their bits.
+    """
     with torch.no_grad():
         for w, m in zip(tensors, masks):
             w.mul_(ke_keep_mask(w.shape, m, w.device))
