@@ -70,4 +70,19 @@ TORCH_LIBRARY(fastsmall, m) {
   m.def("masked_cross_entropy(Tensor logits, Tensor target, Tensor mask) -> Tensor");
   // grad (0-dim) -> grad_logits [B, C].
   m.def("masked_cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, Tensor mask) -> Tensor");
+
+  // ---- MLP block (SimpleBaseline / VideoPose3D layers) -----------------------
+  // Kernels: csrc/cpu/bn_act_dropout_cpu.cpp, fastsmall/kernels/bn_act_dropout.py;
+  // wrapper: fastsmall/ops/bn_act_dropout.py; definition: fastsmall/reference/bn_act_dropout.py.
+  // y [N, C] -> (residual + dropout_p(leaky_relu(batch_norm(y))) [N, C], mean [C], var [C]):
+  // batch statistics when mean/var are None (biased var), else the given ones; the dropout
+  // mask is the counter-based draw of each element keyed by seed (int64, one element), never
+  // stored. mean/var outputs (compute dtype) are the statistics used, for the running update.
+  m.def(
+      "bn_act_dropout(Tensor y, Tensor? weight, Tensor? bias, Tensor? mean, Tensor? var, Tensor? residual, "
+      "Tensor seed, float eps, float negative_slope, float p) -> (Tensor, Tensor, Tensor)");
+  // -> (grad_y [N, C], grad_weight [C], grad_bias [C]) (the mask regenerated from seed).
+  m.def(
+      "bn_act_dropout_backward(Tensor grad, Tensor y, Tensor? weight, Tensor? bias, Tensor mean, Tensor var, "
+      "Tensor seed, bool batch_stats, float eps, float negative_slope, float p) -> (Tensor, Tensor, Tensor)");
 }

@@ -94,6 +94,7 @@ GOLDEN = 0x9E3779B9
 TAG_REINIT_A = 0x52454941  # "REIA"
 TAG_REINIT_B = 0x52454942  # "REIB"
 TAG_WELS = 0x57454C53  # "WELS"
+TAG_DROPOUT = 0x44524F50  # "DROP" (fastsmall.ops.bn_act_dropout)
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
@@ -134,6 +135,11 @@ def wels_key(seed: int) -> tuple[int, int]:
 def wels_threshold(rate: float) -> int:
     """Number T of 23-bit draws k with (2k + 1) / 2^24 < rate: keep iff k < T."""
     return int(min(2 ** 23, max(0, math.ceil((rate * 16777216.0 - 1.0) * 0.5))))
+
+
+def dropout_threshold(p: float) -> int:
+    """Dropout keeps element e iff its uniform u(e) >= p, i.e. iff its 23-bit draw k >= this T."""
+    return wels_threshold(p)
 
 
 # float32 constants of the portable log / cos (exact float32 values; C++ spells them as hex floats).

@@ -35,6 +35,7 @@
 #include "../macros.h"
 #include "dtypes.h"
 #include "isa.h"
+#include "rng.h"
 
 namespace fastsmall {
 namespace {
@@ -44,52 +45,7 @@ namespace {
 // without -mfma cannot contract a*b+c, so the results are the same bits as the SSE2 build.
 // The helpers they call are force-inlined so they are compiled into each clone.
 
-// ---- counter-based RNG (fastsmall/masks.py) -------------------------------------------
-
-constexpr uint32_t kMixM1 = 0x7FEB352Du;
-constexpr uint32_t kMixM2 = 0x846CA68Bu;
-constexpr uint32_t kGolden = 0x9E3779B9u;
-constexpr uint32_t kTagReinitA = 0x52454941u;
-constexpr uint32_t kTagReinitB = 0x52454942u;
-constexpr uint32_t kTagWels = 0x57454C53u;
-
-// lowbias32 (C. Wellons): bijective on uint32.
-FASTSMALL_INLINE uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= kMixM1;
-  x ^= x >> 15;
-  x *= kMixM2;
-  x ^= x >> 16;
-  return x;
-}
-
-struct Key {
-  uint32_t k0 = 0, k1 = 0;
-};
-
-Key stream_key(std::initializer_list<uint32_t> words) {
-  uint32_t h = 0;
-  for (uint32_t w : words) h = mix32(h ^ w);
-  return {h, mix32(h ^ kGolden)};
-}
-
-inline uint32_t lo32(int64_t v) { return static_cast<uint32_t>(static_cast<uint64_t>(v)); }
-inline uint32_t hi32(int64_t v) { return static_cast<uint32_t>(static_cast<uint64_t>(v) >> 32); }
-
-// 23-bit draws of elements e0 .. e0 + n - 1 of a stream.
-FASTSMALL_INLINE void draw_bits(Key k, int64_t e0, int64_t n, uint32_t* __restrict__ out) {
-  for (int64_t i = 0; i < n; ++i) {
-    const uint64_t e = static_cast<uint64_t>(e0 + i);
-    const uint32_t h = mix32(static_cast<uint32_t>(e) ^ k.k0);
-    out[i] = mix32(h ^ (k.k1 + static_cast<uint32_t>(e >> 32))) >> 9;
-  }
-}
-
-// Keep iff k < T: T = #{k : (2k + 1) / 2^24 < rate}.
-uint32_t wels_threshold(double rate) {
-  const double t = std::ceil((rate * 16777216.0 - 1.0) * 0.5);
-  return static_cast<uint32_t>(std::min(8388608.0, std::max(0.0, t)));
-}
+// The counter-based RNG (mix32, stream_key, draw_bits, wels_threshold) is in rng.h.
 
 // ---- portable float32 math (same constants and operation order as masks.py) ------------
 

@@ -7,6 +7,7 @@ in float32 and returned in their own dtype, as the kernels do
 (fastsmall._checks.compute_dtype). A skeleton argument is a Skeleton or a parent
 list, so each reference also has the signature of its registered op.
 """
+from .bn_act_dropout import bn_act_dropout, dropout_keep_mask
 from .distribution_align import (DIST_ALIGN_EPS, distribution_align, distribution_align_target,
                                  masked_cross_entropy, softmax_batch_mean)
 from .kcs import bone_decompose, kcs_forward, kcs_inverse
@@ -16,4 +17,4 @@ from .part_kcs_gram import part_kcs_gram
 __all__ = ["kcs_forward", "bone_decompose", "kcs_inverse", "part_kcs_gram",
            "ke_uniform_bits", "ke_keep_mask", "ke_draws", "ke_reinit_", "masked_mul_",
            "distribution_align", "softmax_batch_mean", "masked_cross_entropy", "distribution_align_target",
-           "DIST_ALIGN_EPS"]
+           "DIST_ALIGN_EPS", "bn_act_dropout", "dropout_keep_mask"]

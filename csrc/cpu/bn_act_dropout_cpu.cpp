@@ -1,0 +1,422 @@
+// CPU kernels of the MLP-block family: bn_act_dropout (residual + dropout(leaky_relu(batch_norm(y))))
+// and its backward. Schemas: csrc/fastsmall.cpp. Definition: fastsmall/reference/bn_act_dropout.py.
+//
+// Layout: y is [N, C] row-major (a Linear's output). Everything a column needs (its statistics,
+// its scale and shift, its gradient sums) is a reduction over the N rows of that column, so the
+// work is cut into blocks of kBlock columns, one block per task, each block walking all rows
+// twice: the forward once for the statistics and once to write the output, the backward once
+// for the two gradient sums and once to write grad_y. A block of N = 1,024 rows is 128 KiB of
+// float32, so the second walk reads from L2. Blocks own their columns: no partial sums to
+// combine, and the result does not depend on the thread count.
+//
+// The dropout mask is never stored: element e = n * C + c keeps iff its 23-bit counter-based
+// draw (rng.h, stream [kTagDropout, lo32(seed), hi32(seed)]) is >= T (T = #draws with
+// u < p), in the forward and again in the backward -- the same bits as the Triton kernels and
+// the reference. Inside a block the draws of a row are a run of consecutive counters: plain
+// uint32 loops that the compiler vectorises for each instruction set (isa.h wrappers: SSE2,
+// AVX2, AVX-512, chosen once at load). No FMA contraction (-std=c++17), so every ISA gives the
+// same bits.
+//
+// Precision: float32 (and float16 / bfloat16, read as float32) accumulates per chunk of 64 rows
+// in float32 and across chunks in float64, the statistics shifted by the column's first row;
+// float64 accumulates in float64.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "../checks.h"
+#include "../macros.h"
+#include "dtypes.h"
+#include "isa.h"
+#include "rng.h"
+
+namespace fastsmall {
+namespace {
+
+constexpr int64_t kBlock = 32;   // columns per task
+constexpr int64_t kChunk = 64;   // rows per float32 partial sum
+// Elements a task must have before a second thread is worth starting (~20-40 us of work here):
+// below it the whole call runs on the calling thread.
+constexpr int64_t kMinTaskElements = int64_t(1) << 16;
+
+// ---- checks (fastsmall/ops/bn_act_dropout.py has the same in Python) ------------------------
+
+void check_y(const at::Tensor& y, const char* name) {
+  check_floating(y, name);
+  TORCH_CHECK(is_kernel_dtype(y.scalar_type()), "fastsmall: unsupported dtype ", y.scalar_type());
+  TORCH_CHECK(y.dim() == 2, "fastsmall: ", name, " must have shape [N, C] (a Linear layer's output), got ",
+              y.sizes());
+  TORCH_CHECK(y.device().is_cpu(), "fastsmall: ", name, " is on ", y.device(), "; this kernel runs on CPU");
+}
+
+// An optional [C] float vector, as the compute type (contiguous), or undefined.
+at::Tensor column_vector(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& y,
+                         at::ScalarType acc) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  check_floating(*t, name);
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == y.size(1), "fastsmall: ", name, " must have shape [", y.size(1),
+              "] (one value per column of y), got ", t->sizes());
+  check_same_device(*t, name, y, "y");
+  return t->to(acc).contiguous();
+}
+
+void check_seed(const at::Tensor& seed, const at::Tensor& y) {
+  TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1,
+              "fastsmall: seed must be an int64 tensor of one element, got ", seed.scalar_type(), " ", seed.sizes());
+  check_same_device(seed, "seed", y, "y");
+}
+
+void check_scalars(double eps, double negative_slope, double p) {
+  TORCH_CHECK(std::isfinite(eps) && eps > 0, "fastsmall: eps must be a finite float > 0, got ", eps);
+  TORCH_CHECK(std::isfinite(negative_slope), "fastsmall: negative_slope must be finite, got ", negative_slope);
+  TORCH_CHECK(p >= 0 && p <= 1, "fastsmall: p (the dropout probability) must be in [0, 1], got ", p);
+}
+
+// ---- what every block needs ----------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+struct Args {
+  int64_t N = 0, C = 0;
+  const scalar_t* y = nullptr;
+  const scalar_t* grad = nullptr;      // backward
+  const scalar_t* residual = nullptr;  // forward, optional
+  const acc_t* weight = nullptr;       // optional (1)
+  const acc_t* bias = nullptr;         // optional (0)
+  acc_t* mean = nullptr;               // batch statistics: written; else read
+  acc_t* var = nullptr;
+  bool batch_stats = true;
+  acc_t eps = 0, slope = 0, scale = 1;  // scale = 1 / (1 - p) (0 for p = 1)
+  bool dropout = false;
+  Key key;
+  uint32_t threshold = 0;  // keep iff draw >= threshold
+  scalar_t* out = nullptr;   // forward output / grad_y
+  acc_t* grad_weight = nullptr;
+  acc_t* grad_bias = nullptr;
+};
+
+// The keep flags of elements e = base .. base + w - 1 (one row of one block): 1 kept, 0 dropped.
+FASTSMALL_INLINE void keep_flags(Key key, uint32_t threshold, uint64_t base, int64_t w, uint8_t* keep) {
+  const uint32_t lo = static_cast<uint32_t>(base), hi = static_cast<uint32_t>(base >> 32);
+  if (lo <= std::numeric_limits<uint32_t>::max() - static_cast<uint32_t>(w)) {  // no carry into hi32 in this run
+    const uint32_t k1 = key.k1 + hi;
+    for (int64_t j = 0; j < w; ++j) {
+      const uint32_t h = mix32((lo + static_cast<uint32_t>(j)) ^ key.k0);
+      keep[j] = (mix32(h ^ k1) >> 9) >= threshold;
+    }
+  } else {
+    for (int64_t j = 0; j < w; ++j) keep[j] = draw_bit(key, base + static_cast<uint64_t>(j)) >= threshold;
+  }
+}
+
+// Column statistics of a block: mean and biased variance over the N rows.
+template <typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void block_statistics(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w, acc_t* mean,
+                                       acc_t* var) {
+  const int64_t N = A.N, C = A.C;
+  if (N == 0) {
+    for (int64_t j = 0; j < w; ++j) mean[j] = var[j] = acc_t(0);
+    return;
+  }
+  acc_t shift[kBlock];
+  double s1[kBlock] = {}, s2[kBlock] = {};
+  for (int64_t j = 0; j < w; ++j) shift[j] = static_cast<acc_t>(A.y[c0 + j]);
+  for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
+    acc_t p1[kBlock] = {}, p2[kBlock] = {};
+    const int64_t n1 = std::min(N, n0 + kChunk);
+    for (int64_t n = n0; n < n1; ++n) {
+      const scalar_t* row = A.y + n * C + c0;
+      for (int64_t j = 0; j < w; ++j) {
+        const acc_t d = static_cast<acc_t>(row[j]) - shift[j];
+        p1[j] += d;
+        p2[j] += d * d;
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      s1[j] += static_cast<double>(p1[j]);
+      s2[j] += static_cast<double>(p2[j]);
+    }
+  }
+  for (int64_t j = 0; j < w; ++j) {
+    const double m1 = s1[j] / static_cast<double>(N);
+    mean[j] = static_cast<acc_t>(static_cast<double>(shift[j]) + m1);
+    var[j] = static_cast<acc_t>(std::max(0.0, s2[j] / static_cast<double>(N) - m1 * m1));
+  }
+}
+
+// Per column: invstd, the scale a = weight * invstd and the shift b = bias - mean * a (z = y a + b).
+template <typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void block_affine(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w, const acc_t* mean,
+                                   const acc_t* var, acc_t* invstd, acc_t* a, acc_t* b) {
+  for (int64_t j = 0; j < w; ++j) {
+    invstd[j] = acc_t(1) / std::sqrt(var[j] + A.eps);
+    const acc_t g = A.weight ? A.weight[c0 + j] : acc_t(1);
+    const acc_t beta = A.bias ? A.bias[c0 + j] : acc_t(0);
+    a[j] = g * invstd[j];
+    b[j] = beta - mean[j] * a[j];
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void forward_block(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w) {
+  const int64_t N = A.N, C = A.C;
+  acc_t mean[kBlock], var[kBlock], invstd[kBlock], a[kBlock], b[kBlock], act[kBlock];
+  uint8_t keep[kBlock];
+  if (A.batch_stats) {
+    block_statistics(A, c0, w, mean, var);
+    for (int64_t j = 0; j < w; ++j) {
+      A.mean[c0 + j] = mean[j];
+      A.var[c0 + j] = var[j];
+    }
+  } else {
+    for (int64_t j = 0; j < w; ++j) {
+      mean[j] = A.mean[c0 + j];
+      var[j] = A.var[c0 + j];
+    }
+  }
+  block_affine(A, c0, w, mean, var, invstd, a, b);
+  const acc_t slope = A.slope, scale = A.scale;
+  for (int64_t n = 0; n < N; ++n) {
+    const scalar_t* row = A.y + n * C + c0;
+    scalar_t* out = A.out + n * C + c0;
+    for (int64_t j = 0; j < w; ++j) {
+      const acc_t z = static_cast<acc_t>(row[j]) * a[j] + b[j];
+      act[j] = z > acc_t(0) ? z : z * slope;
+    }
+    if (A.dropout) {
+      keep_flags(A.key, A.threshold, static_cast<uint64_t>(n * C + c0), w, keep);
+      for (int64_t j = 0; j < w; ++j) act[j] = keep[j] ? act[j] * scale : acc_t(0);
+    }
+    if (A.residual) {
+      const scalar_t* r = A.residual + n * C + c0;
+      for (int64_t j = 0; j < w; ++j) act[j] += static_cast<acc_t>(r[j]);
+    }
+    for (int64_t j = 0; j < w; ++j) out[j] = static_cast<scalar_t>(act[j]);
+  }
+}
+
+// g_z of one row of a block: grad * dropout scale (0 where dropped) * leaky-ReLU slope at z.
+template <typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void row_grad_z(const Args<scalar_t, acc_t>& A, int64_t n, int64_t c0, int64_t w, const acc_t* a,
+                                 const acc_t* b, acc_t* gz, uint8_t* keep) {
+  const scalar_t* row = A.y + n * A.C + c0;
+  const scalar_t* g = A.grad + n * A.C + c0;
+  const acc_t slope = A.slope;
+  for (int64_t j = 0; j < w; ++j) {
+    const acc_t z = static_cast<acc_t>(row[j]) * a[j] + b[j];
+    gz[j] = static_cast<acc_t>(g[j]) * (z > acc_t(0) ? acc_t(1) : slope);
+  }
+  if (A.dropout) {
+    keep_flags(A.key, A.threshold, static_cast<uint64_t>(n * A.C + c0), w, keep);
+    const acc_t scale = A.scale;
+    for (int64_t j = 0; j < w; ++j) gz[j] = keep[j] ? gz[j] * scale : acc_t(0);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void backward_block(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w) {
+  const int64_t N = A.N, C = A.C;
+  acc_t mean[kBlock], var[kBlock], invstd[kBlock], a[kBlock], b[kBlock], gz[kBlock];
+  uint8_t keep[kBlock];
+  for (int64_t j = 0; j < w; ++j) {
+    mean[j] = A.mean[c0 + j];
+    var[j] = A.var[c0 + j];
+  }
+  block_affine(A, c0, w, mean, var, invstd, a, b);
+  // pass 1: sum_n g_z (grad_bias) and sum_n g_z * xhat (grad_weight)
+  double sg[kBlock] = {}, sgx[kBlock] = {};
+  for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
+    acc_t p1[kBlock] = {}, p2[kBlock] = {};
+    const int64_t n1 = std::min(N, n0 + kChunk);
+    for (int64_t n = n0; n < n1; ++n) {
+      row_grad_z(A, n, c0, w, a, b, gz, keep);
+      const scalar_t* row = A.y + n * C + c0;
+      for (int64_t j = 0; j < w; ++j) {
+        const acc_t xhat = (static_cast<acc_t>(row[j]) - mean[j]) * invstd[j];
+        p1[j] += gz[j];
+        p2[j] += gz[j] * xhat;
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      sg[j] += static_cast<double>(p1[j]);
+      sgx[j] += static_cast<double>(p2[j]);
+    }
+  }
+  acc_t mg[kBlock], mgx[kBlock];
+  for (int64_t j = 0; j < w; ++j) {
+    A.grad_bias[c0 + j] = static_cast<acc_t>(sg[j]);
+    A.grad_weight[c0 + j] = static_cast<acc_t>(sgx[j]);
+    mg[j] = N > 0 ? static_cast<acc_t>(sg[j] / static_cast<double>(N)) : acc_t(0);
+    mgx[j] = N > 0 ? static_cast<acc_t>(sgx[j] / static_cast<double>(N)) : acc_t(0);
+  }
+  // pass 2: grad_y = a (g_z - mean g_z - xhat mean(g_z xhat)) with batch statistics, a g_z without
+  for (int64_t n = 0; n < N; ++n) {
+    row_grad_z(A, n, c0, w, a, b, gz, keep);
+    const scalar_t* row = A.y + n * C + c0;
+    scalar_t* out = A.out + n * C + c0;
+    if (A.batch_stats) {
+      for (int64_t j = 0; j < w; ++j) {
+        const acc_t xhat = (static_cast<acc_t>(row[j]) - mean[j]) * invstd[j];
+        out[j] = static_cast<scalar_t>(a[j] * (gz[j] - mg[j] - xhat * mgx[j]));
+      }
+    } else {
+      for (int64_t j = 0; j < w; ++j) out[j] = static_cast<scalar_t>(a[j] * gz[j]);
+    }
+  }
+}
+
+// The blocks [blk0, blk1) of a call, compiled for one instruction set (isa.h's call_isa).
+template <typename scalar_t, typename acc_t, bool BACKWARD>
+struct Blocks {
+  template <int BYTES>
+  static FASTSMALL_INLINE void run(const Args<scalar_t, acc_t>& A, int64_t blk0, int64_t blk1) {
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t c0 = blk * kBlock, w = std::min(kBlock, A.C - c0);
+      if constexpr (BACKWARD) {
+        backward_block(A, c0, w);
+      } else {
+        forward_block(A, c0, w);
+      }
+    }
+  }
+};
+
+template <typename scalar_t, typename acc_t, bool BACKWARD>
+void run_blocks(const Args<scalar_t, acc_t>& A) {
+  const int64_t blocks = (A.C + kBlock - 1) / kBlock;
+  const int64_t per_block = std::max<int64_t>(1, A.N * kBlock);
+  const int64_t grain = std::max<int64_t>(1, kMinTaskElements / per_block);
+  dispatch_simd_bytes([&](auto bytes) {
+    constexpr int BYTES = decltype(bytes)::value;
+    at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+      call_isa<Blocks<scalar_t, acc_t, BACKWARD>, BYTES>(A, b0, b1);
+    });
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void set_dropout(Args<scalar_t, acc_t>& A, const at::Tensor& seed, double p) {
+  A.dropout = p > 0;
+  A.scale = p < 1 ? static_cast<acc_t>(1.0 / (1.0 - p)) : acc_t(0);
+  A.threshold = wels_threshold(p);
+  if (A.dropout) {
+    const int64_t s = seed.item<int64_t>();
+    A.key = stream_key({kTagDropout, lo32(s), hi32(s)});
+  }
+}
+
+// ---- ops -------------------------------------------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_dropout_cpu(
+    const at::Tensor& y_in, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& mean_in, const std::optional<at::Tensor>& var_in,
+    const std::optional<at::Tensor>& residual_in, const at::Tensor& seed, double eps, double negative_slope,
+    double p) {
+  check_y(y_in, "y");
+  const at::ScalarType acc = y_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor w = column_vector(weight, "weight", y_in, acc);
+  const at::Tensor b = column_vector(bias, "bias", y_in, acc);
+  at::Tensor mean = column_vector(mean_in, "mean", y_in, acc);
+  at::Tensor var = column_vector(var_in, "var", y_in, acc);
+  TORCH_CHECK(mean.defined() == var.defined(),
+              "fastsmall: mean and var must be given together (a BatchNorm in eval mode) or both be None");
+  at::Tensor residual;
+  if (residual_in.has_value() && residual_in->defined()) {
+    check_like(*residual_in, "residual", y_in, "y");
+    TORCH_CHECK(residual_in->sizes() == y_in.sizes(), "fastsmall: residual must have y's shape ", y_in.sizes(),
+                ", got ", residual_in->sizes());
+    residual = residual_in->contiguous();
+  }
+  check_seed(seed, y_in);
+  check_scalars(eps, negative_slope, p);
+  const at::Tensor y = y_in.contiguous();
+  const bool batch_stats = !mean.defined();
+  if (batch_stats) {
+    mean = at::empty({y.size(1)}, y.options().dtype(acc));
+    var = at::empty({y.size(1)}, y.options().dtype(acc));
+  } else {  // outputs are fresh tensors (the op never aliases its inputs)
+    mean = mean.data_ptr() == mean_in->data_ptr() ? mean.clone() : mean;
+    var = var.data_ptr() == var_in->data_ptr() ? var.clone() : var;
+  }
+  at::Tensor out = at::empty_like(y, at::MemoryFormat::Contiguous);
+  dispatch_floating(y.scalar_type(), "bn_act_dropout", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    Args<scalar_t, acc_t> A;
+    A.N = y.size(0);
+    A.C = y.size(1);
+    A.y = y.data_ptr<scalar_t>();
+    A.residual = residual.defined() ? residual.data_ptr<scalar_t>() : nullptr;
+    A.weight = w.defined() ? w.data_ptr<acc_t>() : nullptr;
+    A.bias = b.defined() ? b.data_ptr<acc_t>() : nullptr;
+    A.mean = mean.data_ptr<acc_t>();
+    A.var = var.data_ptr<acc_t>();
+    A.batch_stats = batch_stats;
+    A.eps = static_cast<acc_t>(eps);
+    A.slope = static_cast<acc_t>(negative_slope);
+    set_dropout(A, seed, p);
+    A.out = out.data_ptr<scalar_t>();
+    if (A.N * A.C > 0 || batch_stats) run_blocks<scalar_t, acc_t, false>(A);
+  });
+  return {out, mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_dropout_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& y_in, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& mean_in, const at::Tensor& var_in,
+    const at::Tensor& seed, bool batch_stats, double eps, double negative_slope, double p) {
+  check_y(y_in, "y");
+  check_y(grad_in, "grad");
+  check_like(grad_in, "grad", y_in, "y");
+  TORCH_CHECK(grad_in.sizes() == y_in.sizes(), "fastsmall: grad must have y's shape ", y_in.sizes(), ", got ",
+              grad_in.sizes());
+  const at::ScalarType acc = y_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor w = column_vector(weight, "weight", y_in, acc);
+  const at::Tensor b = column_vector(bias, "bias", y_in, acc);
+  const at::Tensor mean = column_vector(mean_in, "mean", y_in, acc);
+  const at::Tensor var = column_vector(var_in, "var", y_in, acc);
+  check_seed(seed, y_in);
+  check_scalars(eps, negative_slope, p);
+  const at::Tensor y = y_in.contiguous(), grad = grad_in.contiguous();
+  at::Tensor grad_y = at::empty_like(y, at::MemoryFormat::Contiguous);
+  at::Tensor grad_w = at::empty({y.size(1)}, y.options().dtype(acc));
+  at::Tensor grad_b = at::empty({y.size(1)}, y.options().dtype(acc));
+  dispatch_floating(y.scalar_type(), "bn_act_dropout_backward", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    Args<scalar_t, acc_t> A;
+    A.N = y.size(0);
+    A.C = y.size(1);
+    A.y = y.data_ptr<scalar_t>();
+    A.grad = grad.data_ptr<scalar_t>();
+    A.weight = w.defined() ? w.data_ptr<acc_t>() : nullptr;
+    A.bias = b.defined() ? b.data_ptr<acc_t>() : nullptr;
+    A.mean = const_cast<acc_t*>(mean.data_ptr<acc_t>());
+    A.var = const_cast<acc_t*>(var.data_ptr<acc_t>());
+    A.batch_stats = batch_stats;
+    A.eps = static_cast<acc_t>(eps);
+    A.slope = static_cast<acc_t>(negative_slope);
+    set_dropout(A, seed, p);
+    A.out = grad_y.data_ptr<scalar_t>();
+    A.grad_weight = grad_w.data_ptr<acc_t>();
+    A.grad_bias = grad_b.data_ptr<acc_t>();
+    run_blocks<scalar_t, acc_t, true>(A);
+  });
+  return {grad_y, grad_w, grad_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastsmall, CPU, m) {
+  m.impl("bn_act_dropout", &bn_act_dropout_cpu);
+  m.impl("bn_act_dropout_backward", &bn_act_dropout_backward_cpu);
+}
+
+}  // namespace fastsmall
