@@ -191,7 +191,7 @@ def no_double_backward(op: str, why: str = "for higher-order gradients"):
         def setup_context(ctx, inputs, output):
             pass
 
-        def backward(ctx, grad):
+        def backward(ctx, *grads):  # one gradient per output of the backward op
             raise NotImplementedError(f"double backward through fastsmall.ops.{op} is not implemented; "
                                       f"use backend='reference' {why}")
 
