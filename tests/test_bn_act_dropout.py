@@ -149,6 +149,19 @@ def test_gradcheck(backend, device, mode, p):
     assert torch.autograd.gradcheck(f, leaves, fast_mode=interpreted)
 
 
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_batch_statistics_of_offset_data(backend, device):
+    """A large common offset (1e4, spread 1e-1) in float32: the variance is not E[y^2] - E[y]^2
+    (which loses every digit here) but within float32 rounding of the float64 truth."""
+    y64 = 1e4 + torch.randn(200, 6, dtype=torch.float64) * torch.logspace(-1, 1, 6, dtype=torch.float64)
+    y = y64.float()
+    _, mean, var = run(backend, y.to(device), None, None, None, None, None, torch.tensor([0], device=device),
+                       EPS, 0.0, 0.0)
+    x = y.double()
+    torch.testing.assert_close(mean.cpu().double(), x.mean(0), atol=0, rtol=1e-6)
+    torch.testing.assert_close(var.cpu().double(), x.var(0, unbiased=False), atol=0, rtol=2e-4)
+
+
 @pytest.mark.parametrize("backend, device", COMPILED)
 def test_deterministic(backend, device):
     """Two calls give the same bits: reductions in a fixed order, no atomics (several row splits here)."""

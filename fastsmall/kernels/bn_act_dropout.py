@@ -10,8 +10,9 @@ deterministic, no atomics.
 Forward (what one call launches):
 
 * batch statistics: ``_stats_partial_kernel`` (grid ``column tiles x splits``): per split the
-  column mean and M2 (sum of squared deviations), tile by tile -- each tile's own mean and M2 in
-  registers, merged with Chan et al.'s parallel formula (no ``E[x^2] - E[x]^2`` cancellation);
+  column mean and M2 (sum of squared deviations) of ``y - y[0]`` (shifted by the first row, so
+  a large offset costs no precision), tile by tile -- each tile's own mean and M2 in registers,
+  merged with Chan et al.'s parallel formula (no ``E[x^2] - E[x]^2`` cancellation);
   ``_stats_final_kernel`` merges the splits in order and writes ``mean`` and the biased
   ``var = M2 / N``. With given statistics (eval mode) they are copied to the compute dtype;
 * ``_apply_kernel`` (grid ``row tiles x column tiles``): ``z = (y - mean) * invstd * w + b``, the
@@ -153,11 +154,14 @@ def _tile(pid_n, pid_c, N, C, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
 @triton.jit
 def _stats_partial_kernel(y_ptr, pmean_ptr, pm2_ptr, N, C, rows_per_split,
                           ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Mean and M2 of each column over the rows of split ``program_id(1)`` (row ``s`` of the partials)."""
+    """Mean and M2 of each column over the rows of split ``program_id(1)`` (row ``s`` of the partials), of
+    the data shifted by its first row (y - y[0]): the means merged are then of the data's spread, not of
+    its offset, whose rounding would enter M2 through the merge term."""
     pid_c = tl.program_id(0)
     s = tl.program_id(1).to(tl.int64)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
+    shift = tl.load(y_ptr + cols, mask=col_ok, other=0).to(ACC)
     start = s * rows_per_split
     end = tl.minimum(start + rows_per_split, N)
     mean = tl.zeros([BLOCK_C], ACC)
@@ -166,6 +170,7 @@ def _stats_partial_kernel(y_ptr, pmean_ptr, pm2_ptr, N, C, rows_per_split,
         rows = r0 + tl.arange(0, BLOCK_N).to(tl.int64)
         ok = (rows < end)[:, None] & col_ok[None, :]
         x = tl.load(y_ptr + rows[:, None] * C + cols[None, :], mask=ok, other=0).to(ACC)
+        x = tl.where(ok, x - shift[None, :], 0.0)
         n_t = tl.cast(tl.minimum(end - r0, BLOCK_N), ACC)  # rows in this tile
         n_a = tl.cast(r0 - start, ACC)  # rows merged so far
         mean_t = tl.sum(x, axis=0) / n_t
@@ -181,11 +186,12 @@ def _stats_partial_kernel(y_ptr, pmean_ptr, pm2_ptr, N, C, rows_per_split,
 
 
 @triton.jit
-def _stats_final_kernel(pmean_ptr, pm2_ptr, mean_ptr, var_ptr, N, C, S, rows_per_split,
+def _stats_final_kernel(y_ptr, pmean_ptr, pm2_ptr, mean_ptr, var_ptr, N, C, S, rows_per_split,
                         ACC: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Merge the S splits' (mean, M2) in order; mean and the biased var = M2 / N."""
+    """Merge the S splits' (mean, M2) in order; mean (the shift y[0] added back) and the biased var = M2 / N."""
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
+    shift = tl.load(y_ptr + cols, mask=col_ok, other=0).to(ACC)
     mean = tl.zeros([BLOCK_C], ACC)
     m2 = tl.zeros([BLOCK_C], ACC)
     pm_ptr = pmean_ptr + cols
@@ -204,7 +210,7 @@ def _stats_final_kernel(pmean_ptr, pm2_ptr, mean_ptr, var_ptr, N, C, S, rows_per
         n_a = n
         pm_ptr += C
         pv_ptr += C
-    tl.store(mean_ptr + cols, mean, mask=col_ok)
+    tl.store(mean_ptr + cols, shift + mean, mask=col_ok)
     tl.store(var_ptr + cols, m2 / total, mask=col_ok)
 
 
@@ -366,7 +372,7 @@ def bn_act_dropout(y: torch.Tensor, weight, bias, mean, var, residual, seed: tor
                 x, pmean, pm2, N, C, rows, ACC=acc, BLOCK_N=STATS_BLOCK_N, BLOCK_C=block_c)
             block_f = _block_c(C, FINAL_BLOCK_C)
             _stats_final_kernel[(triton.cdiv(C, block_f),)](
-                pmean, pm2, used_mean, used_var, N, C, S, rows, ACC=acc, BLOCK_C=block_f)
+                x, pmean, pm2, used_mean, used_var, N, C, S, rows, ACC=acc, BLOCK_C=block_f)
     else:  # the given statistics (eval mode), as the compute dtype: fresh tensors, never the inputs
         used_mean = torch.empty(C, dtype=cd, device=x.device).copy_(mean.detach())
         used_var = torch.empty(C, dtype=cd, device=x.device).copy_(var.detach())
