@@ -29,7 +29,7 @@ def iteration_fn(impl: str, estimator: str, poses):
     torch.manual_seed(0)
     gan = AugmentationGAN(Config(impl=impl), poses.skeleton, torch.device("cpu"))
     name, kwargs = ESTIMATORS[estimator]
-    model = build_estimator(name, poses.skeleton, **kwargs).train()
+    model = build_estimator(name, poses.skeleton, impl=impl, **kwargs).train()
 
     def iteration():
         out, rt_2d, _ = gan.generator_step(poses.poses_3d, poses.cams, model, epoch=5)

@@ -18,13 +18,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .. import _extension as ext
 from .. import reference
 from .._checks import FLOAT_DTYPES, _real, check_tensor, compute_dtype
 from ._dispatch import Family, OpDef, no_double_backward
 
-__all__ = ["bn_act_dropout", "bn_act_dropout_seed"]
+__all__ = ["bn_act_dropout", "bn_act_dropout_seed", "bn_act_dropout_layer"]
 
 
 # ---- checks of the ops' arguments (see ._dispatch for where they run) ----------------------------
@@ -197,3 +198,30 @@ def bn_act_dropout(y: torch.Tensor, running_mean: torch.Tensor | None = None, ru
             running_mean.lerp_(used_mean.to(running_mean.dtype), momentum)
             running_var.lerp_((used_var * (n / (n - 1))).to(running_var.dtype), momentum)
     return out
+
+
+def bn_act_dropout_layer(y: torch.Tensor, bn: torch.nn.BatchNorm1d, dropout: torch.nn.Dropout | None = None, *,
+                         negative_slope: float = 0.0, residual: torch.Tensor | None = None,
+                         backend: str | None = None) -> torch.Tensor:
+    """``residual + dropout(act(bn(y)))`` with the modules' own parameters, buffers and modes, as
+    ``nn.BatchNorm1d.forward`` (``num_batches_tracked``, ``momentum=None``: cumulative average,
+    ``track_running_stats=False``) and ``nn.Dropout`` (active in its training mode) would run them:
+    a model keeps its ``nn.Sequential(Linear, BatchNorm1d, ReLU, Dropout)`` structure and its state
+    dict, and calls this after the Linear instead of the three modules."""
+    training = bn.training
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = training or bn.running_mean is None
+    p = dropout.p if dropout is not None and dropout.training else 0.0
+    if p > 0 and not use_batch_stats:  # dropout active while BatchNorm uses running statistics
+        z = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, momentum, bn.eps)
+        z = F.leaky_relu(z, negative_slope) if negative_slope else F.relu(z)
+        z = F.dropout(z, p, True)
+        return z if residual is None else residual + z
+    track = bn.running_mean is not None and (not training or bn.track_running_stats)
+    return bn_act_dropout(y, bn.running_mean if track else None, bn.running_var if track else None, bn.weight,
+                          bn.bias, use_batch_stats, momentum, bn.eps, negative_slope=negative_slope,
+                          p=p if use_batch_stats else 0.0, residual=residual, backend=backend)

@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ... import ops
 from ...skeleton import Skeleton
 
 __all__ = ["SimpleBaseline", "VideoPose3D", "SemGCN", "SemGraphConv", "GraphNonLocal", "STGCN", "build_estimator",
@@ -52,6 +53,29 @@ def check_input_2d(x2d: torch.Tensor, num_joints: int, name: str = "x2d") -> Non
         raise ValueError(f"{name} must have shape [B, {num_joints}, 2] (batch, joints, xy), got {tuple(x2d.shape)}")
     if not x2d.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {x2d.dtype}")
+
+
+IMPLS = ("fused", "official")
+
+
+def _check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+def _layer(layer: nn.Sequential, x: torch.Tensor, fused: bool, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``[residual +] layer(x)`` for ``layer = Sequential(Linear, BatchNorm1d, ReLU, Dropout)``.
+
+    Fused: the Linear (an aten GEMM), then one ``fastsmall.ops.bn_act_dropout`` for BatchNorm,
+    ReLU, Dropout and the residual, its dropout mask regenerated in the backward (no
+    ``bernoulli_``, no mask tensor). Same modules, parameters and state dict either way.
+    """
+    if not fused:
+        out = layer(x)
+        return out if residual is None else residual + out
+    linear, bn, _, dropout = layer
+    return ops.bn_act_dropout_layer(linear(x), bn, dropout, residual=residual)
 
 
 class _Estimator(nn.Module):
@@ -89,8 +113,10 @@ class _ResidualLinear(nn.Module):
             nn.Linear(size, size), nn.BatchNorm1d(size), nn.ReLU(), nn.Dropout(dropout),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        if not fused:
+            return x + self.body(x)
+        return _layer(self.body[4:], _layer(self.body[:4], x, True), True, residual=x)
 
 
 class SimpleBaseline(_Estimator):
@@ -101,8 +127,9 @@ class SimpleBaseline(_Estimator):
     """
 
     def __init__(self, skeleton: Skeleton | None = None, linear_size: int = 1024, num_stages: int = 2,
-                 dropout: float = 0.25):
+                 dropout: float = 0.25, impl: str = "fused"):
         super().__init__(skeleton)
+        self.impl = _check_impl(impl)
         J = self.num_joints
         self.inp = nn.Sequential(nn.Linear(J * 2, linear_size), nn.BatchNorm1d(linear_size), nn.ReLU(),
                                  nn.Dropout(dropout))
@@ -116,8 +143,11 @@ class SimpleBaseline(_Estimator):
 
     def forward(self, x2d: torch.Tensor) -> torch.Tensor:
         check_input_2d(x2d, self.num_joints)
-        y = self.out(self.stages(self.inp(x2d.reshape(x2d.shape[0], -1))))
-        return self._insert_root(y)
+        fused = self.impl == "fused"
+        x = _layer(self.inp, x2d.reshape(x2d.shape[0], -1), fused)
+        for stage in self.stages:
+            x = stage(x, fused)
+        return self._insert_root(self.out(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,8 +164,9 @@ class VideoPose3D(_Estimator):
     """
 
     def __init__(self, skeleton: Skeleton | None = None, channels: int = 1024, num_blocks: int = 4,
-                 dropout: float = 0.25, bn_momentum: float = 0.1):
+                 dropout: float = 0.25, bn_momentum: float = 0.1, impl: str = "fused"):
         super().__init__(skeleton)
+        self.impl = _check_impl(impl)
         J = self.num_joints
 
         def layer(n_in: int) -> nn.Sequential:
@@ -155,9 +186,11 @@ class VideoPose3D(_Estimator):
 
     def forward(self, x2d: torch.Tensor) -> torch.Tensor:
         check_input_2d(x2d, self.num_joints)
-        x = self.expand(x2d.reshape(x2d.shape[0], -1))
+        fused = self.impl == "fused"
+        x = _layer(self.expand, x2d.reshape(x2d.shape[0], -1), fused)
         for block in self.blocks:
-            x = x + block(x)  # the residual is added after the second layer's dropout, as released
+            # the residual is added after the second layer's dropout, as released
+            x = _layer(block[1], _layer(block[0], x, fused), fused, residual=x)
         return self._insert_root(self.shrink(x))
 
 
@@ -241,8 +274,10 @@ class _ResGraphConv(nn.Module):
         super().__init__()
         self.body = nn.Sequential(_GraphConvBN(adj, dim, dim, dropout), _GraphConvBN(adj, dim, dim, dropout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        if not fused:
+            return x + self.body(x)
+        return _layer(self.body[4:], _layer(self.body[:4], x, True), True, residual=x)
 
 
 class GraphNonLocal(nn.Module):
@@ -612,14 +647,24 @@ _ALIASES = {"simple_baseline": "simple_baseline", "mlp": "simple_baseline", "vid
 _CLASSES = {"simple_baseline": SimpleBaseline, "videopose": VideoPose3D, "semgcn": SemGCN, "stgcn": STGCN}
 
 
-def build_estimator(name: str, skeleton: Skeleton | None = None, **overrides) -> nn.Module:
+_FUSABLE = ("simple_baseline", "videopose")  # built of Linear -> BatchNorm1d -> ReLU -> Dropout layers
+
+
+def build_estimator(name: str, skeleton: Skeleton | None = None, *, impl: str = "fused", **overrides) -> nn.Module:
     """Build an estimator by name with the released defaults; ``overrides`` go to its constructor.
 
     Names: ``simple_baseline`` (alias ``mlp``), ``videopose``, ``semgcn`` (alias ``gcn``),
-    ``stgcn`` (alias ``st_gcn``).
+    ``stgcn`` (alias ``st_gcn``). ``impl="fused"`` runs SimpleBaseline's and VideoPose3D's
+    BatchNorm -> ReLU -> Dropout (-> residual) tails as one ``fastsmall.ops.bn_act_dropout``
+    (dropout masks from fastsmall's counter-based RNG); ``"official"`` runs the released modules
+    one by one (``torch.bernoulli`` masks). Same parameters and state dicts; SemGCN and ST-GCN
+    are the same in both.
     """
     key = _ALIASES.get(str(name).strip().lower())
     if key is None:
         raise ValueError(f"unknown estimator {name!r}; valid names: {sorted(_ALIASES)} "
                          f"(canonical: {list(ESTIMATORS)})")
+    _check_impl(impl)
+    if key in _FUSABLE:
+        overrides["impl"] = impl
     return _CLASSES[key](skeleton, **overrides)
