@@ -277,3 +277,71 @@ def test_stgcn_dropout_settings():
     assert rates(STGCN(channels=(8,), pool_channels=8, dropout=0.0)) == [0.0]  # PoseAug stage: --dropout 0
     data_bn = STGCN(channels=(8,), pool_channels=8).data_bn
     assert data_bn.eps == 0.1 and data_bn.momentum == 0.1  # released BatchNorm1d(2J, 0.1) sets eps
+
+
+# ---- impl="fused": the BatchNorm -> ReLU -> Dropout (-> residual) tails as fs.ops.bn_act_dropout ----
+
+FUSABLE = [("simple_baseline", dict(linear_size=48)), ("videopose", dict(channels=40, num_blocks=2))]
+
+
+def _pair(name, small, dropout, momentum=None):
+    torch.manual_seed(11)
+    official = build_estimator(name, impl="official", dropout=dropout, **small).double()
+    fused = build_estimator(name, impl="fused", dropout=dropout, **small).double()
+    fused.load_state_dict(official.state_dict())
+    if momentum is not None or name == "simple_baseline":
+        for model in (official, fused):
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm1d):
+                    m.momentum = momentum
+    return official, fused
+
+
+@pytest.mark.parametrize("name, small", FUSABLE)
+def test_fused_layers_equal_official_modules_without_dropout(name, small):
+    # same modules and state dict; in training: outputs, input and parameter gradients, BN buffers
+    # (running statistics, num_batches_tracked; momentum None = cumulative average for SimpleBaseline)
+    official, fused = _pair(name, small, dropout=0.0)
+    assert list(official.state_dict()) == list(fused.state_dict())
+    for step in range(3):
+        x = torch.randn(9, 16, 2, dtype=torch.float64)
+        outs = []
+        for model in (official, fused):
+            model.train()
+            xi = x.clone().requires_grad_()
+            y = model(xi)
+            grads = torch.autograd.grad((y * torch.linspace(-1, 1, 48, dtype=torch.float64).view(1, 16, 3)).sum(),
+                                        [xi, *model.parameters()])
+            outs.append((y, grads))
+        torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-10, atol=1e-10)
+        for a, b in zip(outs[0][1], outs[1][1]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    for (k, a), (_, b) in zip(official.state_dict().items(), fused.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=k)
+    official.eval(), fused.eval()
+    x = torch.randn(5, 16, 2, dtype=torch.float64)
+    torch.testing.assert_close(official(x), fused(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name, small", FUSABLE)
+def test_fused_dropout_is_reproducible_inverted_dropout(name, small):
+    official, fused = _pair(name, small, dropout=0.25)
+    fused.train()
+    x = torch.randn(64, 16, 2, dtype=torch.float64)
+    torch.manual_seed(3)
+    a = fused(x)
+    torch.manual_seed(3)
+    b = fused(x)
+    torch.manual_seed(4)
+    c = fused(x)
+    assert torch.equal(a, b) and not torch.equal(a, c)  # masks follow torch's generator
+    # in eval mode dropout is off and both implementations agree
+    official.load_state_dict(fused.state_dict())  # the running statistics the training passes moved
+    official.eval(), fused.eval()
+    torch.testing.assert_close(official(x), fused(x), rtol=1e-10, atol=1e-10)
+
+
+def test_build_estimator_checks_impl():
+    with pytest.raises(ValueError, match="impl"):
+        build_estimator("simple_baseline", impl="fast")
+    assert build_estimator("semgcn", impl="official", hid_dim=8) is not None  # same model in both
