@@ -56,8 +56,8 @@ __all__ = ["bn_act_dropout", "bn_act_dropout_backward"]
 # Tiles (fixed, device-independent: the order of every sum depends on N and C only).
 STATS_BLOCK_N, STATS_BLOCK_C = 32, 64  # reductions over N
 APPLY_BLOCK_N, APPLY_BLOCK_C = 32, 128  # elementwise passes
-MIN_SPLIT_ROWS = 128  # a split reduces at least this many rows ...
-MAX_SPLITS = 32  # ... and there are at most this many splits (then more rows per split)
+MIN_SPLIT_ROWS = 64  # a split reduces at least this many rows ...
+MAX_SPLITS = 64  # ... and there are at most this many splits (then more rows per split)
 FINAL_BLOCK_C = 256
 
 _TAG_HASH = km.mix32(km.TAG_DROPOUT)  # the first fold of the stream key, a constant
