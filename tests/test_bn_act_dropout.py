@@ -4,6 +4,7 @@ dropout mask bit for bit and its keep rate, the public wrapper against nn.BatchN
 statistics, eval mode, BatchNorm1d + ReLU / LeakyReLU), odd / empty / non-contiguous / low-precision
 input, the registered ops (opcheck, fakes, torch.compile, double backward) and bad input.
 """
+import copy
 import math
 
 import pytest
@@ -509,3 +510,37 @@ def test_wrapper_bad_input(backend, device):
         fs.ops.bn_act_dropout(y, weight=torch.ones(3, device=device), training=True, backend=backend)
     with pytest.raises(ValueError, match="backend must be one of"):
         fs.ops.bn_act_dropout(y, backend="cuda")
+
+
+def test_wrapper_running_statistics_arguments_are_checked():
+    y = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="running_mean and running_var"):
+        fs.ops.bn_act_dropout(y, torch.zeros(3), None, training=False)
+    with pytest.raises(ValueError, match="momentum"):
+        fs.ops.bn_act_dropout(y, torch.zeros(3), torch.ones(3), training=True, momentum=None)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_sequential_fuses_every_bn_act_run_and_keeps_the_modules(momentum):
+    # Linear -> BN -> LeakyReLU, nested Sequential with Linear -> BN -> ReLU -> Dropout(0): the fused run
+    # equals the modules one by one (values, gradients, running statistics, num_batches_tracked)
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8, momentum=momentum), nn.LeakyReLU(0.2),
+                        nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8, momentum=momentum), nn.ReLU(),
+                                      nn.Dropout(0.0)),
+                        nn.Linear(8, 5)).double()
+    twin = copy.deepcopy(seq)
+    x = torch.randn(7, 6, dtype=torch.float64)
+    r = torch.randn(7, 5, dtype=torch.float64)
+    for _ in range(2):
+        a = fs.ops.bn_act_dropout_sequential(seq, x, r)
+        b = r + twin(x)
+        torch.testing.assert_close(a, b)
+        ga = torch.autograd.grad(a.sum(), list(seq.parameters()))
+        gb = torch.autograd.grad(b.sum(), list(twin.parameters()))
+        for u, v in zip(ga, gb):
+            torch.testing.assert_close(u, v)
+    for (k, u), (_, v) in zip(seq.state_dict().items(), twin.state_dict().items()):
+        torch.testing.assert_close(u, v, msg=k)
+    seq.eval(), twin.eval()
+    torch.testing.assert_close(fs.ops.bn_act_dropout_sequential(seq, x), twin(x))

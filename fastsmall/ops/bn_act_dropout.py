@@ -25,7 +25,7 @@ from .. import reference
 from .._checks import FLOAT_DTYPES, _real, check_tensor, compute_dtype
 from ._dispatch import Family, OpDef, no_double_backward
 
-__all__ = ["bn_act_dropout", "bn_act_dropout_seed", "bn_act_dropout_layer"]
+__all__ = ["bn_act_dropout", "bn_act_dropout_seed", "bn_act_dropout_layer", "bn_act_dropout_sequential"]
 
 
 # ---- checks of the ops' arguments (see ._dispatch for where they run) ----------------------------
@@ -183,6 +183,11 @@ def bn_act_dropout(y: torch.Tensor, running_mean: torch.Tensor | None = None, ru
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(y.shape)}")
     if not _real(p) or not 0 <= p <= 1:
         raise ValueError(f"p (the dropout probability) must be a float in [0, 1], got {p!r}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together or both be None")
+    if not _real(momentum) or not 0 <= momentum <= 1:
+        raise ValueError(f"momentum must be a float in [0, 1] (bn_act_dropout_layer handles BatchNorm's "
+                         f"momentum=None), got {momentum!r}")
     batch_stats = training or running_mean is None
     p = float(p) if training else 0.0  # dropout acts in training only
     if seed is None:
@@ -225,3 +230,35 @@ def bn_act_dropout_layer(y: torch.Tensor, bn: torch.nn.BatchNorm1d, dropout: tor
     return bn_act_dropout(y, bn.running_mean if track else None, bn.running_var if track else None, bn.weight,
                           bn.bias, use_batch_stats, momentum, bn.eps, negative_slope=negative_slope,
                           p=p if use_batch_stats else 0.0, residual=residual, backend=backend)
+
+
+def bn_act_dropout_sequential(seq: torch.nn.Sequential, x: torch.Tensor, residual: torch.Tensor | None = None, *,
+                              backend: str | None = None) -> torch.Tensor:
+    """``[residual +] seq(x)``, every ``BatchNorm1d -> ReLU | LeakyReLU [-> Dropout]`` run of ``seq``
+    on a 2-D activation as one :func:`bn_act_dropout_layer` call (nested ``nn.Sequential``s
+    included); ``residual`` joins the last such run when it ends ``seq``, else is added at the end.
+    The modules, their parameters and the state dict stay as they are."""
+    nn = torch.nn
+    mods = list(seq)
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        act = mods[i + 1] if i + 1 < len(mods) else None
+        if isinstance(m, nn.BatchNorm1d) and isinstance(act, (nn.ReLU, nn.LeakyReLU)) and x.dim() == 2:
+            j = i + 2
+            drop = mods[j] if j < len(mods) and isinstance(mods[j], nn.Dropout) else None
+            j += drop is not None
+            last = j == len(mods)
+            slope = act.negative_slope if isinstance(act, nn.LeakyReLU) else 0.0
+            x = bn_act_dropout_layer(x, m, drop, negative_slope=slope, residual=residual if last else None,
+                                     backend=backend)
+            if last:
+                residual = None
+            i = j
+        elif isinstance(m, nn.Sequential):
+            x = bn_act_dropout_sequential(m, x, backend=backend)
+            i += 1
+        else:
+            x = m(x)
+            i += 1
+    return x if residual is None else residual + x

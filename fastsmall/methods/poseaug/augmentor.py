@@ -14,9 +14,10 @@ Released semantics (``models_poseaug/gan_generator.py``), for any skeleton:
 ``impl`` picks the arithmetic once, at construction (``self.kernels``): ``"fused"``
 (``kernels.py``) decomposes the input once with ``fastsmall.ops.bone_decompose`` and builds
 each output pose with one ``fastsmall.ops.kcs_inverse`` (root placement included; RT
-rotates the bones, which rotates the pose about its root); ``"official"`` (``official.py``)
+rotates the bones, which rotates the pose about its root), and runs the heads' BatchNorm1d ->
+LeakyReLU tails as ``fastsmall.ops.bn_act_dropout``; ``"official"`` (``official.py``)
 runs the released code's constant-matrix arithmetic, recomputing bones from every
-intermediate pose. Both compute the same function.
+intermediate pose, and the released modules one by one. Both compute the same function.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ... import ops
 from ...skeleton import Skeleton
 from ..common.impl import IMPLS
 from .kernels import ChosenKernels
@@ -40,30 +42,39 @@ def init_weights(module: nn.Module) -> None:
         nn.init.kaiming_normal_(module.weight)
 
 
+def _run(net: nn.Sequential, x: torch.Tensor, fused: bool) -> torch.Tensor:
+    """``net(x)``; fused: every BatchNorm1d -> LeakyReLU pair as one ``fastsmall.ops.bn_act_dropout``."""
+    return ops.bn_act_dropout_sequential(net, x) if fused else net(x)
+
+
 class _Stage(nn.Module):
     """Linear-BN-LeakyReLU twice (the released ``Linear`` block; no residual)."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, fused: bool = True):
         super().__init__()
+        self.fused = fused
         self.net = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.LeakyReLU(),
                                  nn.Linear(width, width), nn.BatchNorm1d(width), nn.LeakyReLU())
 
     def forward(self, x):
-        return self.net(x)
+        return _run(self.net, x, self.fused)
 
 
 class NoisyHead(nn.Module):
-    """``features ++ noise -> 256 -> stages -> out``: one augmentation head."""
+    """``features ++ noise -> 256 -> stages -> out``: one augmentation head. ``fused``: the
+    BatchNorm1d -> LeakyReLU tails run as ``fastsmall.ops.bn_act_dropout`` (same modules)."""
 
-    def __init__(self, in_features: int, out_features: int, *, noise: int = 48, width: int = 256, stages: int = 2):
+    def __init__(self, in_features: int, out_features: int, *, noise: int = 48, width: int = 256, stages: int = 2,
+                 fused: bool = True):
         super().__init__()
         self.noise = noise
+        self.fused = fused
         self.net = nn.Sequential(nn.Linear(in_features + noise, width), nn.BatchNorm1d(width), nn.LeakyReLU(),
-                                 *[_Stage(width) for _ in range(stages)], nn.Linear(width, out_features))
+                                 *[_Stage(width, fused) for _ in range(stages)], nn.Linear(width, out_features))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         z = torch.randn(features.shape[0], self.noise, device=features.device, dtype=features.dtype)
-        return self.net(torch.cat([features, z], 1))
+        return _run(self.net, torch.cat([features, z], 1), self.fused)
 
 
 class PoseAugmentor(ChosenKernels, nn.Module):
@@ -81,10 +92,11 @@ class PoseAugmentor(ChosenKernels, nn.Module):
         self.spec.validate(self.skeleton)
         self.blr_tanhlimit = blr_tanhlimit
         J, NB, G = self.skeleton.num_joints, self.skeleton.num_bones, self.spec.num_length_groups
-        self.ba = NoisyHead(J * 3, NB * 3, noise=noise, width=width, stages=stages)
-        self.bl = NoisyHead(J * 3 + NB, G, noise=noise, width=width, stages=stages)
-        self.rot = NoisyHead(J * 3, 3, noise=noise, width=width, stages=stages)
-        self.trans = NoisyHead(J * 3, 3, noise=noise, width=width, stages=stages)
+        head = dict(noise=noise, width=width, stages=stages, fused=impl == "fused")
+        self.ba = NoisyHead(J * 3, NB * 3, **head)
+        self.bl = NoisyHead(J * 3 + NB, G, **head)
+        self.rot = NoisyHead(J * 3, 3, **head)
+        self.trans = NoisyHead(J * 3, 3, **head)
         angle_free = torch.ones(NB, 1)
         angle_free[list(self.spec.frozen_angle_bones)] = 0
         length_free = torch.ones(G)

@@ -74,8 +74,7 @@ def _layer(layer: nn.Sequential, x: torch.Tensor, fused: bool, residual: torch.T
     if not fused:
         out = layer(x)
         return out if residual is None else residual + out
-    linear, bn, _, dropout = layer
-    return ops.bn_act_dropout_layer(linear(x), bn, dropout, residual=residual)
+    return ops.bn_act_dropout_sequential(layer, x, residual)
 
 
 class _Estimator(nn.Module):
