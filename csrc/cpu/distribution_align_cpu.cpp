@@ -7,7 +7,8 @@
 // (at::parallel_for). Sums over rows (the batch mean of the softmax, the loss) are accumulated
 // per block and the block partials are added in block order afterwards, so every result is
 // bitwise the same for any number of threads. The block kernels (tiles of 32 rows for C <= 128,
-// one row at a time above) are in distribution_align_kernels.h.
+// one row at a time above) are in distribution_align_kernels.h. Small calls run on one thread
+// (the grain of the block loop: ns_per_logit below, parallel.h).
 //
 // float16/bfloat16 are computed in float32 (at::opmath_type), float64 in float64. The kernels are
 // explicit SIMD on GCC/Clang vector types (simd.h), instantiated for SSE2, AVX2+FMA and AVX-512
@@ -30,6 +31,7 @@
 #include "distribution_align_kernels.h"
 #include "dtypes.h"
 #include "isa.h"
+#include "parallel.h"
 
 namespace fastsmall {
 namespace {
@@ -69,6 +71,17 @@ struct BlockKernel {
   }
 };
 
+// Single-thread cost of a pass in ns per logit, measured (bench/bench_small_batch.py --calibrate,
+// 2-core AMD EPYC, AVX2, float32, C = 10 and 1,000): align 1.4-2.6, softmax batch mean 1.3-1.7,
+// cross-entropy 0.7-2.0, its backward 2.2-2.6. The blocks of one call are the items of its
+// parallel loop, with a grain of ~80 us of this work (parallel.h): a call runs on the calling
+// thread below that (at C = 10: several thousand rows), and only whole blocks go to threads, so the
+// results stay bitwise independent of the thread count.
+template <Pass P>
+constexpr double ns_per_logit() {
+  return P == Pass::Align ? 2.0 : P == Pass::SoftmaxMean ? 1.5 : P == Pass::CrossEntropy ? 1.0 : 2.5;
+}
+
 inline int64_t num_blocks(int64_t B, int64_t C) {
   const int64_t rows = rows_per_block(B, C);
   return (B + rows - 1) / rows;
@@ -88,7 +101,7 @@ void for_each_block(int64_t B, int64_t C, F&& f) {
       const auto kernel = [&](auto&&... args) {
         call_isa<BlockKernel<P, R>, BYTES>(std::forward<decltype(args)>(args)...);
       };
-      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, blocks, grain_for(ns_per_logit<P>() * rows * C), [&](int64_t begin, int64_t end) {
         Scratch scratch(scratch_elems(C, R), sizeof(acc_t), with_bm);
         for (int64_t b = begin; b < end; ++b) f(kernel, scratch, b, b * rows, std::min(B, (b + 1) * rows));
       });

@@ -4,7 +4,8 @@
 // Layout: every tensor is viewed as [B, rows, D] (made contiguous), one pose per
 // iteration of the parallel loop over the batch (for_each_pose, pose_loop.h). D (2 or 3)
 // is a template parameter so the innermost loops unroll. float16/bfloat16 are computed
-// in float32 (at::opmath_type).
+// in float32 (at::opmath_type). The second argument of for_each_pose is the kernel's measured
+// single-thread cost per pose in ns, from which the loop's grain is set (pose_loop.h).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
@@ -61,7 +62,7 @@ at::Tensor kcs_forward_cpu(const at::Tensor& x_, c10::IntArrayRef parents) {
     const scalar_t* xp = in.data.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     const int64_t *bp = in.tree.bone_parent.data(), *bc = in.tree.bone_child.data();
-    for_each_pose(in.B, 2 * J * Dc, [&](int64_t n) {
+    for_each_pose(in.B, 0.6 * J * Dc, [&](int64_t n) {
       const scalar_t* xn = xp + n * J * Dc;
       scalar_t* on = op + n * NB * Dc;
       for (int64_t k = 0; k < NB; ++k) {
@@ -88,7 +89,7 @@ at::Tensor kcs_forward_backward_cpu(const at::Tensor& g_, c10::IntArrayRef paren
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     const Tree& t = in.tree;
     const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
-    for_each_pose(in.B, 2 * J * Dc, [&](int64_t n) {
+    for_each_pose(in.B, 1.2 * J * Dc, [&](int64_t n) {
       const scalar_t* gn = gp + n * NB * Dc;
       scalar_t* on = op + n * J * Dc;
       for (int64_t j = 0; j < J; ++j) {
@@ -216,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor> bone_decompose_cpu(const at::Tensor& x_, c10:
     const int64_t *bp = in.tree.bone_parent.data(), *bc = in.tree.bone_child.data();
     const acc_t e = static_cast<acc_t>(eps);
     auto scratch = [&] { return BoneArrays<acc_t, Dc>(NB); };
-    for_each_pose(in.B, 3 * J * Dc, scratch, [&](int64_t n, BoneArrays<acc_t, Dc>& a) {
+    for_each_pose(in.B, 1.8 * J * Dc, scratch, [&](int64_t n, BoneArrays<acc_t, Dc>& a) {
       gather_bones<scalar_t, acc_t, Dc>(xp + n * J * Dc, bp, bc, NB, a);
       normalize_bones<acc_t, Dc>(a, NB, e);
       scalar_t* un = up + n * NB * Dc;
@@ -251,7 +252,7 @@ at::Tensor bone_decompose_backward_cpu(const std::optional<at::Tensor>& grad_uni
     const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
     const acc_t e = static_cast<acc_t>(eps);
     auto scratch = [&] { return BoneArrays<acc_t, Dc>(NB); };
-    for_each_pose(in.B, 4 * J * Dc, scratch, [&](int64_t n, BoneArrays<acc_t, Dc>& a) {
+    for_each_pose(in.B, 5.3 * J * Dc, scratch, [&](int64_t n, BoneArrays<acc_t, Dc>& a) {
       gather_bones<scalar_t, acc_t, Dc>(xp + n * J * Dc, bp, bc, NB, a);
       for (int64_t k = 0; k < NB; ++k) {
         for (int d = 0; d < Dc; ++d) a.g[d][k] = gup ? acc_t(gup[(n * NB + k) * Dc + d]) : acc_t(0);
@@ -311,7 +312,7 @@ at::Tensor kcs_inverse_cpu(const at::Tensor& bones_, c10::IntArrayRef parents,
     const TopoOffsets topo(in.tree, Dc);
     const int64_t r = in.tree.root;
     auto scratch = [&] { return std::vector<acc_t>(J * Dc); };
-    for_each_pose(in.B, 2 * J * Dc, scratch, [&](int64_t n, std::vector<acc_t>& acc) {
+    for_each_pose(in.B, 1.4 * J * Dc, scratch, [&](int64_t n, std::vector<acc_t>& acc) {
       const scalar_t* bn = bptr + n * NB * Dc;
       for (int d = 0; d < Dc; ++d) acc[r * Dc + d] = rptr ? acc_t(rptr[n * Dc + d]) : acc_t(0);
       for (int64_t i = 0; i < NB; ++i) {
@@ -341,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor> kcs_inverse_backward_cpu(const at::Tensor& g_
     const TopoOffsets topo(in.tree, Dc);
     const int64_t r = in.tree.root;
     auto scratch = [&] { return std::vector<acc_t>(J * Dc); };
-    for_each_pose(in.B, 2 * J * Dc, scratch, [&](int64_t n, std::vector<acc_t>& acc) {
+    for_each_pose(in.B, 1.8 * J * Dc, scratch, [&](int64_t n, std::vector<acc_t>& acc) {
       const scalar_t* gn = gp + n * J * Dc;
       scalar_t* gbn = gbp + n * NB * Dc;
       for (int64_t i = 0; i < J * Dc; ++i) acc[i] = acc_t(gn[i]);

@@ -2,6 +2,15 @@
 // poses, viewed as [B, rows, D] (contiguous), and each kernel is one OpenMP-parallel loop over
 // the poses (at::parallel_for, built with -fopenmp). Written once here so that every kernel
 // splits the batch the same way; the kernels themselves only say what one pose does.
+//
+// Each kernel passes its measured single-thread cost of one pose (ns_per_pose); the grain is
+// kParallelGrainNs (80 us) of that work (parallel.h), so a batch runs on the calling thread
+// unless it takes more than ~80 us on one, and each thread of a parallel region gets > ~40 us.
+// Costs measured on a 2-core AMD EPYC (AVX2), H36M-16 poses, D = 3, float32, ns per pose
+// (bench/bench_small_batch.py --calibrate): kcs_forward 26-37, kcs_forward_backward 57,
+// bone_decompose 87, its backward 255, kcs_inverse 55-80, its backward 74-105, part_kcs_gram
+// compact 190 / masked 320-700, its backward compact 800-920 / masked 1,600. At B = 1,024 the
+// KCS forwards therefore run on one thread, and the backwards and Gram kernels on two.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,6 +24,7 @@
 
 #include "../macros.h"
 #include "dtypes.h"
+#include "parallel.h"
 
 namespace fastsmall {
 
@@ -36,12 +46,6 @@ inline int64_t batch_numel(const at::Tensor& t) {
   return n;
 }
 
-// Items per parallel chunk: about at::internal::GRAIN_SIZE scalars of work, so small batches
-// stay on one thread and large ones are cut in chunks worth a thread's start-up.
-inline int64_t grain(int64_t scalars_per_item) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, scalars_per_item));
-}
-
 // f(std::integral_constant<int, D>{}) for D = 2 or 3 (the caller has checked D): a compile-time
 // D lets the per-coordinate loops unroll.
 template <typename F>
@@ -59,11 +63,12 @@ FASTSMALL_INLINE void dispatch_points(const at::Tensor& t, const char* name, F&&
   dispatch_floating(t.scalar_type(), name, [&](auto tag) { dispatch_dim(t.size(-1), [&](auto dim) { f(tag, dim); }); });
 }
 
-// body(n, scratch) for every pose n in [0, B), in parallel chunks of grain(work_per_pose) poses;
-// each chunk makes its own scratch once (make_scratch()), so per-pose work allocates nothing.
+// body(n, scratch) for every pose n in [0, B), in parallel chunks of grain_for(ns_per_pose) poses
+// or more; each chunk makes its own scratch once (make_scratch()), so per-pose work allocates
+// nothing.
 template <typename MakeScratch, typename Body>
-FASTSMALL_INLINE void for_each_pose(int64_t B, int64_t work_per_pose, MakeScratch&& make_scratch, Body&& body) {
-  at::parallel_for(0, B, grain(work_per_pose), [&](int64_t begin, int64_t end) {
+FASTSMALL_INLINE void for_each_pose(int64_t B, double ns_per_pose, MakeScratch&& make_scratch, Body&& body) {
+  at::parallel_for(0, B, grain_for(ns_per_pose), [&](int64_t begin, int64_t end) {
     auto scratch = make_scratch();
     for (int64_t n = begin; n < end; ++n) body(n, scratch);
   });
@@ -71,8 +76,8 @@ FASTSMALL_INLINE void for_each_pose(int64_t B, int64_t work_per_pose, MakeScratc
 
 // body(n) for every pose n in [0, B), for kernels without scratch.
 template <typename Body>
-FASTSMALL_INLINE void for_each_pose(int64_t B, int64_t work_per_pose, Body&& body) {
-  at::parallel_for(0, B, grain(work_per_pose), [&](int64_t begin, int64_t end) {
+FASTSMALL_INLINE void for_each_pose(int64_t B, double ns_per_pose, Body&& body) {
+  at::parallel_for(0, B, grain_for(ns_per_pose), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) body(n);
   });
 }
