@@ -113,8 +113,8 @@ struct Job {
 constexpr int64_t kTile = 256;
 // Elements per grain of the parallel loop: ~80 us of single-thread work (parallel.h), from the
 // measured cost (bench/bench_small_batch.py --calibrate, AMD EPYC AVX2, float32): ke_reinit_
-// ~1.9 ns per element, masked_mul_ ~0.6. A call on a small model (the digits CNN's 65 k weights)
-// runs on the calling thread; ResNet-18's 11.7 M weights use every thread.
+// ~1.9 ns per element, masked_mul_ ~0.6. On the digits CNN (65 k weights) masked_mul_ (~40 us)
+// runs on the calling thread and ke_reinit_ (~120 us) on two; ResNet-18's 11.7 M use every thread.
 constexpr int64_t kReinitGrain = 40960, kMaskGrain = 131072;
 
 Init parse_init(c10::string_view init) {

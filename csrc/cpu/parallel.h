@@ -6,9 +6,9 @@
 // on a busy one it waits until every thread of the team has been scheduled -- up to a scheduler
 // time slice (milliseconds) when other processes hold the cores. Below some tens of microseconds
 // of work it costs more than it saves, and it exposes a 30 us op to millisecond stalls. Measured
-// (bench/bench_small_batch.py, 2-core AMD EPYC, AVX2): kcs_forward at B = 1,024 takes ~30 us on one
-// thread; under a competing load the old 2-thread split of such calls was many times slower than
-// one thread (bench/RESULTS.md, "Small batches").
+// (bench/bench_small_batch.py, 2-core AMD EPYC, AVX2, machine shared with other jobs): kcs_forward
+// at B = 1,024 takes ~30-80 us on one thread, and 8 ms as the old 2-thread split (grain of 32 k
+// scalars) while other processes held the cores (bench/RESULTS.md, "Small batches").
 //
 // The rule: at::parallel_for(0, n, grain, f) runs f(0, n) on the calling thread when n <= grain,
 // and otherwise starts at most ceil(n / grain) threads with n / threads items each, i.e. more than
