@@ -1,15 +1,37 @@
 """One training step per method, side by side in one process, interleaved, median of 5 repeats:
 official eager fp32 (--impl official), fastsmall fp32, + --compile, + --precision bf16
---channels-last, + all three. Prints the CPU and its matrix units with the table.
+(--channels-last for the CNN methods), + all. Prints the CPU, its matrix units, torch and the
+thread count with every table.
 
-    python bench/bench_steps.py [--repeats 5] [--steps 5]
+    python bench/bench_steps.py [--repeats 5] [--steps 5] [--only crest,ke,dsd,poseaug] [--profile]
 
-(Profile shares per configuration and the PoseAug step are not here yet: issue #12 is open.)
+Rows:
+* CReST+ step: digits-LT, 32 labelled + 2 x 224 unlabelled images (one step).
+* KE epoch: digits-small (100 images, batch 32), generation 1.
+* DSD sparse-phase epoch: digits-small, generation 2 (magnitude masks of 30 %, one masked_mul_ over
+  the pruned weights after every optimizer step).
+* PoseAug G+D iteration: B = 1,024 synthetic H36M poses, SimpleBaseline estimator (the generator
+  step with the estimator's feedback, then both discriminator steps). "+ compile" / "+ bf16" only
+  where poseaug's Config has the fields ``compile`` / ``precision`` (said when it has not).
+
+``--profile`` also runs torch.profiler (CPU activities) over ``--profile-steps`` steps of every
+configuration, after the timing, and prints per configuration the shares of the profiled wall
+time: fastsmall ops (self CPU time of ``fastsmall::*`` events), GEMM + convolution (self time of
+aten::mm / addmm / bmm / baddbmm / matmul / linear, the convolutions and their backward kernels,
+oneDNN's linear / convolution ops of compiled graphs), other ops (every other dispatcher op, and
+the generated kernels of compiled graphs, i.e. the self time of inductor's ``CompiledFxGraph``
+calls), and Python / framework = wall time - all op self time (the interpreter, autograd's engine
+and AccumulateGrad nodes, AOTAutograd's CompiledFunction and dynamo's guards, the optimizers'
+Python, the profiler's own overhead). Self times are those of the calling thread: an op's
+time includes its intra-op worker threads (OpenMP) since the caller waits for them.
 """
 import argparse
+import dataclasses
 import platform
+import re
 import tempfile
 import time
+import warnings
 
 import torch
 
@@ -17,17 +39,32 @@ from fastsmall.methods.common import Distributed
 from fastsmall.methods.common.speed import matrix_units
 from fastsmall.methods.crest.config import Config as CrestConfig
 from fastsmall.methods.crest.train import CReSTTrainer
+from fastsmall.methods.dsd.config import Config as DSDConfig
+from fastsmall.methods.dsd.train import DSDTrainer
 from fastsmall.methods.ke.config import Config as KEConfig
 from fastsmall.methods.ke.train import KETrainer
 
-CONFIGS = {
+CNN_CONFIGS = {
     "official fp32": dict(impl="official"),
     "fastsmall fp32": {},
     "+ compile": dict(compile=True),
     "+ bf16 + channels-last": dict(precision="bf16", channels_last=True),
     "+ all three": dict(precision="bf16", channels_last=True, compile=True),
 }
+POSEAUG_BATCH = 1024
+OP_NAME = re.compile(r"^(?!autograd::|torch::)[A-Za-z0-9_]+::")  # a dispatcher op: aten::, mkldnn::, prims::...
+GEMM_CONV = {
+    "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::matmul", "aten::linear",
+    "aten::_addmm_activation", "aten::convolution", "aten::_convolution", "aten::conv2d", "aten::conv1d",
+    "aten::mkldnn_convolution", "aten::convolution_backward", "aten::mkldnn_convolution_backward",
+    "aten::_mkldnn_convolution_backward", "aten::thnn_conv2d", "aten::_slow_conv2d_forward",
+    "aten::_slow_conv2d_backward", "mkldnn::_linear_pointwise", "mkldnn::_convolution_pointwise",
+    "mkldnn::_convolution_pointwise_", "aten::mkldnn_linear", "aten::mkldnn_linear_backward",
+    "aten::mkldnn_linear_backward_input", "aten::mkldnn_linear_backward_weights",
+}
 
+
+# ---- the steps ---------------------------------------------------------------------------------
 
 def crest(**kw):
     cfg = CrestConfig(plus=True, quiet=True, out=tempfile.mkdtemp(), steps_per_epoch=1, epochs=10 ** 6, **kw)
@@ -44,33 +81,162 @@ def ke(**kw):
     return t.train_epoch
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=5)
-    args = ap.parse_args()
-    torch.set_num_threads(2)
+def dsd(**kw):
+    """An epoch of the sparse phase (generation 2): masks from the initial weights, masked_mul_ per step."""
+    cfg = DSDConfig(quiet=True, out=tempfile.mkdtemp(), epochs=10, warmup_epochs=1, **kw)
+    t = DSDTrainer(cfg, Distributed(torch.device("cpu")))
+    t.build_model()
+    t.generation = 2
+    t.begin_generation()  # magnitude masks, first prune, fresh optimizer
+    return t.train_epoch
+
+
+def poseaug_configs() -> tuple[dict, str | None]:
+    """PoseAug's configurations, and a note on what is skipped (Config without compile / precision)."""
+    from fastsmall.methods.poseaug.config import Config
+    fields = {f.name for f in dataclasses.fields(Config)}
+    configs = {"official fp32": dict(impl="official"), "fastsmall fp32": dict(impl="fused")}
+    missing = [f for f in ("compile", "precision") if f not in fields]
+    if "compile" in fields:
+        configs["+ compile"] = dict(impl="fused", compile=True)
+    if "precision" in fields:
+        configs["+ bf16"] = dict(impl="fused", precision="bf16")
+    if not missing:
+        configs["+ compile + bf16"] = dict(impl="fused", compile=True, precision="bf16")
+    note = (f"poseaug's Config has no field {' / '.join(missing)}: those rows are skipped" if missing else None)
+    return configs, note
+
+
+_POSES = {}
+
+
+def poseaug(**kw):
+    """One PoseAug G+D iteration at B = 1,024 with the SimpleBaseline estimator (bench/poseaug_paired.py)."""
+    from fastsmall.methods.poseaug.config import Config
+    from fastsmall.methods.poseaug.data import synthetic
+    from fastsmall.methods.poseaug.estimators import build_estimator
+    from fastsmall.methods.poseaug.gan import AugmentationGAN
+    if "poses" not in _POSES:
+        _POSES["poses"] = synthetic.generate(POSEAUG_BATCH, seed=0)
+    poses = _POSES["poses"]
+    torch.manual_seed(0)
+    cfg = Config(quiet=True, out=tempfile.mkdtemp(), **kw)
+    gan = AugmentationGAN(cfg, poses.skeleton, torch.device("cpu"))
+    model = build_estimator("simple_baseline", poses.skeleton, impl=cfg.impl).train()
+
+    def iteration():
+        out, rt_2d, _ = gan.generator_step(poses.poses_3d, poses.cams, model, epoch=5)
+        gan.discriminator_step(poses.poses_3d, poses.poses_2d, out["pose_ba"], rt_2d)
+
+    return iteration
+
+
+def methods():
+    """(key, title, make, unit, configurations, note) of every row."""
+    pa_configs, pa_note = poseaug_configs()
+    return [
+        ("crest", "CReST+ step (digits-LT, 32 + 2 x 224 images)", crest, "step", CNN_CONFIGS, None),
+        ("ke", "KE epoch (digits-small, 100 images, batch 32)", ke, "epoch", CNN_CONFIGS, None),
+        ("dsd", "DSD sparse-phase epoch (digits-small, 100 images, batch 32, 30 % pruned)", dsd, "epoch",
+         CNN_CONFIGS, None),
+        ("poseaug", f"PoseAug G+D iteration (B = {POSEAUG_BATCH:,}, SimpleBaseline estimator)", poseaug, "iteration",
+         pa_configs, pa_note),
+    ]
+
+
+# ---- machine, timing, profile --------------------------------------------------------------------
+
+def machine_line() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"CPU: {cpu}; {platform.python_version()}; torch {torch.__version__}; threads 2")
-    print("matrix units:", {k: v for k, v in matrix_units().items() if v})
-    for name, make, unit in (("CReST+ step (digits-LT, 32 + 2 x 224 images)", crest, "step"),
-                             ("KE epoch (digits-small, 100 images, batch 32)", ke, "epoch")):
-        runs = {label: make(**kw) for label, kw in CONFIGS.items()}
-        for fn in runs.values():
-            for _ in range(3):
+    units = {k: v for k, v in matrix_units().items() if v}
+    return (f"CPU: {cpu}; matrix units: {units}; torch {torch.__version__}; Python {platform.python_version()}; "
+            f"threads {torch.get_num_threads()}; load average {open('/proc/loadavg').read().split()[0]}")
+
+
+def category(name: str) -> str | None:
+    """fastsmall / gemm_conv / other for an op event; None for the rest (ProfilerStep, Optimizer.step,
+    autograd::engine::evaluate_function, torch::autograd::AccumulateGrad, CompiledFunction, dynamo)."""
+    if name.startswith("fastsmall::"):
+        return "fastsmall"
+    if name in GEMM_CONV:
+        return "gemm_conv"
+    if OP_NAME.match(name) or name.startswith("## Call CompiledFxGraph"):
+        return "other"
+    return None  # annotations and autograd / dynamo wrappers (their self time is framework time)
+
+
+def profile_shares(fn, steps: int) -> dict:
+    """Wall ms per step under the profiler and the shares of that wall time by category."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        wall_us = (time.perf_counter() - start) * 1e6
+    sums = {"fastsmall": 0.0, "gemm_conv": 0.0, "other": 0.0}
+    for e in prof.key_averages():
+        cat = category(e.key)
+        if cat is not None:
+            sums[cat] += e.self_cpu_time_total
+    shares = {k: v / wall_us for k, v in sums.items()}
+    shares["python"] = 1.0 - sum(shares.values())
+    shares["ms"] = wall_us / steps / 1e3
+    return shares
+
+
+def run_method(key, title, make, unit, configs, note, args) -> None:
+    print(f"\n## {title}\n{machine_line()}")
+    if note:
+        print(f"note: {note}")
+    runs = {}
+    for label, kw in configs.items():
+        start = time.perf_counter()
+        runs[label] = make(**kw)
+        for _ in range(args.warmup):
+            runs[label]()
+        print(f"  built and warmed up {label!r} in {time.perf_counter() - start:.1f} s", flush=True)
+    times = {label: [] for label in runs}
+    for _ in range(args.repeats):
+        for label, fn in runs.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
                 fn()
-        times = {label: [] for label in runs}
-        for _ in range(args.repeats):
-            for label, fn in runs.items():
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    fn()
-                times[label].append((time.perf_counter() - start) / args.steps * 1e3)
-        median = {label: sorted(v)[len(v) // 2] for label, v in times.items()}
-        base = median["official fp32"]
-        print(f"\n{name}\n| configuration | ms / {unit} | vs official |\n|---|---|---|")
-        for label, ms in median.items():
-            print(f"| {label} | {ms:.1f} | {base / ms:.2f}x |")
+            times[label].append((time.perf_counter() - start) / args.steps * 1e3)
+    median = {label: sorted(v)[len(v) // 2] for label, v in times.items()}
+    base = median["official fp32"]
+    print(f"\n| configuration | ms / {unit} | vs official |\n|---|---|---|")
+    for label, ms in median.items():
+        print(f"| {label} | {ms:.1f} | {base / ms:.2f}x |")
+    if args.profile:
+        print(f"\nprofile ({args.profile_steps} {unit}s per configuration under torch.profiler; shares of its wall time)")
+        print(f"\n| configuration | ms / {unit} profiled | fastsmall ops | GEMM + conv | other ops | Python / framework |")
+        print("|---|---|---|---|---|---|")
+        for label, fn in runs.items():
+            s = profile_shares(fn, args.profile_steps)
+            print(f"| {label} | {s['ms']:.1f} | {s['fastsmall']:.2%} | {s['gemm_conv']:.1%} | {s['other']:.1%} | "
+                  f"{s['python']:.1%} |", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=5, help="steps timed per repeat")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration (compilation)")
+    ap.add_argument("--only", default="crest,ke,dsd,poseaug",
+                    help="comma-separated subset of crest, ke, dsd, poseaug (default: all)")
+    ap.add_argument("--profile", action="store_true", help="also print the profile shares of every configuration")
+    ap.add_argument("--profile-steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    only = [k.strip() for k in args.only.split(",") if k.strip()]
+    rows = methods()
+    unknown = sorted(set(only) - {r[0] for r in rows})
+    if unknown:
+        ap.error(f"--only: unknown {unknown}; choose from crest, ke, dsd, poseaug")
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    for row in rows:
+        if row[0] in only:
+            run_method(*row, args)
 
 
 if __name__ == "__main__":
