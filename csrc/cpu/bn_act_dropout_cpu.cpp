@@ -36,6 +36,7 @@
 #include "../macros.h"
 #include "dtypes.h"
 #include "isa.h"
+#include "parallel.h"
 #include "rng.h"
 
 namespace fastsmall {
@@ -43,9 +44,10 @@ namespace {
 
 constexpr int64_t kBlock = 32;   // columns per task
 constexpr int64_t kChunk = 64;   // rows per float32 partial sum
-// Elements a task must have before a second thread is worth starting (~20-40 us of work here):
-// below it the whole call runs on the calling thread.
-constexpr int64_t kMinTaskElements = int64_t(1) << 16;
+// Single-thread cost per element (ns), measured at N = C = 1,024 float32 on a 2-core AMD EPYC
+// (AVX2), for parallel.h's grain rule: ~1.5 forward (two walks, the hash), ~2.5 backward
+// (the hash and z recomputed in both walks).
+constexpr double kForwardNs = 1.5, kBackwardNs = 2.5;
 
 // ---- checks (fastsmall/ops/bn_act_dropout.py has the same in Python) ------------------------
 
@@ -291,8 +293,8 @@ struct Blocks {
 template <typename scalar_t, typename acc_t, bool BACKWARD>
 void run_blocks(const Args<scalar_t, acc_t>& A) {
   const int64_t blocks = (A.C + kBlock - 1) / kBlock;
-  const int64_t per_block = std::max<int64_t>(1, A.N * kBlock);
-  const int64_t grain = std::max<int64_t>(1, kMinTaskElements / per_block);
+  const int64_t grain = grain_for(static_cast<double>(std::max<int64_t>(1, A.N * kBlock)) *
+                                  (BACKWARD ? kBackwardNs : kForwardNs));
   dispatch_simd_bytes([&](auto bytes) {
     constexpr int BYTES = decltype(bytes)::value;
     at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
