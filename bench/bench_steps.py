@@ -26,32 +26,16 @@ Python, the profiler's own overhead). Self times are those of the calling thread
 time includes its intra-op worker threads (OpenMP) since the caller waits for them.
 """
 import argparse
-import dataclasses
 import platform
 import re
-import tempfile
 import time
 import warnings
 
 import torch
 
-from fastsmall.methods.common import Distributed
 from fastsmall.methods.common.speed import matrix_units
-from fastsmall.methods.crest.config import Config as CrestConfig
-from fastsmall.methods.crest.train import CReSTTrainer
-from fastsmall.methods.dsd.config import Config as DSDConfig
-from fastsmall.methods.dsd.train import DSDTrainer
-from fastsmall.methods.ke.config import Config as KEConfig
-from fastsmall.methods.ke.train import KETrainer
+from fastsmall.methods.steps import methods, time_interleaved
 
-CNN_CONFIGS = {
-    "official fp32": dict(impl="official"),
-    "fastsmall fp32": {},
-    "+ compile": dict(compile=True),
-    "+ bf16 + channels-last": dict(precision="bf16", channels_last=True),
-    "+ all three": dict(precision="bf16", channels_last=True, compile=True),
-}
-POSEAUG_BATCH = 1024
 OP_NAME = re.compile(r"^(?!autograd::|torch::)[A-Za-z0-9_]+::")  # a dispatcher op: aten::, mkldnn::, prims::...
 GEMM_CONV = {
     "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::matmul", "aten::linear",
@@ -62,86 +46,6 @@ GEMM_CONV = {
     "mkldnn::_convolution_pointwise_", "aten::mkldnn_linear", "aten::mkldnn_linear_backward",
     "aten::mkldnn_linear_backward_input", "aten::mkldnn_linear_backward_weights",
 }
-
-
-# ---- the steps ---------------------------------------------------------------------------------
-
-def crest(**kw):
-    cfg = CrestConfig(plus=True, quiet=True, out=tempfile.mkdtemp(), steps_per_epoch=1, epochs=10 ** 6, **kw)
-    t = CReSTTrainer(cfg, Distributed(torch.device("cpu")))
-    t._fresh_generation_state()
-    t.steps_total = 10 ** 6
-    return t._train_epoch
-
-
-def ke(**kw):
-    cfg = KEConfig(quiet=True, out=tempfile.mkdtemp(), epochs=10, warmup_epochs=1, **kw)
-    t = KETrainer(cfg, Distributed(torch.device("cpu")))
-    t.build_model()
-    return t.train_epoch
-
-
-def dsd(**kw):
-    """An epoch of the sparse phase (generation 2): masks from the initial weights, masked_mul_ per step."""
-    cfg = DSDConfig(quiet=True, out=tempfile.mkdtemp(), epochs=10, warmup_epochs=1, **kw)
-    t = DSDTrainer(cfg, Distributed(torch.device("cpu")))
-    t.build_model()
-    t.generation = 2
-    t.begin_generation()  # magnitude masks, first prune, fresh optimizer
-    return t.train_epoch
-
-
-def poseaug_configs() -> tuple[dict, str | None]:
-    """PoseAug's configurations, and a note on what is skipped (Config without compile / precision)."""
-    from fastsmall.methods.poseaug.config import Config
-    fields = {f.name for f in dataclasses.fields(Config)}
-    configs = {"official fp32": dict(impl="official"), "fastsmall fp32": dict(impl="fused")}
-    missing = [f for f in ("compile", "precision") if f not in fields]
-    if "compile" in fields:
-        configs["+ compile"] = dict(impl="fused", compile=True)
-    if "precision" in fields:
-        configs["+ bf16"] = dict(impl="fused", precision="bf16")
-    if not missing:
-        configs["+ compile + bf16"] = dict(impl="fused", compile=True, precision="bf16")
-    note = (f"poseaug's Config has no field {' / '.join(missing)}: those rows are skipped" if missing else None)
-    return configs, note
-
-
-_POSES = {}
-
-
-def poseaug(**kw):
-    """One PoseAug G+D iteration at B = 1,024 with the SimpleBaseline estimator (bench/poseaug_paired.py)."""
-    from fastsmall.methods.poseaug.config import Config
-    from fastsmall.methods.poseaug.data import synthetic
-    from fastsmall.methods.poseaug.estimators import build_estimator
-    from fastsmall.methods.poseaug.gan import AugmentationGAN
-    if "poses" not in _POSES:
-        _POSES["poses"] = synthetic.generate(POSEAUG_BATCH, seed=0)
-    poses = _POSES["poses"]
-    torch.manual_seed(0)
-    cfg = Config(quiet=True, out=tempfile.mkdtemp(), **kw)
-    gan = AugmentationGAN(cfg, poses.skeleton, torch.device("cpu"))
-    model = build_estimator("simple_baseline", poses.skeleton, impl=cfg.impl).train()
-
-    def iteration():
-        out, rt_2d, _ = gan.generator_step(poses.poses_3d, poses.cams, model, epoch=5)
-        gan.discriminator_step(poses.poses_3d, poses.poses_2d, out["pose_ba"], rt_2d)
-
-    return iteration
-
-
-def methods():
-    """(key, title, make, unit, configurations, note) of every row."""
-    pa_configs, pa_note = poseaug_configs()
-    return [
-        ("crest", "CReST+ step (digits-LT, 32 + 2 x 224 images)", crest, "step", CNN_CONFIGS, None),
-        ("ke", "KE epoch (digits-small, 100 images, batch 32)", ke, "epoch", CNN_CONFIGS, None),
-        ("dsd", "DSD sparse-phase epoch (digits-small, 100 images, batch 32, 30 % pruned)", dsd, "epoch",
-         CNN_CONFIGS, None),
-        ("poseaug", f"PoseAug G+D iteration (B = {POSEAUG_BATCH:,}, SimpleBaseline estimator)", poseaug, "iteration",
-         pa_configs, pa_note),
-    ]
 
 
 # ---- machine, timing, profile --------------------------------------------------------------------
@@ -194,14 +98,7 @@ def run_method(key, title, make, unit, configs, note, args) -> None:
         for _ in range(args.warmup):
             runs[label]()
         print(f"  built and warmed up {label!r} in {time.perf_counter() - start:.1f} s", flush=True)
-    times = {label: [] for label in runs}
-    for _ in range(args.repeats):
-        for label, fn in runs.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                fn()
-            times[label].append((time.perf_counter() - start) / args.steps * 1e3)
-    median = {label: sorted(v)[len(v) // 2] for label, v in times.items()}
+    median = time_interleaved(runs, args.repeats, args.steps)
     base = median["official fp32"]
     print(f"\n| configuration | ms / {unit} | vs official |\n|---|---|---|")
     for label, ms in median.items():
