@@ -10,9 +10,15 @@ shared by every method.
   convolutions run natively (the default NCHW makes them reorder on every call).
 * ``--compile`` compiles the step's forward and losses as one graph (``fullgraph=True``, static
   shapes; AOTAutograd compiles the backward with it), fastsmall's custom ops inside the graph.
+  Random ops in the graph (noise, dropout, the seed of a counter-based mask) draw from the global
+  generator as eager does (inductor's ``fallback_random``), so a compiled fp32 step follows eager's
+  random stream and matches eager to float tolerance.
+* Optimizers: ``adam(params, lr)`` is ``foreach=True`` (bitwise the per-tensor loop's numbers,
+  tested), and ``fused=True`` (one pass over each parameter; equal to the loop to float
+  tolerance, not bitwise) under ``--compile``, where fp32 is already only float-tolerance equal.
 
 ``StepSpeed`` turns a config's three fields into what the training loop calls: ``autocast()``,
-``prepare(module)``, ``inputs(x)`` and ``compile(fn)``.
+``prepare(module)``, ``inputs(x)``, ``compile(fn)`` and ``adam(params, lr)``.
 """
 from __future__ import annotations
 
@@ -91,6 +97,8 @@ def _say_once(say, message: str) -> None:
 class StepSpeed:
     """The speed settings of one run (``precision``, ``channels_last``, ``compile`` of a config)."""
 
+    backend = "inductor"  # torch.compile's backend
+
     def __init__(self, cfg, device: torch.device, say=print):
         self.device = torch.device(device)
         self.requested = getattr(cfg, "precision", "fp32")
@@ -127,11 +135,33 @@ class StepSpeed:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def compile(self, fn):
-        """``fn`` compiled as one graph with static shapes, or ``fn`` itself without ``--compile``."""
+    def compile(self, fn, *, dynamic: bool = False):
+        """``fn`` compiled as one graph (static shapes unless ``dynamic``), or ``fn`` itself without
+        ``--compile``. Random ops in the graph run as eager's (``fallback_random``): same stream."""
         if not self.compiled:
             return fn
-        return torch.compile(fn, fullgraph=True, dynamic=False)
+        if self.backend != "inductor":  # tests: "aot_eager" (same graphs, no code generation)
+            return torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=self.backend)
+        return torch.compile(fn, fullgraph=True, dynamic=dynamic, options={"fallback_random": True})
+
+    def adam(self, params, lr: float) -> torch.optim.Adam:
+        """Adam on ``params``: ``foreach=True`` (bitwise the loop), ``fused=True`` under ``--compile``
+        where PyTorch has a fused kernel (CPU, CUDA; float tolerance of the loop)."""
+        if self.compiled and self.device.type in ("cpu", "cuda"):
+            return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+    def load_optimizer_state(self, opt: torch.optim.Optimizer, state: dict) -> None:
+        """``opt.load_state_dict(state)`` keeping this run's ``foreach`` / ``fused`` choice: a
+        checkpoint carries the flags of the run that saved it, and ``--compile`` may differ on resume."""
+        flags = [(g.get("foreach"), g.get("fused")) for g in opt.param_groups]
+        opt.load_state_dict(state)
+        for group, (foreach, fused) in zip(opt.param_groups, flags):
+            group["foreach"], group["fused"] = foreach, fused
+            for p in group["params"]:  # fused Adam keeps `step` on the parameter's device, the loop on the CPU
+                st = opt.state.get(p)
+                if st and torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].to(device=p.device if fused else "cpu", dtype=torch.float32)
 
     def describe(self) -> dict:
         return {"precision": self.precision, "precision_requested": self.requested,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..common.config import (ConfigError, device_option, dist_timeout_option, impl_option, list_option, option,
                              quiet_option, resume_option)
+from ..common.speed import compile_option, precision_option
 from .losses import FEEDBACKS
 
 ESTIMATOR_NAMES = ["videopose", "simple_baseline", "semgcn", "stgcn"]
@@ -75,6 +76,8 @@ class Config:
     augment: bool = option(True, "--no-augment: train the estimator on real data only for the same epochs (the baseline)")
     # ---- run ----------------------------------------------------------------------------
     impl: str = impl_option("bones / part features (poseaug/official.py: constant-matrix arithmetic)")
+    compile: bool = compile_option()
+    precision: str = precision_option()
     seed: int = option(0, "seed (data, initialisation, noise)")
     device: str = device_option()
     out: str = option("runs/poseaug", "run directory")
