@@ -9,8 +9,9 @@
 // Costs measured on a 2-core AMD EPYC (AVX2), H36M-16 poses, D = 3, float32, ns per pose
 // (bench/bench_small_batch.py --calibrate): kcs_forward 26-37, kcs_forward_backward 57,
 // bone_decompose 87, its backward 255, kcs_inverse 55-80, its backward 74-105, part_kcs_gram
-// compact 190 / masked 320-700, its backward compact 800-920 / masked 1,600. At B = 1,024 the
-// KCS forwards therefore run on one thread, and the backwards and Gram kernels on two.
+// compact 190 / masked 320-700, its backward compact 800-920 / masked 1,600. At B = 1,024
+// kcs_forward, its backward and kcs_inverse therefore run on one thread; bone_decompose, the other
+// backwards and the Gram kernels on two (bench/RESULTS.md, "Small batches").
 #pragma once
 
 #include <ATen/ATen.h>
