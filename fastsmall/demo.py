@@ -5,7 +5,8 @@ plain-PyTorch reference (values and gradients), times the eager reference, the
 ``torch.compile``d reference and fastsmall side by side, then runs a short CReST+
 on digits-LT and a short Knowledge Evolution (KELS) on digits-small (both from
 scikit-learn's bundled digits) and a short PoseAug on generated poses, and prints
-their result tables.
+their result tables. Before the method runs it times one training step of each method the
+released code's way and fastsmall's fast path, on this machine, and prints the speed-up.
 """
 from __future__ import annotations
 
@@ -53,6 +54,29 @@ def check_correctness(poses: torch.Tensor, backends: list[str]) -> list[tuple]:
             err = max((o - r).abs().max().item() for o, r in zip(out, ref))
             gerr = (grad - ref_grad).abs().max().item()
             rows.append((name, backend, err, gerr, "ok" if max(err, gerr) < 1e-9 else "MISMATCH"))
+    rows += check_bn_act_dropout(poses.shape[0], poses.device, backends)
+    return rows
+
+
+def check_bn_act_dropout(n: int, device: torch.device, backends: list[str]) -> list[tuple]:
+    """The MLP-block tail (batch norm, leaky ReLU, dropout 0.25, residual) on [n, 64] float64."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    y, res, cot = (torch.randn(n, 64, generator=gen, dtype=torch.float64).to(device) for _ in range(3))
+    weight, bias = (torch.randn(64, generator=gen, dtype=torch.float64).to(device) for _ in range(2))
+    seed = torch.tensor([7], device=device)
+
+    def run(backend):
+        leaf = y.clone().requires_grad_()
+        out = fs.ops.bn_act_dropout(leaf, None, None, weight, bias, True, negative_slope=0.1, p=0.25, residual=res,
+                                    seed=seed, backend=backend)
+        return out, torch.autograd.grad(out, leaf, cot)[0]
+
+    ref, ref_grad = run("reference")
+    rows = []
+    for backend in backends:
+        out, grad = run(backend)
+        err, gerr = (out - ref).abs().max().item(), (grad - ref_grad).abs().max().item()
+        rows.append(("bn_act_dropout", backend, err, gerr, "ok" if max(err, gerr) < 1e-9 else "MISMATCH"))
     return rows
 
 
@@ -84,6 +108,7 @@ def main(argv=None) -> int:
     parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per measurement")
     parser.add_argument("--ops-only", action="store_true", help="skip the method pipelines")
     parser.add_argument("--out", default="runs/demo", help="where the method runs write their run directories")
+    parser.add_argument("--step-repeats", type=int, default=3, help="alternating runs per training-step timing")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     print(f"fastsmall {fs.__version__} | torch {torch.__version__} | device {device} | "
@@ -108,13 +133,47 @@ def main(argv=None) -> int:
         print(f"{name:<16}{batch:>7}{e * 1e6:>9.1f}µs{c * 1e6:>9.1f}µs{f * 1e6:>9.1f}µs{e / f:>9.1f}x"
               f"{c / f:>9.1f}x{cs:>8.1f}s")
     if not args.ops_only:
-        run_crest_demo(args.out)
-        run_ke_demo(args.out)
-        run_poseaug_demo(args.out)
+        precision = fast_precision(device)
+        print_step_speedups(precision, args.step_repeats)
+        run_crest_demo(args.out, precision)
+        run_ke_demo(args.out, precision)
+        run_poseaug_demo(args.out, precision)
     return 1 if failures else 0
 
 
-def run_crest_demo(out: str) -> None:
+def fast_precision(device: torch.device) -> str:
+    """The demo's fast path: fastsmall's fused kernels (every method's default ``impl``) and bf16
+    matmuls / convolutions where this machine has bf16 matrix units, fp32 elsewhere. (``--compile``
+    is left off: on CPU its compile time exceeds what it saves in runs this short.)"""
+    from fastsmall.methods.common.speed import bf16_supported
+
+    return "bf16" if bf16_supported(device)[0] else "fp32"
+
+
+def print_step_speedups(precision: str, repeats: int) -> None:
+    """One training step of each method, the released code's way (``--impl official``, eager fp32)
+    against the demo's fast path, timed alternately on this machine (median of ``repeats``)."""
+    from fastsmall.methods import steps
+    from fastsmall.methods.common.speed import matrix_units
+
+    units = [k for k in ("amx_bf16", "avx512_bf16", "cuda_bf16") if matrix_units()[k]]
+    fast = f"fastsmall {precision}" + (" (bf16 matrix units: " + ", ".join(units) + ")" if precision == "bf16" else
+                                       " (no bf16 matrix units here)")
+    print(f"\nTraining-step speed on this machine: official eager fp32 vs {fast}; {torch.get_num_threads()} threads, "
+          f"median of {repeats} alternating runs")
+    print(f"{'step':<52}{'official':>11}{'fastsmall':>11}{'speed-up':>10}")
+    rows = (("CReST+ step (digits-LT, 32 + 2 x 224 images)", steps.crest, {}),
+            ("KE epoch (digits-small, 100 images)", steps.ke, {}),
+            (f"PoseAug G+D iteration (SimpleBaseline, B = {steps.POSEAUG_BATCH:,})", steps.poseaug, {"impl": "fused"}))
+    for title, make, fused in rows:
+        runs = {"official": make(impl="official"), "fast": make(precision=precision, **fused)}
+        for fn in runs.values():
+            fn()  # warm-up
+        ms = steps.time_interleaved(runs, repeats, 1)
+        print(f"{title:<52}{ms['official']:>9.0f}ms{ms['fast']:>9.0f}ms{ms['official'] / ms['fast']:>9.2f}x", flush=True)
+
+
+def run_crest_demo(out: str, precision: str = "fp32") -> None:
     """A short CReST+ run on the embedded digits-LT data, with its result table."""
     import shutil
 
@@ -122,7 +181,7 @@ def run_crest_demo(out: str) -> None:
 
     run_dir = f"{out}/crest-plus"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = crest.Config(plus=True, generations=3, epochs=4, eval_last=2, quiet=True, out=run_dir)
+    cfg = crest.Config(plus=True, generations=3, epochs=4, eval_last=2, quiet=True, out=run_dir, precision=precision)
     print(f"\nCReST+ on digits-LT (imbalance {cfg.imbalance:g}, labelled fraction {cfg.labeled_fraction:g}, "
           f"{cfg.generations} generations x {cfg.epochs} epochs), run directory {run_dir}")
     summary = crest.train(cfg)
@@ -132,7 +191,7 @@ def run_crest_demo(out: str) -> None:
               f"{g['tail_recall']:>17.3f}")
 
 
-def run_ke_demo(out: str) -> None:
+def run_ke_demo(out: str, precision: str = "fp32") -> None:
     """A short Knowledge Evolution (KELS, s_r = 0.5) run on digits-small, with its result table."""
     import shutil
 
@@ -141,7 +200,7 @@ def run_ke_demo(out: str) -> None:
 
     run_dir = f"{out}/ke-kels"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = ke.Config(split="kels", split_rate=0.5, generations=5, quiet=True, out=run_dir)
+    cfg = ke.Config(split="kels", split_rate=0.5, generations=5, quiet=True, out=run_dir, precision=precision)
     print(f"\nKnowledge Evolution (KELS, s_r = {cfg.split_rate:g}) on digits-small ({cfg.per_class or 10} training "
           f"images per class, {cfg.generations} generations x {cfg.epochs} epochs), run directory {run_dir}")
     threads = torch.get_num_threads()
@@ -153,7 +212,7 @@ def run_ke_demo(out: str) -> None:
     print(result_table(summary))
 
 
-def run_poseaug_demo(out: str) -> None:
+def run_poseaug_demo(out: str, precision: str = "fp32") -> None:
     """A short PoseAug run: train on narrow generated poses, test on broad ones."""
     import shutil
 
@@ -164,7 +223,7 @@ def run_poseaug_demo(out: str) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = poseaug.Config(subset="narrow", train_size=4096, test_size=2048, batch_size=128, baseline_epochs=12,
                          epochs=6, warmup=2, estimator="simple_baseline", estimator_width=512,
-                         eval=["synthetic-broad"], quiet=True, out=run_dir)
+                         eval=["synthetic-broad"], quiet=True, out=run_dir, precision=precision)
     print(f"\nPoseAug on generated poses: {cfg.estimator} (width {cfg.estimator_width}) trained on "
           f"{cfg.train_size} narrow poses (standing/walking, facing the camera) for {cfg.baseline_epochs} epochs, then "
           f"{cfg.epochs} PoseAug epochs; tested on held-out narrow and broad poses. Run directory {run_dir}")
