@@ -104,17 +104,22 @@ struct Args {
   acc_t* grad_bias = nullptr;
 };
 
-// The keep flags of elements e = base .. base + w - 1 (one row of one block): 1 kept, 0 dropped.
-FASTSMALL_INLINE void keep_flags(Key key, uint32_t threshold, uint64_t base, int64_t w, uint8_t* keep) {
+// v[j] = kept ? v[j] * scale : 0 for the elements e = base + j, j < w (one row of one block). The
+// hash and the select share one loop of 32-bit lanes (uint32 draws, float32 values), which the
+// compiler vectorises whole; a run that crosses a 2^32 boundary of e takes the scalar path.
+template <typename acc_t>
+FASTSMALL_INLINE void apply_dropout(Key key, uint32_t threshold, acc_t scale, uint64_t base, int64_t w,
+                                    acc_t* __restrict__ v) {
   const uint32_t lo = static_cast<uint32_t>(base), hi = static_cast<uint32_t>(base >> 32);
   if (lo <= std::numeric_limits<uint32_t>::max() - static_cast<uint32_t>(w)) {  // no carry into hi32 in this run
-    const uint32_t k1 = key.k1 + hi;
+    const uint32_t k0 = key.k0, k1 = key.k1 + hi;
     for (int64_t j = 0; j < w; ++j) {
-      const uint32_t h = mix32((lo + static_cast<uint32_t>(j)) ^ key.k0);
-      keep[j] = (mix32(h ^ k1) >> 9) >= threshold;
+      const uint32_t h = mix32((lo + static_cast<uint32_t>(j)) ^ k0);
+      v[j] = (mix32(h ^ k1) >> 9) >= threshold ? v[j] * scale : acc_t(0);
     }
   } else {
-    for (int64_t j = 0; j < w; ++j) keep[j] = draw_bit(key, base + static_cast<uint64_t>(j)) >= threshold;
+    for (int64_t j = 0; j < w; ++j)
+      v[j] = draw_bit(key, base + static_cast<uint64_t>(j)) >= threshold ? v[j] * scale : acc_t(0);
   }
 }
 
@@ -170,7 +175,6 @@ template <typename scalar_t, typename acc_t>
 FASTSMALL_INLINE void forward_block(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w) {
   const int64_t N = A.N, C = A.C;
   acc_t mean[kBlock], var[kBlock], invstd[kBlock], a[kBlock], b[kBlock], act[kBlock];
-  uint8_t keep[kBlock];
   if (A.batch_stats) {
     block_statistics(A, c0, w, mean, var);
     for (int64_t j = 0; j < w; ++j) {
@@ -192,10 +196,7 @@ FASTSMALL_INLINE void forward_block(const Args<scalar_t, acc_t>& A, int64_t c0, 
       const acc_t z = static_cast<acc_t>(row[j]) * a[j] + b[j];
       act[j] = z > acc_t(0) ? z : z * slope;
     }
-    if (A.dropout) {
-      keep_flags(A.key, A.threshold, static_cast<uint64_t>(n * C + c0), w, keep);
-      for (int64_t j = 0; j < w; ++j) act[j] = keep[j] ? act[j] * scale : acc_t(0);
-    }
+    if (A.dropout) apply_dropout(A.key, A.threshold, scale, static_cast<uint64_t>(n * C + c0), w, act);
     if (A.residual) {
       const scalar_t* r = A.residual + n * C + c0;
       for (int64_t j = 0; j < w; ++j) act[j] += static_cast<acc_t>(r[j]);
@@ -207,7 +208,7 @@ FASTSMALL_INLINE void forward_block(const Args<scalar_t, acc_t>& A, int64_t c0, 
 // g_z of one row of a block: grad * dropout scale (0 where dropped) * leaky-ReLU slope at z.
 template <typename scalar_t, typename acc_t>
 FASTSMALL_INLINE void row_grad_z(const Args<scalar_t, acc_t>& A, int64_t n, int64_t c0, int64_t w, const acc_t* a,
-                                 const acc_t* b, acc_t* gz, uint8_t* keep) {
+                                 const acc_t* b, acc_t* gz) {
   const scalar_t* row = A.y + n * A.C + c0;
   const scalar_t* g = A.grad + n * A.C + c0;
   const acc_t slope = A.slope;
@@ -215,18 +216,13 @@ FASTSMALL_INLINE void row_grad_z(const Args<scalar_t, acc_t>& A, int64_t n, int6
     const acc_t z = static_cast<acc_t>(row[j]) * a[j] + b[j];
     gz[j] = static_cast<acc_t>(g[j]) * (z > acc_t(0) ? acc_t(1) : slope);
   }
-  if (A.dropout) {
-    keep_flags(A.key, A.threshold, static_cast<uint64_t>(n * A.C + c0), w, keep);
-    const acc_t scale = A.scale;
-    for (int64_t j = 0; j < w; ++j) gz[j] = keep[j] ? gz[j] * scale : acc_t(0);
-  }
+  if (A.dropout) apply_dropout(A.key, A.threshold, A.scale, static_cast<uint64_t>(n * A.C + c0), w, gz);
 }
 
 template <typename scalar_t, typename acc_t>
 FASTSMALL_INLINE void backward_block(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w) {
   const int64_t N = A.N, C = A.C;
   acc_t mean[kBlock], var[kBlock], invstd[kBlock], a[kBlock], b[kBlock], gz[kBlock];
-  uint8_t keep[kBlock];
   for (int64_t j = 0; j < w; ++j) {
     mean[j] = A.mean[c0 + j];
     var[j] = A.var[c0 + j];
@@ -238,7 +234,7 @@ FASTSMALL_INLINE void backward_block(const Args<scalar_t, acc_t>& A, int64_t c0,
     acc_t p1[kBlock] = {}, p2[kBlock] = {};
     const int64_t n1 = std::min(N, n0 + kChunk);
     for (int64_t n = n0; n < n1; ++n) {
-      row_grad_z(A, n, c0, w, a, b, gz, keep);
+      row_grad_z(A, n, c0, w, a, b, gz);
       const scalar_t* row = A.y + n * C + c0;
       for (int64_t j = 0; j < w; ++j) {
         const acc_t xhat = (static_cast<acc_t>(row[j]) - mean[j]) * invstd[j];
@@ -260,7 +256,7 @@ FASTSMALL_INLINE void backward_block(const Args<scalar_t, acc_t>& A, int64_t c0,
   }
   // pass 2: grad_y = a (g_z - mean g_z - xhat mean(g_z xhat)) with batch statistics, a g_z without
   for (int64_t n = 0; n < N; ++n) {
-    row_grad_z(A, n, c0, w, a, b, gz, keep);
+    row_grad_z(A, n, c0, w, a, b, gz);
     const scalar_t* row = A.y + n * C + c0;
     scalar_t* out = A.out + n * C + c0;
     if (A.batch_stats) {
