@@ -12,6 +12,7 @@ from fastsmall.methods.common.config import ConfigError, validate_config
 from fastsmall.methods.crest.config import Config as CrestConfig
 from fastsmall.methods.crest.train import CReSTTrainer
 from fastsmall.methods.ke.config import Config as KEConfig
+from fastsmall.methods.ke.train import KETrainer
 
 
 def crest_trainer(**kw) -> CReSTTrainer:
@@ -62,17 +63,27 @@ def test_precision_is_checked(value):
 
 
 def test_compiled_crest_step_has_no_graph_breaks_and_matches_eager():
-    """One graph (fullgraph=True raises on any break), and 6 steps of compiled fp32 equal eager fp32
-    to float tolerance (same seed, same batches)."""
+    """One graph (fullgraph=True raises on any break); 6 steps of compiled fp32 equal eager fp32 to
+    float tolerance (same seed, same batches), and 20 steps stay within 1 % (loss) / 5e-3 (parameters).
+
+    Why two tolerances: the two runs agree to ~3e-7 in the parameters for 6 steps; at step 7-8 one
+    discrete event (a ReLU / max-pool decision at a rounding-level tie) moves them 1e-4 apart, and
+    from step ~17 FixMatch's confidence threshold lets one more or one fewer unlabelled image into
+    the loss (mask rate 0.013 vs 0.016): a divergence of the training trajectory, not of the
+    arithmetic, which a wrong gradient or a dropped term would exceed by far."""
     eager, compiled = crest_trainer(), crest_trainer(compile=True)
     explanation = torch._dynamo.explain(eager._losses)(torch.randn(32 * 15, 1, 8, 8), torch.randint(0, 10, (32,)), 0.7)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
-    for _ in range(3):
+    for epoch in range(10):
         a, b = eager._train_epoch(), compiled._train_epoch()
-    for k in a:
-        assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
+        if epoch == 2:  # 6 steps: float tolerance
+            for k in a:
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
+            for p, q in zip(eager.model.parameters(), compiled.model.parameters()):
+                torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-2)  # 20 steps
     for p, q in zip(eager.model.parameters(), compiled.model.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(p, q, rtol=1e-2, atol=5e-3)
 
 
 def test_foreach_sgd_is_the_same_arithmetic_as_the_loop():
@@ -90,3 +101,30 @@ def test_foreach_sgd_is_the_same_arithmetic_as_the_loop():
         opt_b.step()
     for p, q in zip(ps, qs):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("split", ["kels", "wels"])
+def test_compiled_ke_epochs_match_eager(split):
+    """KE's compiled step (forward and losses) against eager fp32 (digits-small, 100 images, batch 32,
+    3 steps an epoch): parameters to float tolerance after 3 steps, losses and accuracies within
+    1e-3 over 15 steps. (KE's learning rate is 0.256: a rounding difference between inductor's and
+    aten's convolutions grows ~10x a step, 1e-7 after 3 steps, ~1e-3 in the parameters after 15,
+    while the losses still agree to 1e-4: the trajectories separate, the arithmetic does not.)"""
+    def trainer(**kw):
+        cfg = KEConfig(split=split, quiet=True, out=tempfile.mkdtemp(), epochs=10, warmup_epochs=1, **kw)
+        validate_config(cfg)
+        t = KETrainer(cfg, Distributed(torch.device("cpu")))
+        t.build_model()
+        return t
+
+    eager, compiled = trainer(), trainer(compile=True)
+    compiled.model.load_state_dict(eager.model.state_dict())
+    for epoch in range(5):
+        a, b = eager.train_epoch(), compiled.train_epoch()
+        eager.epoch += 1
+        compiled.epoch += 1
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), (epoch, k)
+        if epoch == 0:
+            for p, q in zip(eager.model.parameters(), compiled.model.parameters()):
+                torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
