@@ -1,0 +1,37 @@
+"""The main job (fastsmall.demo): its correctness table and the training-step speed line."""
+import torch
+
+from fastsmall import demo
+from fastsmall.methods import steps
+
+
+def test_correctness_table_covers_every_backend_and_the_mlp_block():
+    poses = demo.synthetic.generate(33, seed=0).poses_3d
+    backends = demo.usable_backends(torch.device("cpu"))
+    rows = demo.check_correctness(poses, backends)
+    names = {(name, backend) for name, backend, *_ in rows}
+    for backend in backends:
+        for op in (*demo.OPS, "bn_act_dropout"):
+            assert (op, backend) in names
+    assert all(status == "ok" for *_, status in rows), rows
+
+
+def test_fast_path_uses_bf16_only_with_units(monkeypatch):
+    from fastsmall.methods.common import speed
+    monkeypatch.setattr(speed, "bf16_supported", lambda device: (False, "no units"))
+    assert demo.fast_precision(torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(speed, "bf16_supported", lambda device: (True, ""))
+    assert demo.fast_precision(torch.device("cpu")) == "bf16"
+
+
+def test_step_speedups_time_every_method_official_and_fast(monkeypatch, capsys):
+    # real steps of every method (PoseAug on 64 poses instead of 1,024 to keep the test short)
+    monkeypatch.setattr(steps, "POSEAUG_BATCH", 64)
+    monkeypatch.setattr(steps, "_POSES", {})
+    demo.print_step_speedups("fp32", repeats=1)
+    out = capsys.readouterr().out
+    for title in ("CReST+ step", "KE epoch", "PoseAug G+D iteration"):
+        line = next(line for line in out.splitlines() if line.startswith(title))
+        official, fast, speedup = line.split()[-3:]
+        assert official.endswith("ms") and fast.endswith("ms") and speedup.endswith("x")
+        assert float(speedup[:-1]) > 0
