@@ -299,8 +299,23 @@ void run_blocks(const Args<scalar_t, acc_t>& A) {
   });
 }
 
+// What forward and backward share: the shape, y, the per-column vectors, the statistics, the
+// scalars and the dropout key (the seed's value read once, on the host: a CPU tensor).
 template <typename scalar_t, typename acc_t>
-void set_dropout(Args<scalar_t, acc_t>& A, const at::Tensor& seed, double p) {
+Args<scalar_t, acc_t> common_args(const at::Tensor& y, const at::Tensor& w, const at::Tensor& b, const at::Tensor& mean,
+                                  const at::Tensor& var, bool batch_stats, const at::Tensor& seed, double eps,
+                                  double negative_slope, double p) {
+  Args<scalar_t, acc_t> A;
+  A.N = y.size(0);
+  A.C = y.size(1);
+  A.y = y.data_ptr<scalar_t>();
+  A.weight = w.defined() ? w.data_ptr<acc_t>() : nullptr;
+  A.bias = b.defined() ? b.data_ptr<acc_t>() : nullptr;
+  A.mean = const_cast<acc_t*>(mean.data_ptr<acc_t>());
+  A.var = const_cast<acc_t*>(var.data_ptr<acc_t>());
+  A.batch_stats = batch_stats;
+  A.eps = static_cast<acc_t>(eps);
+  A.slope = static_cast<acc_t>(negative_slope);
   A.dropout = p > 0;
   A.scale = p < 1 ? static_cast<acc_t>(1.0 / (1.0 - p)) : acc_t(0);
   A.threshold = wels_threshold(p);
@@ -308,6 +323,7 @@ void set_dropout(Args<scalar_t, acc_t>& A, const at::Tensor& seed, double p) {
     const int64_t s = seed.item<int64_t>();
     A.key = stream_key({kTagDropout, lo32(s), hi32(s)});
   }
+  return A;
 }
 
 // ---- ops -------------------------------------------------------------------------------------------
@@ -347,19 +363,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_dropout_cpu(
   dispatch_floating(y.scalar_type(), "bn_act_dropout", [&](auto tag) {
     using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
-    Args<scalar_t, acc_t> A;
-    A.N = y.size(0);
-    A.C = y.size(1);
-    A.y = y.data_ptr<scalar_t>();
+    auto A = common_args<scalar_t, acc_t>(y, w, b, mean, var, batch_stats, seed, eps, negative_slope, p);
     A.residual = residual.defined() ? residual.data_ptr<scalar_t>() : nullptr;
-    A.weight = w.defined() ? w.data_ptr<acc_t>() : nullptr;
-    A.bias = b.defined() ? b.data_ptr<acc_t>() : nullptr;
-    A.mean = mean.data_ptr<acc_t>();
-    A.var = var.data_ptr<acc_t>();
-    A.batch_stats = batch_stats;
-    A.eps = static_cast<acc_t>(eps);
-    A.slope = static_cast<acc_t>(negative_slope);
-    set_dropout(A, seed, p);
     A.out = out.data_ptr<scalar_t>();
     if (A.N * A.C > 0 || batch_stats) run_blocks<scalar_t, acc_t, false>(A);
   });
@@ -389,19 +394,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_dropout_backward_cpu(
   dispatch_floating(y.scalar_type(), "bn_act_dropout_backward", [&](auto tag) {
     using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
-    Args<scalar_t, acc_t> A;
-    A.N = y.size(0);
-    A.C = y.size(1);
-    A.y = y.data_ptr<scalar_t>();
+    auto A = common_args<scalar_t, acc_t>(y, w, b, mean, var, batch_stats, seed, eps, negative_slope, p);
     A.grad = grad.data_ptr<scalar_t>();
-    A.weight = w.defined() ? w.data_ptr<acc_t>() : nullptr;
-    A.bias = b.defined() ? b.data_ptr<acc_t>() : nullptr;
-    A.mean = const_cast<acc_t*>(mean.data_ptr<acc_t>());
-    A.var = const_cast<acc_t*>(var.data_ptr<acc_t>());
-    A.batch_stats = batch_stats;
-    A.eps = static_cast<acc_t>(eps);
-    A.slope = static_cast<acc_t>(negative_slope);
-    set_dropout(A, seed, p);
     A.out = grad_y.data_ptr<scalar_t>();
     A.grad_weight = grad_w.data_ptr<acc_t>();
     A.grad_bias = grad_b.data_ptr<acc_t>();
