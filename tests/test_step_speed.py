@@ -42,6 +42,20 @@ def test_bf16_without_units_says_so_once_and_runs_fp32(monkeypatch):
     assert len(said) == 1 and "no units here" in said[0] and "fp32" in said[0]
 
 
+def test_bf16_emulation_runs_bf16_without_units_and_says_so_once(monkeypatch):
+    # FASTSMALL_BF16_EMULATE=1 (bench/bf16_parity.py): bf16 numerics on a CPU without bf16 units
+    monkeypatch.setattr(sp, "bf16_units", lambda device: (False, "no units here"))
+    monkeypatch.setattr(sp, "_warned", set())
+    monkeypatch.setenv(sp.EMULATE_ENV, "1")
+    said = []
+    for _ in range(2):
+        s = sp.StepSpeed(CrestConfig(precision="bf16"), torch.device("cpu"), said.append)
+        assert s.precision == "bf16" and s.dtype == torch.bfloat16
+    assert len(said) == 1 and "emulated" in said[0]
+    monkeypatch.setenv(sp.EMULATE_ENV, "0")
+    assert sp.StepSpeed(CrestConfig(precision="bf16"), torch.device("cpu"), said.append).dtype is None
+
+
 def test_bf16_with_units_autocasts_matmuls_and_keeps_parameters_fp32(monkeypatch):
     monkeypatch.setattr(sp, "bf16_supported", lambda device: (True, ""))
     t = crest_trainer(precision="bf16", channels_last=True)

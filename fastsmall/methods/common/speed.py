@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -75,7 +76,24 @@ def matrix_units() -> dict:
     return units
 
 
+#: FASTSMALL_BF16_EMULATE=1 runs --precision bf16 without bf16 matrix units: the same bf16
+#: numerics (bf16 operands, float32 accumulation) at a speed below float32's. For checking on a
+#: machine without the units what bf16 does to a method's results (bench/bf16_parity.py).
+EMULATE_ENV = "FASTSMALL_BF16_EMULATE"
+
+
+def bf16_emulated() -> bool:
+    return os.environ.get(EMULATE_ENV, "0") == "1"
+
+
 def bf16_supported(device: torch.device) -> tuple[bool, str]:
+    """(bf16 matrix units on ``device`` -- or emulation asked for with FASTSMALL_BF16_EMULATE=1, why not)."""
+    if bf16_emulated() and device.type in ("cpu", "cuda"):
+        return True, ""
+    return bf16_units(device)
+
+
+def bf16_units(device: torch.device) -> tuple[bool, str]:
     """(bf16 matrix units on ``device``, why not)."""
     units = matrix_units()
     if device.type == "cuda":
@@ -107,10 +125,13 @@ class StepSpeed:
         self.dtype = None  # the autocast dtype; None: float32
         if self.requested == "bf16":
             ok, why = bf16_supported(self.device)
-            if ok:
-                self.dtype = torch.bfloat16
-            else:
+            if not ok:
                 _say_once(say, f"--precision bf16: {why}; running fp32 (emulated bf16 would be slower)")
+            else:
+                self.dtype = torch.bfloat16
+                if not bf16_units(self.device)[0]:
+                    _say_once(say, f"--precision bf16: emulated ({EMULATE_ENV}=1): bf16 numerics without bf16 "
+                                   "matrix units, slower than fp32")
 
     @property
     def precision(self) -> str:
