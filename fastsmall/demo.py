@@ -11,6 +11,7 @@ released code's way and fastsmall's fast path, on this machine, and prints the s
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per measurement")
     parser.add_argument("--ops-only", action="store_true", help="skip the method pipelines")
     parser.add_argument("--out", default="runs/demo", help="where the method runs write their run directories")
-    parser.add_argument("--step-repeats", type=int, default=3, help="alternating runs per training-step timing")
+    parser.add_argument("--step-repeats", type=int, default=5, help="alternating runs per training-step timing")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     print(f"fastsmall {fs.__version__} | torch {torch.__version__} | device {device} | "
@@ -150,7 +151,7 @@ def fast_precision(device: torch.device) -> str:
     return "bf16" if bf16_supported(device)[0] else "fp32"
 
 
-def print_step_speedups(precision: str, repeats: int) -> None:
+def print_step_speedups(precision: str, repeats: int = 5) -> None:
     """One training step of each method, the released code's way (``--impl official``, eager fp32)
     against the demo's fast path, timed alternately on this machine (median of ``repeats``)."""
     from fastsmall.methods import steps
@@ -169,7 +170,11 @@ def print_step_speedups(precision: str, repeats: int) -> None:
         runs = {"official": make(impl="official"), "fast": make(precision=precision, **fused)}
         for fn in runs.values():
             fn()  # warm-up
-        ms = steps.time_interleaved(runs, repeats, 1)
+        start = time.perf_counter()
+        runs["official"]()
+        # at least ~0.2 s per timed run: a step of a few ms alone is at the mercy of the scheduler
+        per_run = max(1, math.ceil(0.2 / max(time.perf_counter() - start, 1e-6)))
+        ms = steps.time_interleaved(runs, repeats, per_run)
         print(f"{title:<52}{ms['official']:>9.0f}ms{ms['fast']:>9.0f}ms{ms['official'] / ms['fast']:>9.2f}x", flush=True)
 
 
