@@ -139,10 +139,12 @@ def test_pipeline_boundary_fresh_optimizer_and_kept_bits(tmp_path):
     class Spy(KETrainer):
         def begin_generation(self):
             state = {k: v.clone() for k, v in self.model.state_dict().items()}
-            optimizer = self.optimizer
+            had_momentum = any(float(st["momentum_buffer"].abs().sum()) > 0 for st in self.optimizer.state.values())
             super().begin_generation()
-            snaps.append((state, {k: v.clone() for k, v in self.model.state_dict().items()},
-                          optimizer is not self.optimizer and not self.optimizer.state))
+            # a fresh optimizer: every momentum buffer zeroed in place (restart_sgd_)
+            fresh = had_momentum and all(float(st["momentum_buffer"].abs().sum()) == 0
+                                         for st in self.optimizer.state.values())
+            snaps.append((state, {k: v.clone() for k, v in self.model.state_dict().items()}, fresh))
 
     cfg = tiny(tmp_path / "spy", generations=3)
     Spy(cfg, Distributed(torch.device("cpu"))).run_all()

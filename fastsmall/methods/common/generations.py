@@ -29,7 +29,7 @@ from torch import nn
 from ..models import build as build_model
 from .config import (ConfigError, device_option, dist_timeout_option, impl_option, option, quiet_option,
                      resume_option)
-from .speed import StepSpeed, channels_last_option, compile_option, precision_option
+from .speed import StepSpeed, channels_last_option, compile_option, precision_option, restart_sgd_, set_lr
 from .image_data import load_data
 from .layers import prunable_layers
 from .rng import derive_seed
@@ -160,16 +160,21 @@ class GenerationTrainer(Trainer):
         # (weights stay contiguous under --channels-last: KE's re-initialisation and DSD's masks
         # update them in place as flat tensors; NHWC inputs alone make the convolutions run NHWC)
         self.model.to(self.device)
-        self.fresh_optimizer()
-
-    def fresh_optimizer(self) -> None:
         # the official get_optimizer: plain SGD over all parameters, weight decay on all of them
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
                                          weight_decay=self.cfg.weight_decay, foreach=True)
         self.forward_model = self.model
         if self.dist.enabled:
             self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model)
+        # compiled once per run: a new optimizer or closure every generation would recompile each
+        # time and, past dynamo's recompile limit (8), silently fall back to eager
         self.losses = self.speed.compile(self._losses)
+        self.optimizer_step = self.speed.optimizer_step(self.optimizer)
+
+    def fresh_optimizer(self) -> None:
+        """A new generation's optimizer: SGD's only state is the momentum buffers, zeroed in place
+        (``restart_sgd_``: equal to a new ``torch.optim.SGD``; the learning rate is set every epoch)."""
+        restart_sgd_(self.optimizer)
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor):
         """The step's forward and loss (one graph under --compile); logits float32 before the loss."""
@@ -198,8 +203,7 @@ class GenerationTrainer(Trainer):
         B = min(cfg.batch_size, n - n % W) if n < cfg.batch_size else cfg.batch_size
         steps = n // B
         lr = self.lr()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         sums = torch.zeros(3, dtype=torch.float64)  # loss * count, correct, count
         self.model.train()
         for s in range(steps):
@@ -209,7 +213,7 @@ class GenerationTrainer(Trainer):
             loss, logits = self.losses(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            self.optimizer_step()
             self.after_step()
             sums += torch.tensor([loss.item() * len(y), (logits.argmax(-1) == y).sum().item(), len(y)],
                                  dtype=torch.float64)
@@ -251,8 +255,7 @@ class GenerationTrainer(Trainer):
         self.generation, self.epoch = state["generation"], state["epoch"]
         self.records, self.last_epoch = state["records"], state["last_epoch"]
         self.model.load_state_dict(state["model"])
-        self.fresh_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.speed.load_optimizer_state(self.optimizer, state["optimizer"])
         self.load_extra_state(state)
 
     def end_generation(self) -> None:

@@ -13,12 +13,16 @@ shared by every method.
   Random ops in the graph (noise, dropout, the seed of a counter-based mask) draw from the global
   generator as eager does (inductor's ``fallback_random``), so a compiled fp32 step follows eager's
   random stream and matches eager to float tolerance.
+* ``optimizer_step(opt)`` is ``opt.step``, compiled under ``--compile`` (PyTorch's compiled-optimizer
+  recipe: the whole update in generated kernels, not one foreach call per state tensor). The learning
+  rate becomes a tensor that :func:`set_lr` fills in place, so a schedule that moves it every epoch
+  or step never recompiles (a float lr is a guard: a new value, a new graph).
 * Optimizers: ``adam(params, lr)`` is ``foreach=True`` (bitwise the per-tensor loop's numbers,
   tested), and ``fused=True`` (one pass over each parameter; equal to the loop to float
   tolerance, not bitwise) under ``--compile``, where fp32 is already only float-tolerance equal.
 
 ``StepSpeed`` turns a config's three fields into what the training loop calls: ``autocast()``,
-``prepare(module)``, ``inputs(x)``, ``compile(fn)`` and ``adam(params, lr)``.
+``prepare(module)``, ``inputs(x)``, ``compile(fn)``, ``optimizer_step(opt)`` and ``adam(params, lr)``.
 """
 from __future__ import annotations
 
@@ -165,6 +169,17 @@ class StepSpeed:
             return torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=self.backend)
         return torch.compile(fn, fullgraph=True, dynamic=dynamic, options={"fallback_random": True})
 
+    def optimizer_step(self, optimizer: torch.optim.Optimizer):
+        """``optimizer.step``, or under ``--compile`` the same step compiled (not fullgraph: the first
+        step's lazy state initialisation is a graph break by design in torch.optim). Every group's lr
+        becomes a tensor on the run's device; move it with :func:`set_lr`."""
+        if not self.compiled:
+            return optimizer.step
+        tensor_lr_(optimizer, self.device)
+        if self.backend != "inductor":
+            return torch.compile(optimizer.step, backend=self.backend)
+        return torch.compile(optimizer.step)
+
     def adam(self, params, lr: float) -> torch.optim.Adam:
         """Adam on ``params``: ``foreach=True`` (bitwise the loop), ``fused=True`` under ``--compile``
         where PyTorch has a fused kernel (CPU, CUDA; float tolerance of the loop)."""
@@ -176,7 +191,11 @@ class StepSpeed:
         """``opt.load_state_dict(state)`` keeping this run's ``foreach`` / ``fused`` choice: a
         checkpoint carries the flags of the run that saved it, and ``--compile`` may differ on resume."""
         flags = [(g.get("foreach"), g.get("fused")) for g in opt.param_groups]
+        lr_tensor = [torch.is_tensor(g["lr"]) for g in opt.param_groups]
         opt.load_state_dict(state)
+        for group, is_tensor in zip(opt.param_groups, lr_tensor):  # this run's lr kind (optimizer_step)
+            lr = float(group["lr"])
+            group["lr"] = torch.tensor(lr, device=self.device) if is_tensor else lr
         for group, (foreach, fused) in zip(opt.param_groups, flags):
             group["foreach"], group["fused"] = foreach, fused
             for p in group["params"]:  # fused Adam keeps `step` on the parameter's device, the loop on the CPU
@@ -187,3 +206,38 @@ class StepSpeed:
     def describe(self) -> dict:
         return {"precision": self.precision, "precision_requested": self.requested,
                 "channels_last": self.channels_last, "compile": self.compiled}
+
+
+def tensor_lr_(optimizer: torch.optim.Optimizer, device) -> None:
+    """Every param group's lr as a 0-d float32 tensor on ``device`` (in place; a compiled step reads
+    it as an input instead of guarding on its value)."""
+    for group in optimizer.param_groups:
+        if not torch.is_tensor(group["lr"]):
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every param group's learning rate: filled in place where it is a tensor
+    (:meth:`StepSpeed.optimizer_step`), assigned where it is a float."""
+    for group in optimizer.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def restart_sgd_(optimizer: torch.optim.SGD) -> None:
+    """Make ``optimizer`` a fresh SGD in place (a new generation's optimizer) without new objects.
+
+    With ``dampening == 0`` SGD's first step sets ``buf = grad``; a zeroed buffer gives
+    ``0 * momentum + grad``, the same values, so zeroing the momentum buffers in place is a fresh
+    optimizer. Keeping the buffers (rather than ``state.clear()`` or a new SGD) keeps a compiled
+    step's graphs: its guards hold on the buffers' identity, and a recompile every generation would,
+    past dynamo's recompile limit (8), silently fall back to eager."""
+    for group in optimizer.param_groups:
+        if group.get("dampening", 0) != 0:
+            raise ValueError("restart_sgd_ needs dampening == 0 (a zero buffer is then a fresh one)")
+        for p in group["params"]:
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                buf.zero_()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..common import Distributed, derive_seed
 from ..common.impl import choose
-from ..common.speed import StepSpeed
+from ..common.speed import StepSpeed, restart_sgd_, set_lr
 from ..common.trainer import Trainer, run_trainer
 from ..models import build as build_model
 from . import augment
@@ -66,23 +66,37 @@ class CReSTTrainer(Trainer):
     # ---- model, optimiser, EMA -------------------------------------------------------
     def _fresh_generation_state(self):
         torch.manual_seed(derive_seed(self.cfg.seed, self.generation, 17))
-        self.model = self.speed.prepare(build_model(self.model_name, self.C, self.in_channels).to(self.device))
+        fresh = self.speed.prepare(build_model(self.model_name, self.C, self.in_channels).to(self.device))
+        if getattr(self, "model", None) is None:
+            self._build_step(fresh)
+        else:
+            # the same modules and optimizer with the new generation's initial weights and zero
+            # momentum (restart_sgd_): equal to new objects, and a compiled step keeps its graphs
+            # instead of recompiling every generation (past dynamo's limit of 8: eager fallback)
+            with torch.no_grad():
+                self.model.load_state_dict(fresh.state_dict())
+            restart_sgd_(self.optimizer)
         self.ema = copy.deepcopy(self.model).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
+        self.labeler = PseudoLabeler(self.C, self.prior, plus=self.cfg.plus, threshold=self.cfg.threshold,
+                                     convention=self.cfg.dist_align, kernels=self.pseudo_kernels, device=self.device)
+        self.step = 0
+        self.test_acc_history = []
+
+    def _build_step(self, model):
+        """The model, its optimizer and the (compiled) step functions: built once per run."""
+        self.model = model
         decay = [p for n, p in self.model.named_parameters() if p.dim() > 1]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() <= 1]
         self.optimizer = torch.optim.SGD(
             [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=True, foreach=True)
-        self.labeler = PseudoLabeler(self.C, self.prior, plus=self.cfg.plus, threshold=self.cfg.threshold,
-                                     convention=self.cfg.dist_align, kernels=self.pseudo_kernels, device=self.device)
-        self.step = 0
-        self.test_acc_history = []
         self.forward_model = self.model
         if self.dist.enabled:
             self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model)
         self.losses = self.speed.compile(self._losses)
+        self.optimizer_step = self.speed.optimizer_step(self.optimizer)
 
     @torch.no_grad()
     def _update_ema(self):
@@ -146,12 +160,11 @@ class CReSTTrainer(Trainer):
             xu = x_u[unl[s]].to(self.device)
             inputs = torch.cat([augment.weak(xl, flip=self.flip), augment.weak(xu, flip=self.flip),
                                 augment.strong(xu, flip=self.flip)])
-            for group in self.optimizer.param_groups:
-                group["lr"] = self._lr()
+            set_lr(self.optimizer, self._lr())
             loss, loss_s, loss_u, mask = self.losses(self.speed.inputs(inputs), yl, t_g)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            self.optimizer_step()
             self._update_ema()
             self.step += 1
             sums += torch.tensor([loss.item(), loss_s.item(), loss_u.item(), mask.float().mean().item()],
@@ -198,7 +211,7 @@ class CReSTTrainer(Trainer):
             self._fresh_generation_state()
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.speed.load_optimizer_state(self.optimizer, state["optimizer"])
             self.labeler.load_state_dict(state["labeler"])
             self.step = state["step"]
             self.test_acc_history = state["test_acc_history"]
