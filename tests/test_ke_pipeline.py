@@ -275,8 +275,11 @@ def test_dsd_official_impl_equals_fused(tmp_path):
     assert fused == ref
 
 
-def test_dsd_resume_in_the_sparse_phase_matches(tmp_path, monkeypatch):
-    straight = dsd.train(tiny_dsd(tmp_path / "a"))
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile"])
+def test_dsd_resume_in_the_sparse_phase_matches(tmp_path, monkeypatch, compiled):
+    """Killed in the sparse phase and resumed: the uninterrupted run's records exactly, also under
+    --compile (a tensor learning rate and compiled SGD update in the checkpointed optimizer)."""
+    straight = dsd.train(tiny_dsd(tmp_path / "a", compile=compiled))
     calls = {"n": 0}
     original = DSDTrainer.train_epoch
 
@@ -288,10 +291,10 @@ def test_dsd_resume_in_the_sparse_phase_matches(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DSDTrainer, "train_epoch", dying)
     with pytest.raises(KeyboardInterrupt):
-        dsd.train(tiny_dsd(tmp_path / "b"))
+        dsd.train(tiny_dsd(tmp_path / "b", compile=compiled))
     monkeypatch.setattr(DSDTrainer, "train_epoch", original)
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["masks"] is not None
-    resumed = dsd.train(tiny_dsd(tmp_path / "b", resume=True))
+    resumed = dsd.train(tiny_dsd(tmp_path / "b", resume=True, compile=compiled))
     assert resumed == straight
     assert strip_times(records(tmp_path / "a")) == strip_times(records(tmp_path / "b"))
 

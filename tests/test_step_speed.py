@@ -189,24 +189,60 @@ def test_set_lr_fills_a_tensor_lr_in_place_and_assigns_a_float():
     assert opt.param_groups[0]["lr"] is lr and float(lr) == 0.25
 
 
-def test_compiled_optimizer_step_follows_eager_and_never_recompiles_across_generations():
-    """--compile compiles SGD's step too, with a tensor learning rate: the LR schedule (every epoch)
-    and KE's generation boundaries (re-initialisation, fresh optimizer) reuse its graphs -- two in
-    all (the first step's state initialisation, then the steady step) -- and the forward's one."""
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_compiled_sgd_step_is_sgds_update(nesterov):
+    """CompiledSGDStep against torch.optim.SGD.step: two param groups (weight decay on one), a
+    tensor learning rate moved every step, an unused parameter (no grad: untouched), float64."""
+    torch.manual_seed(0)
+    ps = [torch.randn(7, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+
+    def groups(t):
+        return [{"params": t[:2], "weight_decay": 5e-4}, {"params": t[2:], "weight_decay": 0.0}]
+
+    opt_a = torch.optim.SGD(groups(ps), lr=0.1, momentum=0.9, nesterov=nesterov, foreach=True)
+    opt_b = torch.optim.SGD(groups(qs), lr=0.1, momentum=0.9, nesterov=nesterov, foreach=True)
+    sp.tensor_lr_(opt_b, torch.device("cpu"))
+    step = sp.CompiledSGDStep(opt_b, backend="aot_eager")
+    for k in range(5):
+        g = [torch.randn_like(p) for p in ps]
+        for i, (p, q, gi) in enumerate(zip(ps, qs, g)):
+            p.grad, q.grad = (None, None) if i == 1 else (gi.clone(), gi.clone())
+        sp.set_lr(opt_a, 0.1 / (k + 1))
+        sp.set_lr(opt_b, 0.1 / (k + 1))
+        opt_a.step()
+        step()
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    assert 1 not in [i for i, q in enumerate(qs) if q in opt_b.state]  # never stepped: no state
+    with pytest.raises(ValueError, match="dampening"):
+        opt_c = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1, momentum=0.9, dampening=0.5)
+        opt_c.param_groups[0]["params"][0].grad = torch.ones(2)
+        sp.CompiledSGDStep(opt_c, backend="aot_eager")()
+
+
+def test_compiled_optimizer_step_follows_eager_and_never_recompiles():
+    """--compile compiles SGD's update too, with a tensor learning rate: the LR schedule (every
+    epoch), KE's generation boundaries (re-initialisation, fresh optimizer) and a second run in the
+    same process all reuse one graph for the update and one for the forward (a recompilation per
+    run or generation would, past dynamo's limit of 8, silently fall back to eager)."""
     torch._dynamo.reset()
-    cfg = KEConfig(quiet=True, out=tempfile.mkdtemp(), generations=4, epochs=2, warmup_epochs=1, compile=True)
-    validate_config(cfg)
-    t = KETrainer(cfg, Distributed(torch.device("cpu")))
-    t.start()
-    t.loop()
-    assert torch.is_tensor(t.optimizer.param_groups[0]["lr"])
-    assert _compiled_entries(torch.optim.SGD.step) == 2
-    assert _compiled_entries(type(t)._losses) == 1
-    eager_cfg = KEConfig(quiet=True, out=tempfile.mkdtemp(), generations=4, epochs=2, warmup_epochs=1)
-    e = KETrainer(eager_cfg, Distributed(torch.device("cpu")))
-    e.start()
-    e.loop()
+
+    def run(**kw):
+        cfg = KEConfig(quiet=True, out=tempfile.mkdtemp(), generations=4, epochs=2, warmup_epochs=1, **kw)
+        validate_config(cfg)
+        t = KETrainer(cfg, Distributed(torch.device("cpu")))
+        t.start()
+        t.loop()
+        return t
+
+    compiled = run(compile=True)
+    assert torch.is_tensor(compiled.optimizer.param_groups[0]["lr"])
+    run(compile=True, seed=1)
+    assert _compiled_entries(sp._sgd_update) == 1
+    assert _compiled_entries(KETrainer._losses) == 1
+    eager = run()
     # the same run to float tolerance through generation 2 (later, at lr 0.256, the trajectories
     # separate as in test_compiled_ke_epochs_match_eager: ~2 % in the loss by generation 4)
-    for a, b in zip(e.records[:2], t.records[:2]):
+    for a, b in zip(eager.records[:2], compiled.records[:2]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3, abs=1e-4)

@@ -13,10 +13,10 @@ shared by every method.
   Random ops in the graph (noise, dropout, the seed of a counter-based mask) draw from the global
   generator as eager does (inductor's ``fallback_random``), so a compiled fp32 step follows eager's
   random stream and matches eager to float tolerance.
-* ``optimizer_step(opt)`` is ``opt.step``, compiled under ``--compile`` (PyTorch's compiled-optimizer
-  recipe: the whole update in generated kernels, not one foreach call per state tensor). The learning
-  rate becomes a tensor that :func:`set_lr` fills in place, so a schedule that moves it every epoch
-  or step never recompiles (a float lr is a guard: a new value, a new graph).
+* ``optimizer_step(opt)`` is ``opt.step``; under ``--compile`` SGD's update is compiled
+  (:class:`CompiledSGDStep`: generated kernels instead of one foreach call per state tensor). The
+  learning rate becomes a tensor that :func:`set_lr` fills in place, so a schedule that moves it
+  every epoch or step never recompiles (a float lr is a guard: a new value, a new graph).
 * Optimizers: ``adam(params, lr)`` is ``foreach=True`` (bitwise the per-tensor loop's numbers,
   tested), and ``fused=True`` (one pass over each parameter; equal to the loop to float
   tolerance, not bitwise) under ``--compile``, where fp32 is already only float-tolerance equal.
@@ -32,6 +32,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch.optim.sgd import sgd as functional_sgd
 
 from .config import option
 
@@ -170,15 +171,13 @@ class StepSpeed:
         return torch.compile(fn, fullgraph=True, dynamic=dynamic, options={"fallback_random": True})
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer):
-        """``optimizer.step``, or under ``--compile`` the same step compiled (not fullgraph: the first
-        step's lazy state initialisation is a graph break by design in torch.optim). Every group's lr
-        becomes a tensor on the run's device; move it with :func:`set_lr`."""
-        if not self.compiled:
-            return optimizer.step
+        """``optimizer.step``, or under ``--compile`` for SGD :class:`CompiledSGDStep` (the same
+        update, compiled once per process for every optimizer). Every group's lr becomes a tensor
+        on the run's device; move it with :func:`set_lr`."""
+        if not self.compiled or type(optimizer) is not torch.optim.SGD:
+            return optimizer.step  # (Adam: fused=True under --compile, already one pass)
         tensor_lr_(optimizer, self.device)
-        if self.backend != "inductor":
-            return torch.compile(optimizer.step, backend=self.backend)
-        return torch.compile(optimizer.step)
+        return CompiledSGDStep(optimizer, backend=self.backend)
 
     def adam(self, params, lr: float) -> torch.optim.Adam:
         """Adam on ``params``: ``foreach=True`` (bitwise the loop), ``fused=True`` under ``--compile``
@@ -193,9 +192,10 @@ class StepSpeed:
         flags = [(g.get("foreach"), g.get("fused")) for g in opt.param_groups]
         lr_tensor = [torch.is_tensor(g["lr"]) for g in opt.param_groups]
         opt.load_state_dict(state)
-        for group, is_tensor in zip(opt.param_groups, lr_tensor):  # this run's lr kind (optimizer_step)
-            lr = float(group["lr"])
-            group["lr"] = torch.tensor(lr, device=self.device) if is_tensor else lr
+        for group in opt.param_groups:  # this run's lr kind (a tensor under optimizer_step's compile)
+            group["lr"] = float(group["lr"])
+        if any(lr_tensor):
+            tensor_lr_(opt, self.device)
         for group, (foreach, fused) in zip(opt.param_groups, flags):
             group["foreach"], group["fused"] = foreach, fused
             for p in group["params"]:  # fused Adam keeps `step` on the parameter's device, the loop on the CPU
@@ -209,11 +209,14 @@ class StepSpeed:
 
 
 def tensor_lr_(optimizer: torch.optim.Optimizer, device) -> None:
-    """Every param group's lr as a 0-d float32 tensor on ``device`` (in place; a compiled step reads
-    it as an input instead of guarding on its value)."""
+    """Every param group's lr as a 0-d tensor on ``device`` (in place; a compiled step reads it as
+    an input instead of guarding on its value). float64 -- the Python float exactly -- except on MPS,
+    which has none; the update casts it to the parameters' dtype as eager SGD does its float lr."""
+    device = torch.device(device)
+    dtype = torch.float32 if device.type == "mps" else torch.float64
     for group in optimizer.param_groups:
         if not torch.is_tensor(group["lr"]):
-            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=dtype, device=device)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -241,3 +244,50 @@ def restart_sgd_(optimizer: torch.optim.SGD) -> None:
             buf = optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 buf.zero_()
+
+
+def _sgd_update(params, grads, momentum_buffers, lr, weight_decay: float, momentum: float, dampening: float,
+                nesterov: bool, maximize: bool) -> None:
+    """torch.optim.SGD's foreach update of one param group (its functional form), in place."""
+    with torch.no_grad():  # as SGD.step
+        functional_sgd(params, grads, momentum_buffers, foreach=True, weight_decay=weight_decay,
+                       momentum=momentum, lr=lr, dampening=dampening, nesterov=nesterov, maximize=maximize)
+
+
+_compiled_sgd_updates: dict = {}
+
+
+class CompiledSGDStep:
+    """``optimizer.step()`` of a ``torch.optim.SGD`` as one compiled update per param group.
+
+    Why not ``torch.compile(optimizer.step)``: dynamo guards on the optimizer object's identity, so
+    every new optimizer in a process (another run, a benchmark's next configuration) recompiles,
+    and past the recompile limit (8) the step silently falls back to eager. This compiles the
+    functional update once per process: tensors are inputs, guarded by shape and dtype only. The
+    momentum buffers are created as zeros before the first step (with ``dampening == 0`` the same
+    values as SGD's ``buf = grad``), so there is no separate first-step graph; the optimizer's
+    state and ``state_dict`` stay torch.optim.SGD's own (checkpoints unchanged)."""
+
+    def __init__(self, optimizer: torch.optim.SGD, backend: str = "inductor"):
+        self.optimizer = optimizer
+        if backend not in _compiled_sgd_updates:
+            options = {} if backend != "inductor" else {"options": {"fallback_random": True}}
+            _compiled_sgd_updates[backend] = torch.compile(_sgd_update, fullgraph=True, backend=backend, **options)
+        self.update = _compiled_sgd_updates[backend]
+
+    def __call__(self) -> None:
+        opt = self.optimizer
+        for group in opt.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if group["momentum"] != 0 and group["dampening"] != 0:
+                raise ValueError("CompiledSGDStep needs dampening == 0 when momentum is used")
+            buffers = []
+            for p in params:
+                state = opt.state[p]
+                if state.get("momentum_buffer") is None and group["momentum"] != 0:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buffers.append(state.get("momentum_buffer"))
+            self.update(params, [p.grad for p in params], buffers, group["lr"], group["weight_decay"],
+                        group["momentum"], group["dampening"], group["nesterov"], group["maximize"])
