@@ -129,5 +129,9 @@ def run(argv: Sequence[str] | None, *, name: str, description: str, config_cls, 
             print(f"{prog}: error: {error_message(exc)}", file=sys.stderr, flush=True)
             os._exit(2)
         parser.exit(2, f"{prog}: error: {error_message(exc)}\n")
-    print(report(summary, args), flush=True)
+    if "per_seed" in summary:  # --seeds: the aggregate over seeds (each seed's own report is in out/seed-S/)
+        from .seeds import seeds_report
+        print(seeds_report(summary), flush=True)
+    else:
+        print(report(summary, args), flush=True)
     return 0

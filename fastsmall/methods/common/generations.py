@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import build as build_model
-from .config import (ConfigError, device_option, dist_timeout_option, impl_option, option, quiet_option,
-                     resume_option)
-from .speed import StepSpeed, channels_last_option, compile_option, precision_option, restart_sgd_, set_lr
+from .config import (ConfigError, device_option, dist_timeout_option, impl_option, list_option, option,
+                     quiet_option, resume_option)
+from .speed import (StepSpeed, channels_last_option, compile_option, loss_precision, precision_option, restart_sgd_,
+                    set_lr)
 from .image_data import load_data
 from .layers import prunable_layers
 from .rng import derive_seed
@@ -65,6 +66,9 @@ class TrainConfig:
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy", min=0.0, max=1.0)
     # run
     seed: int = option(0, "seed (training subset, initialisation, re-initialisation, batches, augmentation)")
+    seeds: list[int] = list_option([], "train one replica per seed, stacked in one process, each exactly its own "
+                                       "single-seed run (out/seed-S/), and report mean, std and a 95 % interval "
+                                       "over them (out/summary.json); replaces --seed")
     device: str = device_option()
     compile: bool = compile_option()
     precision: str = precision_option()
@@ -76,6 +80,8 @@ class TrainConfig:
     quiet: bool = quiet_option()
 
     def validate(self):
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be distinct, got {self.seeds}")
         if self.dataset == "imagefolder" and not self.data:
             raise ConfigError("data must be set for dataset 'imagefolder' (an ImageFolder root)")
         if self.warmup_epochs >= self.schedule_epochs():
@@ -92,6 +98,15 @@ class TrainConfig:
         return "digits_cnn" if self.dataset == "digits-small" else "resnet18"
 
 
+@dataclass
+class EpochPlan:
+    perm: torch.Tensor  # the epoch's order of the training images (shared by all ranks)
+    batch: int  # images per global step
+    steps: int
+    augment: torch.Generator
+    lr: float
+
+
 def kaiming_init_(model: nn.Module) -> None:
     """Generation 1: kaiming_normal (fan_in, ReLU) for every conv/linear weight, as the official
     builder (``--init kaiming_normal --mode fan_in --nonlinearity relu``); biases and BatchNorm
@@ -105,6 +120,7 @@ class GenerationTrainer(Trainer):
     Subclasses (KE, DSD) provide the hooks and the summary."""
 
     method = "generations"
+    summary_settings: tuple = ()  # summary entries that are configuration (--seeds reports them once)
 
     def __init__(self, cfg: TrainConfig, dist):
         super().__init__(cfg, dist)
@@ -180,7 +196,7 @@ class GenerationTrainer(Trainer):
         """The step's forward and loss (one graph under --compile); logits float32 before the loss."""
         with self.speed.autocast():
             logits = self.forward_model(x)
-        logits = logits.float()
+        logits = loss_precision(logits)
         return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing), logits
 
     def lr(self) -> float:
@@ -193,7 +209,9 @@ class GenerationTrainer(Trainer):
         return 0.5 * (1 + math.cos(math.pi * (e - w) / (total - w))) * base
 
     # ---- one epoch -----------------------------------------------------------------------
-    def train_epoch(self) -> dict:
+    def epoch_plan(self) -> EpochPlan:
+        """This epoch's batch order, augmentation generator and learning rate, all from (seed,
+        generation, epoch, rank): what a resumed epoch and a stacked replica (--seeds) replay."""
         cfg, W, rank = self.cfg, self.dist.world_size, self.dist.rank
         torch.manual_seed(derive_seed(cfg.seed, self.generation, self.epoch, rank, 3))
         order = torch.Generator().manual_seed(derive_seed(cfg.seed, self.generation, self.epoch, 1))
@@ -201,15 +219,22 @@ class GenerationTrainer(Trainer):
         n = len(self.data.y_train)
         perm = torch.randperm(n, generator=order)
         B = min(cfg.batch_size, n - n % W) if n < cfg.batch_size else cfg.batch_size
-        steps = n // B
-        lr = self.lr()
-        set_lr(self.optimizer, lr)
+        return EpochPlan(perm=perm, batch=B, steps=n // B, augment=augment, lr=self.lr())
+
+    def batch(self, plan: EpochPlan, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``s``'s (images, labels) of this rank, augmented, on the device."""
+        W, rank = self.dist.world_size, self.dist.rank
+        idx = plan.perm[s * plan.batch:(s + 1) * plan.batch][rank::W]
+        x = self.speed.inputs(self.data.train_batch(idx, plan.augment).to(self.device))
+        return x, self.data.y_train[idx].to(self.device)
+
+    def train_epoch(self) -> dict:
+        plan = self.epoch_plan()
+        set_lr(self.optimizer, plan.lr)
         sums = torch.zeros(3, dtype=torch.float64)  # loss * count, correct, count
         self.model.train()
-        for s in range(steps):
-            idx = perm[s * B:(s + 1) * B][rank::W]
-            x = self.speed.inputs(self.data.train_batch(idx, augment).to(self.device))
-            y = self.data.y_train[idx].to(self.device)
+        for s in range(plan.steps):
+            x, y = self.batch(plan, s)
             loss, logits = self.losses(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -217,6 +242,10 @@ class GenerationTrainer(Trainer):
             self.after_step()
             sums += torch.tensor([loss.item() * len(y), (logits.argmax(-1) == y).sum().item(), len(y)],
                                  dtype=torch.float64)
+        return self.epoch_stats(sums, plan.lr)
+
+    def epoch_stats(self, sums: torch.Tensor, lr: float) -> dict:
+        """The epoch's record from (loss * count, correct, count) summed over steps (and ranks)."""
         sums = self.dist.all_reduce_sum(sums)
         return {"loss": float(sums[0] / sums[2]), "train_accuracy": float(sums[1] / sums[2]), "lr": lr}
 

@@ -291,3 +291,9 @@ class CompiledSGDStep:
                 buffers.append(state.get("momentum_buffer"))
             self.update(params, [p.grad for p in params], buffers, group["lr"], group["weight_decay"],
                         group["momentum"], group["dampening"], group["nesterov"], group["maximize"])
+
+
+def loss_precision(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for a loss: float32 where autocast made them bf16 / fp16, else as they are (a float64
+    network keeps float64 losses)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits

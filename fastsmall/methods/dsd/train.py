@@ -21,6 +21,7 @@ from ..common import Distributed
 from ..common.generations import GenerationTrainer
 from ..common.impl import choose
 from ..common.layers import prunable_layers
+from ..common.stacked_generations import run_stacked
 from ..common.trainer import run_trainer
 from .config import Config
 from .kernels import FusedMasking
@@ -32,6 +33,7 @@ PHASES = {1: "dense", 2: "sparse", 3: "re-dense"}
 
 class DSDTrainer(GenerationTrainer):
     method = "dsd"
+    summary_settings = ("sparsity", "epochs_per_phase")
 
     def __init__(self, cfg: Config, dist: Distributed):
         super().__init__(cfg, dist)
@@ -102,4 +104,6 @@ class DSDTrainer(GenerationTrainer):
 
 def train(cfg: Config) -> dict:
     """Run DSD as configured; returns the summary (also in summary.json)."""
+    if cfg.seeds:  # many seeds, stacked in one process: the aggregate summary (out/summary.json)
+        return run_stacked(DSDTrainer, cfg)
     return run_trainer(DSDTrainer, cfg)

@@ -36,6 +36,7 @@ from ... import reference
 from ..common import Distributed
 from ..common.generations import GenerationTrainer, kaiming_init_
 from ..common.impl import choose
+from ..common.stacked_generations import run_stacked
 from ..common.trainer import run_trainer
 from .config import Config
 from .kernels import FusedReinit
@@ -92,6 +93,7 @@ def reset_to_fit_magnitude(model: nn.Module, masks: dict) -> float | None:
 
 class KETrainer(GenerationTrainer):
     method = "ke"
+    summary_settings = ("split_rate", "generations", "epochs_per_generation", "fit_sparsity")
 
     def __init__(self, cfg: Config, dist: Distributed):
         super().__init__(cfg, dist)
@@ -166,4 +168,6 @@ class KETrainer(GenerationTrainer):
 
 def train(cfg: Config) -> dict:
     """Run Knowledge Evolution (or a control) as configured; returns the summary (also in summary.json)."""
+    if cfg.seeds:  # many seeds, stacked in one process: the aggregate summary (out/summary.json)
+        return run_stacked(KETrainer, cfg)
     return run_trainer(KETrainer, cfg)
