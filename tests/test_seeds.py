@@ -204,3 +204,29 @@ def test_stacked_run_bad_input(tmp_path):
         ke.train(ke.Config(out=str(tmp_path / "run"), seeds=[0, 1], generations=1, **TINY))
     with pytest.raises(CheckpointError, match="config"):
         ke.train(ke.Config(out=str(tmp_path / "run"), seeds=[0, 2], generations=1, resume=True, **TINY))
+
+
+def test_stacked_seeds_compose_with_compile(tmp_path, monkeypatch):
+    """--seeds --compile: the vmapped step compiles as one graph (fullgraph) and trains as eager
+    (aot_eager: the same graphs without code generation, so the numbers are eager's to rounding)."""
+    from fastsmall.methods.common import speed
+    monkeypatch.setattr(speed.StepSpeed, "backend", "aot_eager")
+    cfg = dict(seeds=[0, 1], generations=2, **TINY)
+    ke.train(ke.Config(out=str(tmp_path / "eager"), **cfg))
+    ke.train(ke.Config(out=str(tmp_path / "compiled"), compile=True, **cfg))
+    for seed in (0, 1):
+        a = _lines(tmp_path / "eager" / f"seed-{seed}" / "metrics.jsonl")
+        b = _lines(tmp_path / "compiled" / f"seed-{seed}" / "metrics.jsonl")
+        for ra, rb in zip(a, b):
+            for k, v in ra.items():
+                if isinstance(v, float):
+                    assert v == pytest.approx(rb[k], rel=1e-4, abs=1e-5), k
+
+
+def test_cli_prints_the_aggregate(tmp_path, capsys):
+    from fastsmall.methods.ke.__main__ import main
+    args = ["--seeds", "2", "5", "--generations", "1", "--epochs", "2", "--warmup-epochs", "1", "--per-class", "6",
+            "--width", "8", "--batch-size", "16", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 seeds: [2, 5]" in out and "test_accuracy" in out and "per seed:" in out

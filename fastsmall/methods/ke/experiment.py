@@ -40,21 +40,40 @@ def _paired(a, b):
     return f"{mean_std(d)} ({sum(x > 0 for x in d)}/{len(d)} seeds > 0)"
 
 
-def run(out: Path, seeds: list[int], base: Config) -> dict:
+def _run_dir(name: str, changes: dict) -> str:
+    return f"{name.split()[0].lower()}{'-' + changes['split'] if changes['mode'] == 'ke' else ''}"
+
+
+def _say(name, seed, summary, generations):
+    print(f"[experiment] {name} seed {seed}: gen 1 {summary['n1_test_accuracy']:.3f} -> gen {generations} "
+          f"{summary['test_accuracy']:.3f}" + (f" (slim {summary['slim_test_accuracy']:.3f})"
+                                               if summary["slim_test_accuracy"] is not None else ""), flush=True)
+
+
+def run(out: Path, seeds: list[int], base: Config, stacked: bool = True) -> dict:
+    """{(run name, seed): that seed's summary}. ``stacked``: every run's seeds trained together in
+    one process (``Config.seeds``: each seed still exactly its own run, out/<run>-seeds/seed-S/);
+    else one single-seed run after another (out/<run>-seedS/)."""
     results = {}
-    for seed in seeds:
+    if stacked:
         for name, changes in RUNS.items():
-            cfg = dataclasses.replace(base, seed=seed, out=str(out / f"{name.split()[0].lower()}"
-                                                             f"{'-' + changes['split'] if changes['mode'] == 'ke' else ''}"
-                                                             f"-seed{seed}"), quiet=True, **changes)
+            cfg = dataclasses.replace(base, seeds=list(seeds), out=str(out / f"{_run_dir(name, changes)}-seeds"),
+                                      quiet=True, **changes)
             start = time.perf_counter()
             summary = train(cfg)
-            summary["seconds"] = time.perf_counter() - start
-            results[(name, seed)] = summary
-            print(f"[experiment] {name} seed {seed}: gen 1 {summary['n1_test_accuracy']:.3f} -> gen {base.generations} "
-                  f"{summary['test_accuracy']:.3f}" + (f" (slim {summary['slim_test_accuracy']:.3f})"
-                                                       if summary["slim_test_accuracy"] is not None else "")
-                  + f" ({summary['seconds']:.0f} s)", flush=True)
+            print(f"[experiment] {name}: {len(seeds)} seeds stacked ({time.perf_counter() - start:.0f} s)", flush=True)
+            for seed in seeds:
+                results[(name, seed)] = summary["per_seed"][str(seed)]
+                _say(name, seed, results[(name, seed)], base.generations)
+        return results
+    for seed in seeds:
+        for name, changes in RUNS.items():
+            cfg = dataclasses.replace(base, seed=seed, out=str(out / f"{_run_dir(name, changes)}-seed{seed}"),
+                                      quiet=True, **changes)
+            start = time.perf_counter()
+            results[(name, seed)] = train(cfg)
+            _say(name, seed, results[(name, seed)], base.generations)
+            print(f"[experiment]   ({time.perf_counter() - start:.0f} s)", flush=True)
     return results
 
 
@@ -62,14 +81,17 @@ def _series(results, name, seeds, key):
     return [[g[key] for g in results[(name, s)]["per_generation"]] for s in seeds]
 
 
-def report(results: dict, seeds: list[int], base: Config, command: str, elapsed: float, plot_name: str) -> str:
+def report(results: dict, seeds: list[int], base: Config, command: str, elapsed: float, plot_name: str,
+           stacked: bool = True) -> str:
     N, E = base.generations, base.epochs
     first = results[("KE (KELS)", seeds[0])]
     d, s = first["dense"], first["slim"]
     lines = [
         "# Knowledge Evolution on digits-small: KE vs N1, slim vs dense, KE vs equal-compute controls", "",
         f"Reproduce: `{command}` ({elapsed / 60:.1f} min on this machine: {platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}).", "",
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        + ("every run's seeds stacked in one process, `--seeds`" if stacked else "one run after another") + ").",
+        "",
         f"Data: digits-small (scikit-learn's bundled 8×8 digits), {base.per_class or 10} training images per class "
         f"drawn per seed, a fixed held-out test set of {base.test_per_class} images per class "
         f"({10 * base.test_per_class} images). Network: DigitsCNN width {base.width} "
@@ -142,13 +164,16 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (an 8x8 CNN gains nothing from more)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="one single-seed run after another instead of each run's seeds stacked in one process")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = Config(generations=args.generations, epochs=args.epochs, per_class=args.per_class)
     start = time.perf_counter()
-    results = run(Path(args.out), args.seeds, base)
+    results = run(Path(args.out), args.seeds, base, stacked=not args.sequential)
     command = ("python -m fastsmall.methods.ke.experiment --seeds " + " ".join(map(str, args.seeds))
-               + f" --generations {args.generations} --epochs {args.epochs} --per-class {args.per_class}")
+               + f" --generations {args.generations} --epochs {args.epochs} --per-class {args.per_class}"
+               + (" --sequential" if args.sequential else ""))
     doc = Path(args.doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
     plot = doc.with_suffix(".png")
@@ -160,7 +185,8 @@ def main(argv=None) -> int:
     }
     plot_comparison(panels, plot, f"digits-small, {args.per_class} images/class, mean ± std over "
                                   f"{len(args.seeds)} seeds")
-    text = report(results, args.seeds, base, command, time.perf_counter() - start, plot.name)
+    text = report(results, args.seeds, base, command, time.perf_counter() - start, plot.name,
+                  stacked=not args.sequential)
     write_report(doc, text)
     (Path(args.out) / "results.json").write_text(json.dumps(
         {f"{name}|{seed}": s for (name, seed), s in results.items()}, indent=1))
