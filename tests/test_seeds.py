@@ -230,3 +230,19 @@ def test_cli_prints_the_aggregate(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "2 seeds: [2, 5]" in out and "test_accuracy" in out and "per seed:" in out
+
+
+def test_ke_experiment_stacked_is_the_sequential_experiment(tmp_path, float64):
+    """The documented experiment's runner stacks each run's seeds by default: per (run, seed) the
+    same summary as the single-seed runs one after another (float64: to 1e-10)."""
+    from fastsmall.methods.ke import experiment
+    base = ke.Config(generations=2, **TINY)
+    stacked = experiment.run(tmp_path / "stacked", [0, 3], base, stacked=True)
+    sequential = experiment.run(tmp_path / "sequential", [0, 3], base, stacked=False)
+    assert stacked.keys() == sequential.keys() and len(stacked) == 2 * len(experiment.RUNS)
+    for key, a in stacked.items():
+        b = sequential[key]
+        for g_a, g_b in zip(a["per_generation"], b["per_generation"]):
+            for k, v in g_a.items():
+                assert v == pytest.approx(g_b[k], abs=1e-10), (key, k)
+    assert (tmp_path / "stacked" / "ke-kels-seeds" / "seed-3" / "metrics.jsonl").is_file()
