@@ -6,6 +6,8 @@ statistic and logged number to 1e-10; DSD's masks and KE's fit/reset split bit f
 output layout and the aggregate; resume after a kill; bad input."""
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -246,3 +248,34 @@ def test_ke_experiment_stacked_is_the_sequential_experiment(tmp_path, float64):
             for k, v in g_a.items():
                 assert v == pytest.approx(g_b[k], abs=1e-10), (key, k)
     assert (tmp_path / "stacked" / "ke-kels-seeds" / "seed-3" / "metrics.jsonl").is_file()
+
+
+def test_torchrun_splits_the_seeds_over_processes(tmp_path):
+    """torchrun, 2 processes, 3 seeds: rank 0 stacks seeds [0, 2], rank 1 seed [1], each alone;
+    every seed's directory is its single-seed run (float32 here: to float tolerance, since a stack
+    of 2 rounds its grouped convolutions differently from a stack of 3) and rank 0 writes the
+    aggregate over all three."""
+    from pipeline_helpers import ROOT, cli_env
+    args = ["--seeds", "0", "1", "2", "--generations", "2"] + [
+        a for k, v in TINY.items() if k != "quiet" for a in (f"--{k.replace('_', '-')}", str(v))] + ["--quiet"]
+    out = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "fastsmall.methods.ke", *args, "--out", str(out)],
+                          env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in (out / "checkpoints").glob("rank*.pt") if ".prev" not in p.name)
+    assert names == ["rank0-of-2.pt", "rank1-of-2.pt"]  # one checkpoint per process
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1, 2] and summary["metrics"]["test_accuracy"]["n"] == 3
+    ke.train(ke.Config(out=str(tmp_path / "one"), seeds=[0, 1, 2], generations=2, **TINY))
+    for seed in (0, 1, 2):
+        a = _lines(out / f"seed-{seed}" / "metrics.jsonl")
+        b = _lines(tmp_path / "one" / f"seed-{seed}" / "metrics.jsonl")
+        assert len(a) == len(b)
+        for ra, rb in zip(a, b):
+            key = "loss" if ra["type"] == "epoch" else "train_loss"
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4), (seed, ra)
+    too_many = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "-m", "fastsmall.methods.ke", "--seeds", "7", "--out", str(tmp_path / "x")],
+                              env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert too_many.returncode != 0 and "every process needs at least one seed" in too_many.stdout + too_many.stderr

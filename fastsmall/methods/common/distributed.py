@@ -43,6 +43,15 @@ class Distributed:
             dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=self.timeout))
         self.device = device
 
+    @classmethod
+    def alone(cls, device: torch.device, timeout: float = DEFAULT_TIMEOUT_S) -> "Distributed":
+        """Rank 0 of 1, even inside a torchrun job: for work one process does on its own (its
+        share of ``--seeds``); its reductions are identities and it writes its own files."""
+        self = cls.__new__(cls)
+        self.timeout, self.world_size, self.rank, self.local_rank = float(timeout), 1, 0, 0
+        self.enabled, self.device = False, device
+        return self
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0

@@ -19,10 +19,16 @@ Nothing in a KE / DSD step draws from torch's global generator (the networks hav
 augmentation and batch order have their own generators), so K replicas can share one process.
 The checkpoint holds every replica (out/checkpoints/last.pt, atomic, verified on load); a resumed
 run restores all of them and continues as an uninterrupted one.
+
+Under torchrun every process stacks its share of the seeds (``seeds[rank::world]``) on its own --
+replicas never exchange anything -- with its own checkpoint (out/checkpoints/rank<r>-of-<w>.pt); the
+processes meet once at the end, where rank 0 aggregates every seed's summary from out/seed-S/ (one
+machine, or an ``out`` on a file system all nodes share).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -31,7 +37,7 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, has_checkpoint, load_latest_checkpoint, save_checkpoint
 from .config import ConfigError, config_fingerprint, validate_config
-from .distributed import Distributed
+from .distributed import DEFAULT_TIMEOUT_S, Distributed, is_timeout
 from .progress import progress
 from .replicas import ReplicaStack
 from .rng import get_rng_state, set_rng_state
@@ -59,15 +65,20 @@ class StackedGenerations:
     """Train ``trainer_cls`` (a GenerationTrainer) for every seed of ``cfg.seeds`` at once."""
 
     def __init__(self, trainer_cls, cfg, dist: Distributed):
-        if dist.enabled:
-            raise ConfigError("seeds: stacked seeds run in one process (torchrun splitting is not supported yet); "
-                              "run without torchrun")
+        # under torchrun every process stacks its share of the seeds (seeds[rank::world]) on its own:
+        # replicas never talk to each other, so the ranks meet only at the end (the aggregate)
+        self.dist = dist
+        self.my_seeds = list(cfg.seeds)[dist.rank::dist.world_size]
+        if not self.my_seeds:
+            raise ConfigError(f"seeds: {len(cfg.seeds)} seeds for {dist.world_size} processes; every process needs "
+                              "at least one seed")
         self.cfg, self.out = cfg, Path(cfg.out)
-        self.run = RunDir(self.out)
+        self.run = RunDir(self.out, writer=dist.is_main)
         self.trainers = []
-        for seed in cfg.seeds:
+        alone = Distributed.alone(dist.device, dist.timeout)
+        for seed in self.my_seeds:
             one = dataclasses.replace(cfg, seed=seed, seeds=[], out=str(self.out / seed_dir_name(seed)))
-            t = trainer_cls(one, dist)
+            t = trainer_cls(one, alone)
             t.say = (lambda message, _s=seed, _m=t.method:
                      None if cfg.quiet else print(f"[{_m} seed {_s}] {message}", flush=True))
             self.trainers.append(t)
@@ -78,18 +89,25 @@ class StackedGenerations:
     def fingerprint(self) -> str:
         return config_fingerprint(self.cfg, VOLATILE_FIELDS)
 
+    @property
+    def checkpoint_path(self) -> Path:
+        """One file per process (each holds its share of the replicas)."""
+        if self.dist.world_size == 1:
+            return self.run.checkpoint_path
+        return self.run.checkpoint_path.with_name(f"rank{self.dist.rank}-of-{self.dist.world_size}.pt")
+
     def checkpoint(self) -> None:
         replicas = [_cloned({**t.state(), "metrics_lines": t.metrics_lines}) for t in self.trainers]
-        save_checkpoint(self.run.checkpoint_path, {
-            "method": f"{self.method}-seeds", "config": self.fingerprint(), "world_size": 1,
-            "seeds": list(self.cfg.seeds), "replicas": replicas, "rng": get_rng_state()}, keep_previous=True)
+        save_checkpoint(self.checkpoint_path, {
+            "method": f"{self.method}-seeds", "config": self.fingerprint(), "world_size": self.dist.world_size,
+            "seeds": self.my_seeds, "replicas": replicas, "rng": get_rng_state()}, keep_previous=True)
 
     def restore(self) -> None:
-        state, _, note = load_latest_checkpoint(self.run.checkpoint_path, map_location=self.trainers[0].device,
-                                                expect={"method": f"{self.method}-seeds",
-                                                        "config": self.fingerprint(), "world_size": 1})
+        state, _, note = load_latest_checkpoint(self.checkpoint_path, map_location=self.trainers[0].device,
+                                                expect={"method": f"{self.method}-seeds", "config": self.fingerprint(),
+                                                        "world_size": self.dist.world_size})
         if note:
-            print(f"[{self.method}] {note}", flush=True)
+            self.say(note)
         for t, replica in zip(self.trainers, state["replicas"]):
             t.metrics_lines = replica["metrics_lines"]
             t.load_state(replica)
@@ -168,13 +186,14 @@ class StackedGenerations:
         cfg = self.cfg
         for run in [self.run] + [t.run for t in self.trainers]:
             run.remove_stale_temporaries()
-        if cfg.resume and has_checkpoint(self.run.checkpoint_path):
+        if cfg.resume and has_checkpoint(self.checkpoint_path):
             self.restore()
         else:
             if cfg.resume:
-                print(f"[{self.method}] no checkpoint in {cfg.out}; starting a new run", flush=True)
-            elif any(t.run.read_metrics() for t in self.trainers):
-                raise CheckpointError(f"{cfg.out} already holds a run; pass resume=True (--resume) or another out")
+                self.say(f"no checkpoint in {cfg.out} for {self.dist.world_size} process(es); starting a new run")
+            if any(t.run.read_metrics() for t in self.trainers):
+                raise CheckpointError(f"{cfg.out} already holds a run" + (
+                    "" if cfg.resume else "; pass resume=True (--resume) or another out"))
             self.run.write_config(cfg)
             for t in self.trainers:
                 t.run.write_config(t.cfg)
@@ -182,21 +201,41 @@ class StackedGenerations:
                 t.start()
         self.bind()
         self.loop()
-        summaries = {}
         for t in self.trainers:
-            summaries[t.cfg.seed] = t.summary()
-            t.run.write_summary(summaries[t.cfg.seed])
+            t.run.write_summary(t.summary())
             t.plot()
+        self.dist.barrier()  # every rank's seeds are written: the aggregate reads them from out/seed-S/
+        summaries, curves = {}, {}
+        for seed in cfg.seeds:
+            run = RunDir(self.out / seed_dir_name(seed), writer=False)
+            summaries[seed] = json.loads((run.root / "summary.json").read_text())
+            records = [r for r in run.read_metrics() if r["type"] == "generation"]
+            curves[seed] = ([r["generation"] for r in records], [r["test_accuracy"] for r in records])
         summary = aggregate(self.method, summaries, settings=self.trainers[0].summary_settings)
         self.run.write_summary(summary)
-        plot_seeds(self.run.plot_path("seeds.png"),
-                   {t.cfg.seed: ([r["generation"] for r in t.records], [r["test_accuracy"] for r in t.records])
-                    for t in self.trainers},
-                   xlabel="generation", ylabel="test accuracy", title=f"{self.method}: one line per seed")
+        if self.dist.is_main:
+            plot_seeds(self.run.plot_path("seeds.png"), curves, xlabel="generation", ylabel="test accuracy",
+                       title=f"{self.method}: one line per seed")
         return summary
+
+    def say(self, message: str) -> None:
+        if self.dist.is_main:
+            print(f"[{self.method}] {message}", flush=True)
 
 
 def run_stacked(trainer_cls, cfg) -> dict:
-    """Validate ``cfg`` and train every seed of ``cfg.seeds`` stacked; returns the aggregate summary."""
+    """Validate ``cfg`` and train every seed of ``cfg.seeds`` stacked (under torchrun: each process
+    its share of the seeds); returns the aggregate summary (out/summary.json)."""
     validate_config(cfg)
-    return StackedGenerations(trainer_cls, cfg, Distributed(torch.device(cfg.device))).run_all()
+    dist = Distributed(torch.device(cfg.device), timeout=getattr(cfg, "dist_timeout", DEFAULT_TIMEOUT_S))
+    finished = False
+    try:
+        summary = StackedGenerations(trainer_cls, cfg, dist).run_all()
+        finished = True
+        return summary
+    except RuntimeError as exc:
+        if dist.enabled and is_timeout(exc):
+            raise dist.timeout_error(exc) from None
+        raise
+    finally:
+        dist.close(wait=finished)
