@@ -91,6 +91,18 @@ def test_replica_stack_rejects_bad_input():
         stack.sgd([torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, dampening=0.1) for m in models])
 
 
+def test_replica_stack_reattaches_replaced_tensors():
+    models = [DigitsCNN(10, 1, width=8) for _ in range(2)]
+    stack = ReplicaStack(models)
+    assert stack.reattach() == 0
+    w = models[1].conv2.weight
+    w.data = torch.full_like(w, 3.0)  # as the official KE loop does: a new tensor, not an update
+    assert w.data_ptr() != stack.params["conv2.weight"][1].data_ptr()
+    assert stack.reattach() == 1
+    assert w.data_ptr() == stack.params["conv2.weight"][1].data_ptr()
+    assert torch.all(stack.params["conv2.weight"][1] == 3.0) and not torch.all(stack.params["conv2.weight"][0] == 3.0)
+
+
 # ---- stacked runs = single-seed runs ---------------------------------------------------------------
 def _lines(path):
     return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
@@ -113,13 +125,16 @@ def _last_state(run):
     return load_checkpoint(run / "checkpoints" / "last.pt")
 
 
-@pytest.mark.parametrize("split", ["kels", "wels"])
-def test_stacked_ke_is_each_seeds_single_run(tmp_path, float64, split):
+@pytest.mark.parametrize("split,impl", [("kels", "fused"), ("wels", "fused"), ("kels", "official")])
+def test_stacked_ke_is_each_seeds_single_run(tmp_path, float64, split, impl):
+    """(impl official: the official loop assigns ``w.data = torch.where(...)``, a new tensor; the
+    stack re-binds it -- ReplicaStack.reattach -- instead of training a stale copy.)"""
     seeds = [3, 0, 5]
-    summary = ke.train(ke.Config(out=str(tmp_path / "stacked"), seeds=seeds, generations=3, split=split, **TINY))
+    summary = ke.train(ke.Config(out=str(tmp_path / "stacked"), seeds=seeds, generations=3, split=split, impl=impl,
+                                 **TINY))
     for k, seed in enumerate(seeds):
         single = tmp_path / f"single-{seed}"
-        one = ke.train(ke.Config(out=str(single), seed=seed, generations=3, split=split, **TINY))
+        one = ke.train(ke.Config(out=str(single), seed=seed, generations=3, split=split, impl=impl, **TINY))
         mine = tmp_path / "stacked" / f"seed-{seed}"
         _assert_records_close(_lines(mine / "metrics.jsonl"), _lines(single / "metrics.jsonl"))
         assert json.loads((mine / "config.json").read_text())["seed"] == seed
@@ -130,11 +145,12 @@ def test_stacked_ke_is_each_seeds_single_run(tmp_path, float64, split):
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-10, msg=name)
 
 
-def test_stacked_dsd_is_each_seeds_single_run_masks_bit_for_bit(tmp_path, float64):
+@pytest.mark.parametrize("impl", ["fused", "official"])
+def test_stacked_dsd_is_each_seeds_single_run_masks_bit_for_bit(tmp_path, float64, impl):
     seeds = [1, 2]
-    dsd.train(dsd.Config(out=str(tmp_path / "stacked"), seeds=seeds, sparsity=0.5, **TINY))
+    dsd.train(dsd.Config(out=str(tmp_path / "stacked"), seeds=seeds, sparsity=0.5, impl=impl, **TINY))
     for k, seed in enumerate(seeds):
-        dsd.train(dsd.Config(out=str(tmp_path / f"single-{seed}"), seed=seed, sparsity=0.5, **TINY))
+        dsd.train(dsd.Config(out=str(tmp_path / f"single-{seed}"), seed=seed, sparsity=0.5, impl=impl, **TINY))
         _assert_records_close(_lines(tmp_path / "stacked" / f"seed-{seed}" / "metrics.jsonl"),
                               _lines(tmp_path / f"single-{seed}" / "metrics.jsonl"))
         a = _last_state(tmp_path / "stacked")["replicas"][k]

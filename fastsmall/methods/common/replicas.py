@@ -48,6 +48,22 @@ class ReplicaStack:
                 b.data = self.buffers[name][k]
         self.base = copy.deepcopy(models[0]).to("meta")  # the architecture, without storage
 
+    def reattach(self) -> int:
+        """Re-bind every replica tensor that code replaced instead of updating in place (the official
+        KE loop's ``w.data = torch.where(...)``): its values are copied into its row and it becomes
+        a view again. Returns how many were re-bound. Call after any per-replica hook."""
+        n = 0
+        for k, model in enumerate(self.models):
+            for table, named in ((self.params, model.named_parameters()), (self.buffers, model.named_buffers())):
+                for name, t in named:
+                    row = table[name].detach()[k] if table is self.params else table[name][k]
+                    if t.data_ptr() != row.data_ptr() or t.shape != row.shape:
+                        with torch.no_grad():
+                            row.copy_(t.detach())
+                        t.data = row
+                        n += 1
+        return n
+
     @property
     def k(self) -> int:
         return len(self.models)

@@ -152,6 +152,7 @@ class StackedGenerations:
             self.optimizer_step()
             for t in self.trainers:
                 t.after_step()
+            self.stack.reattach()
             n = y.shape[1]
             sums += torch.stack([loss.detach().double() * n, (logits.argmax(-1) == y).sum(-1).double(),
                                  torch.full((K,), float(n), dtype=torch.float64)], 1)
@@ -179,6 +180,7 @@ class StackedGenerations:
                 t.generation, t.epoch = t.generation + 1, 0
                 if t.generation <= t.G:
                     t.begin_generation()
+            self.stack.reattach()  # (the official KE loop assigns w.data: back into the stack)
             self.checkpoint()
 
     # ---- the run -----------------------------------------------------------------------------
