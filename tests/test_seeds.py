@@ -295,3 +295,14 @@ def test_torchrun_splits_the_seeds_over_processes(tmp_path):
                                "-m", "fastsmall.methods.ke", "--seeds", "7", "--out", str(tmp_path / "x")],
                               env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert too_many.returncode != 0 and "every process needs at least one seed" in too_many.stdout + too_many.stderr
+
+
+def test_single_and_stacked_run_directories_are_not_mixed_up(tmp_path):
+    """--resume of a stacked run directory as a single-seed run (and the reverse) is refused with
+    the checkpoint's method named, never a silent restart or a wrong load."""
+    ke.train(ke.Config(out=str(tmp_path / "single"), seed=0, generations=1, **TINY))
+    with pytest.raises(CheckpointError, match="expected 'ke-seeds'"):
+        ke.train(ke.Config(out=str(tmp_path / "single"), seeds=[0, 1], generations=1, resume=True, **TINY))
+    ke.train(ke.Config(out=str(tmp_path / "stacked"), seeds=[0, 1], generations=1, **TINY))
+    with pytest.raises(CheckpointError, match="expected 'ke'"):
+        ke.train(ke.Config(out=str(tmp_path / "stacked"), seed=0, generations=1, resume=True, **TINY))
