@@ -109,13 +109,18 @@ def test_foreach_sgd_is_the_same_arithmetic_as_the_loop():
     opt_a = torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=False)
     opt_b = torch.optim.SGD(qs, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=True)
     for step in range(5):
-        g = [torch.randn_like(p) for p in ps]
-        for p, q, gi in zip(ps, qs, g):
-            p.grad, q.grad = gi.clone(), gi.clone()
-        opt_a.step()
-        opt_b.step()
+        _step_both(ps, qs, opt_a.step, opt_b.step)
     for p, q in zip(ps, qs):
         assert torch.equal(p, q)
+
+
+def _step_both(ps, qs, step_a, step_b) -> None:
+    """The same fresh random gradient on ``ps`` and ``qs``, then each optimizer's step."""
+    for p, q in zip(ps, qs):
+        g = torch.randn_like(p)
+        p.grad, q.grad = g.clone(), g.clone()
+    step_a()
+    step_b()
 
 
 @pytest.mark.parametrize("split", ["kels", "wels"])
@@ -167,11 +172,7 @@ def test_restart_sgd_is_a_fresh_optimizer(nesterov):
             sp.restart_sgd_(opt_b)
             assert all(b.abs().sum() == 0 for b in buffers)
             assert all(opt_b.state[q]["momentum_buffer"] is b for q, b in zip(qs, buffers))
-        g = [torch.randn_like(p) for p in ps]
-        for p, q, gi in zip(ps, qs, g):
-            p.grad, q.grad = gi.clone(), gi.clone()
-        opt_a.step()
-        opt_b.step()
+        _step_both(ps, qs, opt_a.step, opt_b.step)
     for p, q in zip(ps, qs):
         assert torch.equal(p, q)
     with pytest.raises(ValueError, match="dampening"):

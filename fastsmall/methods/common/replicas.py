@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .speed import require_zero_dampening
+
 __all__ = ["ReplicaStack"]
 
 
@@ -41,11 +43,12 @@ class ReplicaStack:
             raise ValueError("ReplicaStack: the models must share one architecture (parameter/buffer names differ)")
         self.models = models
         self.params, self.buffers = stack_module_state(models)  # new tensors [K, ...] (copies)
-        for k, model in enumerate(models):  # each replica's tensors become views of row k
-            for name, p in model.named_parameters():
-                p.data = self.params[name].detach()[k]
-            for name, b in model.named_buffers():
-                b.data = self.buffers[name][k]
+        # (replica tensor, its row of the stack), built once: reattach runs after every step
+        self.rows = [(t, self.params[name].detach()[k]) for k, m in enumerate(models)
+                     for name, t in m.named_parameters()]
+        self.rows += [(t, self.buffers[name][k]) for k, m in enumerate(models) for name, t in m.named_buffers()]
+        for t, row in self.rows:  # each replica's tensors become views of its row
+            t.data = row
         self.base = copy.deepcopy(models[0]).to("meta")  # the architecture, without storage
 
     def reattach(self) -> int:
@@ -53,15 +56,12 @@ class ReplicaStack:
         KE loop's ``w.data = torch.where(...)``): its values are copied into its row and it becomes
         a view again. Returns how many were re-bound. Call after any per-replica hook."""
         n = 0
-        for k, model in enumerate(self.models):
-            for table, named in ((self.params, model.named_parameters()), (self.buffers, model.named_buffers())):
-                for name, t in named:
-                    row = table[name].detach()[k] if table is self.params else table[name][k]
-                    if t.data_ptr() != row.data_ptr() or t.shape != row.shape:
-                        with torch.no_grad():
-                            row.copy_(t.detach())
-                        t.data = row
-                        n += 1
+        for t, row in self.rows:
+            if t.data_ptr() != row.data_ptr() or t.shape != row.shape:
+                with torch.no_grad():
+                    row.copy_(t.detach())
+                t.data = row
+                n += 1
         return n
 
     @property
@@ -95,20 +95,16 @@ class ReplicaStack:
         hyper = [{k: v for k, v in g[0].items() if k not in ("params", "lr")} for g in groups]
         if any(h != hyper[0] for h in hyper[1:]):
             raise ValueError("ReplicaStack.sgd: the replicas' optimizers differ in their hyper-parameters")
-        if hyper[0].get("dampening", 0) != 0:
-            raise ValueError("ReplicaStack.sgd needs dampening == 0")
-        names = [n for n, _ in self.models[0].named_parameters()]
-        stacked = [self.params[n] for n in names]
-        opt = torch.optim.SGD(stacked, lr=float(groups[0][0]["lr"]), **hyper[0])
+        require_zero_dampening(hyper[0], "ReplicaStack.sgd")
+        replica_params = [dict(m.named_parameters()) for m in self.models]
+        opt = torch.optim.SGD(list(self.params.values()), lr=float(groups[0][0]["lr"]), **hyper[0])
         if hyper[0]["momentum"] != 0:
-            for i, (name, sp) in enumerate(zip(names, stacked)):
+            for name, stacked in self.params.items():
                 rows = []
-                for model, o in zip(self.models, optimizers):
-                    p = dict(model.named_parameters())[name]
-                    buf = o.state.get(p, {}).get("momentum_buffer")
-                    rows.append(torch.zeros_like(p) if buf is None else buf.detach())
-                opt.state[sp]["momentum_buffer"] = torch.stack(rows)
-            for k, (model, o) in enumerate(zip(self.models, optimizers)):
-                for name, p in model.named_parameters():
-                    o.state[p]["momentum_buffer"] = opt.state[self.params[name]]["momentum_buffer"][k]
+                for params, o in zip(replica_params, optimizers):
+                    buf = o.state.get(params[name], {}).get("momentum_buffer")
+                    rows.append(torch.zeros_like(params[name]) if buf is None else buf.detach())
+                opt.state[stacked]["momentum_buffer"] = torch.stack(rows)
+                for k, (params, o) in enumerate(zip(replica_params, optimizers)):
+                    o.state[params[name]]["momentum_buffer"] = opt.state[stacked]["momentum_buffer"][k]
         return opt

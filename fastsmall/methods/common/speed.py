@@ -229,17 +229,20 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def restart_sgd_(optimizer: torch.optim.SGD) -> None:
-    """Make ``optimizer`` a fresh SGD in place (a new generation's optimizer) without new objects.
+def require_zero_dampening(group: dict, who: str) -> None:
+    """With momentum and ``dampening == 0`` SGD's first step sets ``buf = grad``, and a zero buffer
+    gives ``0 * momentum + grad``, the same values: what lets a zeroed (or pre-made zero) buffer
+    stand for a fresh optimizer. With dampening it would not."""
+    if group.get("momentum", 0) != 0 and group.get("dampening", 0) != 0:
+        raise ValueError(f"{who} needs dampening == 0 with momentum (a zero momentum buffer is then a fresh one)")
 
-    With ``dampening == 0`` SGD's first step sets ``buf = grad``; a zeroed buffer gives
-    ``0 * momentum + grad``, the same values, so zeroing the momentum buffers in place is a fresh
-    optimizer. Keeping the buffers (rather than ``state.clear()`` or a new SGD) keeps a compiled
-    step's graphs: its guards hold on the buffers' identity, and a recompile every generation would,
-    past dynamo's recompile limit (8), silently fall back to eager."""
+
+def restart_sgd_(optimizer: torch.optim.SGD) -> None:
+    """Make ``optimizer`` a fresh SGD in place (a new generation's optimizer) without new objects:
+    its momentum buffers zeroed (``require_zero_dampening``: the same values as a new SGD). In place,
+    because the buffers may be views another object holds (``--seeds``: rows of the stacked momentum)."""
     for group in optimizer.param_groups:
-        if group.get("dampening", 0) != 0:
-            raise ValueError("restart_sgd_ needs dampening == 0 (a zero buffer is then a fresh one)")
+        require_zero_dampening(group, "restart_sgd_")
         for p in group["params"]:
             buf = optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
@@ -264,8 +267,8 @@ class CompiledSGDStep:
     every new optimizer in a process (another run, a benchmark's next configuration) recompiles,
     and past the recompile limit (8) the step silently falls back to eager. This compiles the
     functional update once per process: tensors are inputs, guarded by shape and dtype only. The
-    momentum buffers are created as zeros before the first step (with ``dampening == 0`` the same
-    values as SGD's ``buf = grad``), so there is no separate first-step graph; the optimizer's
+    momentum buffers are created as zeros before the first step (``require_zero_dampening``), so
+    there is no separate first-step graph; the optimizer's
     state and ``state_dict`` stay torch.optim.SGD's own (checkpoints unchanged)."""
 
     def __init__(self, optimizer: torch.optim.SGD, backend: str = "inductor"):
@@ -281,8 +284,7 @@ class CompiledSGDStep:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            if group["momentum"] != 0 and group["dampening"] != 0:
-                raise ValueError("CompiledSGDStep needs dampening == 0 when momentum is used")
+            require_zero_dampening(group, "CompiledSGDStep")
             buffers = []
             for p in params:
                 state = opt.state[p]

@@ -36,15 +36,15 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, has_checkpoint, load_latest_checkpoint, save_checkpoint
-from .config import ConfigError, config_fingerprint, validate_config
-from .distributed import DEFAULT_TIMEOUT_S, Distributed, is_timeout
+from .config import ConfigError, config_fingerprint
+from .distributed import Distributed
 from .progress import progress
 from .replicas import ReplicaStack
 from .rng import get_rng_state, set_rng_state
 from .rundir import RunDir
 from .seeds import aggregate, plot_seeds, seed_dir_name
 from .speed import loss_precision, set_lr
-from .trainer import VOLATILE_FIELDS
+from .trainer import VOLATILE_FIELDS, run_in_process_group
 
 __all__ = ["StackedGenerations", "run_stacked"]
 
@@ -228,16 +228,4 @@ class StackedGenerations:
 def run_stacked(trainer_cls, cfg) -> dict:
     """Validate ``cfg`` and train every seed of ``cfg.seeds`` stacked (under torchrun: each process
     its share of the seeds); returns the aggregate summary (out/summary.json)."""
-    validate_config(cfg)
-    dist = Distributed(torch.device(cfg.device), timeout=getattr(cfg, "dist_timeout", DEFAULT_TIMEOUT_S))
-    finished = False
-    try:
-        summary = StackedGenerations(trainer_cls, cfg, dist).run_all()
-        finished = True
-        return summary
-    except RuntimeError as exc:
-        if dist.enabled and is_timeout(exc):
-            raise dist.timeout_error(exc) from None
-        raise
-    finally:
-        dist.close(wait=finished)
+    return run_in_process_group(cfg, lambda dist: StackedGenerations(trainer_cls, cfg, dist))

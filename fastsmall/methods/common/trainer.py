@@ -134,11 +134,17 @@ class Trainer:
 
 def run_trainer(trainer_cls, cfg, **kwargs) -> dict:
     """Validate ``cfg``, join torchrun's process group (if any), train, return the summary."""
+    return run_in_process_group(cfg, lambda dist: trainer_cls(cfg, dist, **kwargs))
+
+
+def run_in_process_group(cfg, make) -> dict:
+    """Validate ``cfg``, join torchrun's process group (if any), ``make(dist).run_all()``, leave the
+    group; a collective that timed out becomes a DistributedTimeout naming --dist-timeout."""
     validate_config(cfg)
     dist = Distributed(torch.device(cfg.device), timeout=getattr(cfg, "dist_timeout", DEFAULT_TIMEOUT_S))
     finished = False
     try:
-        summary = trainer_cls(cfg, dist, **kwargs).run_all()
+        summary = make(dist).run_all()
         finished = True
         return summary
     except RuntimeError as exc:

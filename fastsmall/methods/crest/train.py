@@ -71,8 +71,8 @@ class CReSTTrainer(Trainer):
             self._build_step(fresh)
         else:
             # the same modules and optimizer with the new generation's initial weights and zero
-            # momentum (restart_sgd_): equal to new objects, and a compiled step keeps its graphs
-            # instead of recompiling every generation (past dynamo's limit of 8: eager fallback)
+            # momentum (restart_sgd_): equal to new objects; the (compiled) step functions built
+            # once in _build_step keep serving
             with torch.no_grad():
                 self.model.load_state_dict(fresh.state_dict())
             restart_sgd_(self.optimizer)
