@@ -30,6 +30,13 @@ def list_option(default, help: str, **meta):
 
 
 # ---- the run options every method has, defined once -------------------------------------------
+def seeds_option():
+    """``--seeds S1 S2 ...``: many seeds stacked in one process (``stacked.StackedRun``)."""
+    return list_option([], "train one replica per seed, stacked in one process, each exactly its own single-seed "
+                           "run (out/seed-S/), and report mean, std and a 95 % interval over them "
+                           "(out/summary.json); replaces --seed", distinct=True)
+
+
 def impl_option(what: str):
     """``--impl fused|official`` (``reference``, its old name, still accepted); ``what`` says which
     steps the choice covers and where the official version lives."""
@@ -93,6 +100,8 @@ def validate_config(cfg) -> None:
         items = value if is_list else [value]
         if is_list and not isinstance(value, (list, tuple)):
             raise ConfigError(f"{f.name} must be a list of {tp.__name__}, got {value!r}")
+        if is_list and f.metadata.get("distinct") and len(set(map(repr, items))) != len(items):
+            raise ConfigError(f"{f.name} must be distinct, got {list(items)}")
         for item in items:
             if tp is float and isinstance(item, int) and not isinstance(item, bool):
                 continue

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import build as build_model
-from .config import (ConfigError, device_option, dist_timeout_option, impl_option, list_option, option,
-                     quiet_option, resume_option)
+from .config import (ConfigError, device_option, dist_timeout_option, impl_option, option, quiet_option,
+                     resume_option, seeds_option)
 from .speed import (StepSpeed, channels_last_option, compile_option, loss_precision, precision_option, restart_sgd_,
                     set_lr)
 from .image_data import load_data
@@ -66,9 +66,7 @@ class TrainConfig:
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy", min=0.0, max=1.0)
     # run
     seed: int = option(0, "seed (training subset, initialisation, re-initialisation, batches, augmentation)")
-    seeds: list[int] = list_option([], "train one replica per seed, stacked in one process, each exactly its own "
-                                       "single-seed run (out/seed-S/), and report mean, std and a 95 % interval "
-                                       "over them (out/summary.json); replaces --seed")
+    seeds: list[int] = seeds_option()
     device: str = device_option()
     compile: bool = compile_option()
     precision: str = precision_option()
@@ -80,8 +78,6 @@ class TrainConfig:
     quiet: bool = quiet_option()
 
     def validate(self):
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds must be distinct, got {self.seeds}")
         if self.dataset == "imagefolder" and not self.data:
             raise ConfigError("data must be set for dataset 'imagefolder' (an ImageFolder root)")
         if self.warmup_epochs >= self.schedule_epochs():
@@ -120,7 +116,6 @@ class GenerationTrainer(Trainer):
     Subclasses (KE, DSD) provide the hooks and the summary."""
 
     method = "generations"
-    summary_settings: tuple = ()  # summary entries that are configuration (--seeds reports them once)
 
     def __init__(self, cfg: TrainConfig, dist):
         super().__init__(cfg, dist)

@@ -85,26 +85,36 @@ class ReplicaStack:
         return lambda *args: batched(self.params, self.buffers, *args)
 
     def sgd(self, optimizers: list[torch.optim.SGD]) -> torch.optim.SGD:
-        """One SGD over the stacked parameters with the replicas' hyper-parameters (which must be
-        equal), whose momentum buffers are stacked from the replicas' (zeros where a replica has
-        none: with dampening 0 the same as SGD's first ``buf = grad``); each replica's optimizer
-        then holds views of its rows, so its ``state_dict`` and in-place restarts stay its own."""
-        groups = [o.param_groups for o in optimizers]
-        if any(len(g) != 1 for g in groups):
-            raise ValueError("ReplicaStack.sgd: one param group per replica optimizer")
-        hyper = [{k: v for k, v in g[0].items() if k not in ("params", "lr")} for g in groups]
-        if any(h != hyper[0] for h in hyper[1:]):
-            raise ValueError("ReplicaStack.sgd: the replicas' optimizers differ in their hyper-parameters")
-        require_zero_dampening(hyper[0], "ReplicaStack.sgd")
+        """One SGD over the stacked parameters with the replicas' param groups and hyper-parameters
+        (which must be equal: the same parameter names in the same groups), whose momentum buffers
+        are stacked from the replicas' (zeros where a replica has none: with dampening 0 the same as
+        SGD's first ``buf = grad``); each replica's optimizer then holds views of its rows, so its
+        ``state_dict`` and in-place restarts stay its own."""
         replica_params = [dict(m.named_parameters()) for m in self.models]
-        opt = torch.optim.SGD(list(self.params.values()), lr=float(groups[0][0]["lr"]), **hyper[0])
-        if hyper[0]["momentum"] != 0:
-            for name, stacked in self.params.items():
+        layouts = []  # per replica: [(names of the group, its hyper-parameters but lr)]
+        for params, o in zip(replica_params, optimizers):
+            name_of = {id(p): n for n, p in params.items()}
+            if any(id(p) not in name_of for g in o.param_groups for p in g["params"]):
+                raise ValueError("ReplicaStack.sgd: an optimizer holds a parameter that is not its replica's")
+            layouts.append([(tuple(name_of[id(p)] for p in g["params"]),
+                             {k: v for k, v in g.items() if k not in ("params", "lr")}) for g in o.param_groups])
+        if any(layout != layouts[0] for layout in layouts[1:]):
+            raise ValueError("ReplicaStack.sgd: the replicas' optimizers differ in their param groups or "
+                             "hyper-parameters")
+        groups = []
+        for (names, hyper), group in zip(layouts[0], optimizers[0].param_groups):
+            require_zero_dampening(hyper, "ReplicaStack.sgd")
+            groups.append({"params": [self.params[n] for n in names], "lr": float(group["lr"]), **hyper})
+        opt = torch.optim.SGD(groups)
+        for names, hyper in layouts[0]:
+            if hyper["momentum"] == 0:
+                continue
+            for name in names:
                 rows = []
                 for params, o in zip(replica_params, optimizers):
                     buf = o.state.get(params[name], {}).get("momentum_buffer")
                     rows.append(torch.zeros_like(params[name]) if buf is None else buf.detach())
-                opt.state[stacked]["momentum_buffer"] = torch.stack(rows)
+                stacked = opt.state[self.params[name]]["momentum_buffer"] = torch.stack(rows)
                 for k, (params, o) in enumerate(zip(replica_params, optimizers)):
-                    o.state[params[name]]["momentum_buffer"] = opt.state[stacked]["momentum_buffer"][k]
+                    o.state[params[name]]["momentum_buffer"] = stacked[k]
         return opt

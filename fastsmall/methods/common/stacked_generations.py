@@ -20,99 +20,27 @@ augmentation and batch order have their own generators), so K replicas can share
 The checkpoint holds every replica (out/checkpoints/last.pt, atomic, verified on load); a resumed
 run restores all of them and continues as an uninterrupted one.
 
-Under torchrun every process stacks its share of the seeds (``seeds[rank::world]``) on its own --
-replicas never exchange anything -- with its own checkpoint (out/checkpoints/rank<r>-of-<w>.pt); the
-processes meet once at the end, where rank 0 aggregates every seed's summary from out/seed-S/ (one
-machine, or an ``out`` on a file system all nodes share).
+The seed directories, checkpoint, resume, torchrun split and aggregate are ``stacked.StackedRun``'s.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, has_checkpoint, load_latest_checkpoint, save_checkpoint
-from .config import ConfigError, config_fingerprint
-from .distributed import Distributed
+from .checkpoint import CheckpointError
+from .config import ConfigError
 from .progress import progress
 from .replicas import ReplicaStack
-from .rng import get_rng_state, set_rng_state
-from .rundir import RunDir
-from .seeds import aggregate, plot_seeds, seed_dir_name
 from .speed import loss_precision, set_lr
-from .trainer import VOLATILE_FIELDS, run_in_process_group
+from .stacked import StackedRun
 
 __all__ = ["StackedGenerations", "run_stacked"]
 
 
-def _cloned(obj):
-    """``obj`` with every tensor cloned: a replica's tensors are views of the stacked ones, and
-    torch.save of a view writes the whole stacked storage."""
-    if torch.is_tensor(obj):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _cloned(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cloned(v) for v in obj)
-    return obj
-
-
-class StackedGenerations:
+class StackedGenerations(StackedRun):
     """Train ``trainer_cls`` (a GenerationTrainer) for every seed of ``cfg.seeds`` at once."""
-
-    def __init__(self, trainer_cls, cfg, dist: Distributed):
-        # under torchrun every process stacks its share of the seeds (seeds[rank::world]) on its own:
-        # replicas never talk to each other, so the ranks meet only at the end (the aggregate)
-        self.dist = dist
-        self.my_seeds = list(cfg.seeds)[dist.rank::dist.world_size]
-        if not self.my_seeds:
-            raise ConfigError(f"seeds: {len(cfg.seeds)} seeds for {dist.world_size} processes; every process needs "
-                              "at least one seed")
-        self.cfg, self.out = cfg, Path(cfg.out)
-        self.run = RunDir(self.out, writer=dist.is_main)
-        self.trainers = []
-        alone = Distributed.alone(dist.device, dist.timeout)
-        for seed in self.my_seeds:
-            one = dataclasses.replace(cfg, seed=seed, seeds=[], out=str(self.out / seed_dir_name(seed)))
-            t = trainer_cls(one, alone)
-            t.say = (lambda message, _s=seed, _m=t.method:
-                     None if cfg.quiet else print(f"[{_m} seed {_s}] {message}", flush=True))
-            self.trainers.append(t)
-        self.method = self.trainers[0].method
-        self.speed = self.trainers[0].speed
-
-    # ---- checkpoint ------------------------------------------------------------------------
-    def fingerprint(self) -> str:
-        return config_fingerprint(self.cfg, VOLATILE_FIELDS)
-
-    @property
-    def checkpoint_path(self) -> Path:
-        """One file per process (each holds its share of the replicas)."""
-        if self.dist.world_size == 1:
-            return self.run.checkpoint_path
-        return self.run.checkpoint_path.with_name(f"rank{self.dist.rank}-of-{self.dist.world_size}.pt")
-
-    def checkpoint(self) -> None:
-        replicas = [_cloned({**t.state(), "metrics_lines": t.metrics_lines}) for t in self.trainers]
-        save_checkpoint(self.checkpoint_path, {
-            "method": f"{self.method}-seeds", "config": self.fingerprint(), "world_size": self.dist.world_size,
-            "seeds": self.my_seeds, "replicas": replicas, "rng": get_rng_state()}, keep_previous=True)
-
-    def restore(self) -> None:
-        state, _, note = load_latest_checkpoint(self.checkpoint_path, map_location=self.trainers[0].device,
-                                                expect={"method": f"{self.method}-seeds", "config": self.fingerprint(),
-                                                        "world_size": self.dist.world_size})
-        if note:
-            self.say(note)
-        for t, replica in zip(self.trainers, state["replicas"]):
-            t.metrics_lines = replica["metrics_lines"]
-            t.load_state(replica)
-            t.run.truncate_metrics(t.metrics_lines)
-        set_rng_state(state["rng"])
 
     # ---- the stacked step --------------------------------------------------------------------
     def bind(self) -> None:
@@ -183,49 +111,8 @@ class StackedGenerations:
             self.stack.reattach()  # (the official KE loop assigns w.data: back into the stack)
             self.checkpoint()
 
-    # ---- the run -----------------------------------------------------------------------------
-    def run_all(self) -> dict:
-        cfg = self.cfg
-        for run in [self.run] + [t.run for t in self.trainers]:
-            run.remove_stale_temporaries()
-        if cfg.resume and has_checkpoint(self.checkpoint_path):
-            self.restore()
-        else:
-            if cfg.resume:
-                self.say(f"no checkpoint in {cfg.out} for {self.dist.world_size} process(es); starting a new run")
-            if any(t.run.read_metrics() for t in self.trainers):
-                raise CheckpointError(f"{cfg.out} already holds a run" + (
-                    "" if cfg.resume else "; pass resume=True (--resume) or another out"))
-            self.run.write_config(cfg)
-            for t in self.trainers:
-                t.run.write_config(t.cfg)
-                t.run.truncate_metrics(0)
-                t.start()
-        self.bind()
-        self.loop()
-        for t in self.trainers:
-            t.run.write_summary(t.summary())
-            t.plot()
-        self.dist.barrier()  # every rank's seeds are written: the aggregate reads them from out/seed-S/
-        summaries, curves = {}, {}
-        for seed in cfg.seeds:
-            run = RunDir(self.out / seed_dir_name(seed), writer=False)
-            summaries[seed] = json.loads((run.root / "summary.json").read_text())
-            records = [r for r in run.read_metrics() if r["type"] == "generation"]
-            curves[seed] = ([r["generation"] for r in records], [r["test_accuracy"] for r in records])
-        summary = aggregate(self.method, summaries, settings=self.trainers[0].summary_settings)
-        self.run.write_summary(summary)
-        if self.dist.is_main:
-            plot_seeds(self.run.plot_path("seeds.png"), curves, xlabel="generation", ylabel="test accuracy",
-                       title=f"{self.method}: one line per seed")
-        return summary
-
-    def say(self, message: str) -> None:
-        if self.dist.is_main:
-            print(f"[{self.method}] {message}", flush=True)
-
 
 def run_stacked(trainer_cls, cfg) -> dict:
     """Validate ``cfg`` and train every seed of ``cfg.seeds`` stacked (under torchrun: each process
     its share of the seeds); returns the aggregate summary (out/summary.json)."""
-    return run_in_process_group(cfg, lambda dist: StackedGenerations(trainer_cls, cfg, dist))
+    return StackedGenerations.run(trainer_cls, cfg)

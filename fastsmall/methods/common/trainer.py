@@ -38,6 +38,7 @@ VOLATILE_FIELDS = ("resume", "quiet", "out", "device", "compile", "dist_timeout"
 
 class Trainer:
     method = "method"  # the name in checkpoints and log lines
+    summary_settings: tuple = ()  # summary entries that are configuration (--seeds reports them once)
 
     def __init__(self, cfg, dist: Distributed):
         self.cfg, self.dist = cfg, dist

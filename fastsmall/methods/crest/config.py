@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..common.config import (ConfigError, device_option, dist_timeout_option, impl_option, option, quiet_option,
-                             resume_option)
+                             resume_option, seeds_option)
 from ..common.speed import channels_last_option, compile_option, precision_option
 
 
@@ -42,6 +42,7 @@ class Config:
     eval_last: int = option(3, "report the median EMA test accuracy of this many last epochs", min=1)
     # run
     seed: int = option(0, "seed (splits, init, augmentation; deterministic on CPU)")
+    seeds: list[int] = seeds_option()
     device: str = device_option()
     compile: bool = compile_option()
     precision: str = precision_option()

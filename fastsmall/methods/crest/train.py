@@ -16,6 +16,7 @@ rank), so a resumed epoch replays exactly. ``impl`` picks the pseudo-label kerne
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import statistics
 import time
@@ -38,8 +39,31 @@ from .pseudo_label import PseudoLabeler
 from .sampling import class_ranks, sampling_rates, select_pseudo_labels, temperature
 
 
+@dataclasses.dataclass
+class EpochPlan:
+    """What one epoch's steps read: the labelled set (with this generation's pseudo-labels), the
+    batch indices of every step, and the CReST+ temperature. ``rng``: the global generator's state
+    for this epoch's augmentation when replicas share a process (``--seeds``), else None."""
+    x_l: torch.Tensor
+    y_l: torch.Tensor
+    lab: torch.Tensor
+    unl: torch.Tensor
+    t_g: float
+    rng: torch.Tensor | None = None
+
+
+def ema_update_(ema_params, params, ema_buffers, buffers, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * param`` (foreach), buffers copied: the official EMA."""
+    with torch.no_grad():
+        torch._foreach_mul_(ema_params, decay)
+        torch._foreach_add_(ema_params, [p.detach() for p in params], alpha=1 - decay)
+        for eb, b in zip(ema_buffers, buffers):
+            eb.copy_(b)
+
+
 class CReSTTrainer(Trainer):
     method = "crest"
+    summary_settings = ("generations",)  # configuration, reported once by --seeds
 
     def __init__(self, cfg: Config, dist: Distributed):
         super().__init__(cfg, dist)
@@ -67,6 +91,9 @@ class CReSTTrainer(Trainer):
     def _fresh_generation_state(self):
         torch.manual_seed(derive_seed(self.cfg.seed, self.generation, 17))
         fresh = self.speed.prepare(build_model(self.model_name, self.C, self.in_channels).to(self.device))
+        # the EMA starts as a copy of the fresh network (not of self.model, whose tensors may be views
+        # of a stack under --seeds: a deep copy of a view copies the whole stacked storage)
+        self.ema = copy.deepcopy(fresh).eval()
         if getattr(self, "model", None) is None:
             self._build_step(fresh)
         else:
@@ -76,7 +103,6 @@ class CReSTTrainer(Trainer):
             with torch.no_grad():
                 self.model.load_state_dict(fresh.state_dict())
             restart_sgd_(self.optimizer)
-        self.ema = copy.deepcopy(self.model).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
         self.labeler = PseudoLabeler(self.C, self.prior, plus=self.cfg.plus, threshold=self.cfg.threshold,
@@ -98,17 +124,15 @@ class CReSTTrainer(Trainer):
         self.losses = self.speed.compile(self._losses)
         self.optimizer_step = self.speed.optimizer_step(self.optimizer)
 
-    @torch.no_grad()
-    def _update_ema(self):
+    def ema_decay(self) -> float:
         # TensorFlow's ExponentialMovingAverage with num_updates (as the official code's
         # EMA): the decay ramps up as (1 + k) / (10 + k), so early EMA weights are not
         # dominated by the random initialisation.
-        d = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
-        ema_params, params = list(self.ema.parameters()), list(self.model.parameters())
-        torch._foreach_mul_(ema_params, d)
-        torch._foreach_add_(ema_params, [p.detach() for p in params], alpha=1 - d)
-        for eb, b in zip(self.ema.buffers(), self.model.buffers()):
-            eb.copy_(b)
+        return min(self.cfg.ema, (1 + self.step) / (10 + self.step))
+
+    def _update_ema(self):
+        ema_update_(list(self.ema.parameters()), list(self.model.parameters()), list(self.ema.buffers()),
+                    list(self.model.buffers()), self.ema_decay())
 
     def _lr(self) -> float:
         """FixMatch's cosine decay lr * cos(7 pi k / (16 K)) over a generation."""
@@ -131,12 +155,17 @@ class CReSTTrainer(Trainer):
         return shard[torch.arange(need) % shard.numel()].view(self.cfg.steps_per_epoch, per_rank)
 
     def _losses(self, inputs: torch.Tensor, yl: torch.Tensor, t_g: float):
-        """The step's forward and losses (one graph under --compile): labelled CE, pseudo-labels of
-        the weak view, masked CE of the strong view. Logits are float32 before any loss (bf16)."""
+        """The step's forward and losses (one graph under --compile)."""
         with self.speed.autocast():
             logits = self.forward_model(inputs)
+        return self.loss_terms(logits, yl, t_g)
+
+    def loss_terms(self, logits: torch.Tensor, yl: torch.Tensor, t_g: float):
+        """The step's losses from the logits of [labelled weak; unlabelled weak; unlabelled strong]:
+        labelled CE, pseudo-labels of the weak view (this replica's DA state), masked CE of the
+        strong view. Logits are float32 before any loss (bf16)."""
         n_l = yl.shape[0]
-        n_u = (inputs.shape[0] - n_l) // 2
+        n_u = (logits.shape[0] - n_l) // 2
         logits_l, logits_w, logits_s = logits.float().split([n_l, n_u, n_u])
         loss_s = F.cross_entropy(logits_l, yl)
         label, mask = self.labeler(logits_w, t_g)
@@ -144,33 +173,48 @@ class CReSTTrainer(Trainer):
         return loss_s + self.cfg.lambda_u * loss_u, loss_s, loss_u, mask
 
     # ---- one epoch ---------------------------------------------------------------------------
-    def _train_epoch(self):
-        cfg = self.cfg
-        torch.manual_seed(derive_seed(cfg.seed, self.generation, self.epoch, self.dist.rank, 3))
+    def epoch_plan(self) -> EpochPlan:
+        """This epoch's data, from (seed, generation, epoch, rank): also seeds the augmentation's
+        draws (torch's global generator), so a resumed epoch replays exactly."""
+        torch.manual_seed(derive_seed(self.cfg.seed, self.generation, self.epoch, self.dist.rank, 3))
         x_l, y_l = self._labelled_set()
-        x_u = self.split.x_unlabelled
-        lab = self._epoch_batches(len(y_l), self.per_rank_l, 1)
-        unl = self._epoch_batches(len(x_u), self.per_rank_u, 2)
-        t_g = temperature(self.generation, self.G, cfg.t_min)
-        sums = torch.zeros(4, dtype=torch.float64)  # loss, loss_s, loss_u, mask rate
+        return EpochPlan(x_l, y_l, lab=self._epoch_batches(len(y_l), self.per_rank_l, 1),
+                         unl=self._epoch_batches(len(self.split.x_unlabelled), self.per_rank_u, 2),
+                         t_g=temperature(self.generation, self.G, self.cfg.t_min))
+
+    def batch(self, plan: EpochPlan, s: int):
+        """Step s's inputs [labelled weak; unlabelled weak; unlabelled strong] and labels."""
+        xl, yl = plan.x_l[plan.lab[s]].to(self.device), plan.y_l[plan.lab[s]].to(self.device)
+        xu = self.split.x_unlabelled[plan.unl[s]].to(self.device)
+        inputs = torch.cat([augment.weak(xl, flip=self.flip), augment.weak(xu, flip=self.flip),
+                            augment.strong(xu, flip=self.flip)])
+        return self.speed.inputs(inputs), yl
+
+    @staticmethod
+    def step_stats(loss, loss_s, loss_u, mask) -> torch.Tensor:
+        """(loss, labelled loss, unlabelled loss, mask rate) of one step, float64."""
+        return torch.stack([loss.detach(), loss_s.detach(), loss_u.detach(), mask.float().mean()]).double().cpu()
+
+    def epoch_losses(self, sums: torch.Tensor) -> dict:
+        """The epoch's mean step_stats over steps and ranks."""
+        sums = self.dist.all_reduce_sum(sums) / (self.cfg.steps_per_epoch * self.dist.world_size)
+        return dict(zip(("loss", "loss_labelled", "loss_unlabelled", "mask_rate"), sums.tolist()))
+
+    def _train_epoch(self):
+        plan = self.epoch_plan()
+        sums = torch.zeros(4, dtype=torch.float64)
         self.model.train()
-        steps = self.progress(range(cfg.steps_per_epoch), desc=f"gen {self.generation} epoch {self.epoch}")
-        for s in steps:
-            xl, yl = x_l[lab[s]].to(self.device), y_l[lab[s]].to(self.device)
-            xu = x_u[unl[s]].to(self.device)
-            inputs = torch.cat([augment.weak(xl, flip=self.flip), augment.weak(xu, flip=self.flip),
-                                augment.strong(xu, flip=self.flip)])
+        for s in self.progress(range(self.cfg.steps_per_epoch), desc=f"gen {self.generation} epoch {self.epoch}"):
+            inputs, yl = self.batch(plan, s)
             set_lr(self.optimizer, self._lr())
-            loss, loss_s, loss_u, mask = self.losses(self.speed.inputs(inputs), yl, t_g)
+            loss, loss_s, loss_u, mask = self.losses(inputs, yl, plan.t_g)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer_step()
             self._update_ema()
             self.step += 1
-            sums += torch.tensor([loss.item(), loss_s.item(), loss_u.item(), mask.float().mean().item()],
-                                 dtype=torch.float64)
-        sums = self.dist.all_reduce_sum(sums) / (cfg.steps_per_epoch * self.dist.world_size)
-        return dict(zip(("loss", "loss_labelled", "loss_unlabelled", "mask_rate"), sums.tolist()))
+            sums += self.step_stats(loss, loss_s, loss_u, mask)
+        return self.epoch_losses(sums)
 
     # ---- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
@@ -243,26 +287,32 @@ class CReSTTrainer(Trainer):
                   f"balanced {test['balanced_accuracy']:.4f}, unlabelled acc {unlabelled['accuracy']:.4f}"
                  + (f", added {len(self.pseudo_idx)} pseudo-labels" if "pseudo_labels" in record else ""))
 
+    def end_epoch(self, losses: dict, start: float) -> None:
+        """Evaluate the EMA model, log the epoch (``start``: its perf_counter start), count it."""
+        test = self._evaluate(self.split.x_test, self.split.y_test)
+        self.test_acc_history.append(test["accuracy"])
+        self.log({"type": "epoch", "generation": self.generation, "epoch": self.epoch, **losses,
+                  "lr": self._lr(), "test_accuracy": test["accuracy"],
+                  "test_balanced_accuracy": test["balanced_accuracy"],
+                  "seconds": time.perf_counter() - start})
+        self.say(f"gen {self.generation} epoch {self.epoch}: loss {losses['loss']:.4f} "
+                 f"mask {losses['mask_rate']:.2f} test acc {test['accuracy']:.4f}")
+        self.epoch += 1
+
+    def next_generation(self) -> None:
+        """End this generation (evaluate, pseudo-label) and start the next one's fresh model."""
+        self._end_generation()
+        self.generation, self.epoch = self.generation + 1, 0
+        if self.generation < self.G:
+            self._fresh_generation_state()
+
     def loop(self):
-        cfg = self.cfg
         while self.generation < self.G:
-            while self.epoch < cfg.epochs:
+            while self.epoch < self.cfg.epochs:
                 start = time.perf_counter()
-                losses = self._train_epoch()
-                test = self._evaluate(self.split.x_test, self.split.y_test)
-                self.test_acc_history.append(test["accuracy"])
-                self.log({"type": "epoch", "generation": self.generation, "epoch": self.epoch, **losses,
-                           "lr": self._lr(), "test_accuracy": test["accuracy"],
-                           "test_balanced_accuracy": test["balanced_accuracy"],
-                           "seconds": time.perf_counter() - start})
-                self.say(f"gen {self.generation} epoch {self.epoch}: loss {losses['loss']:.4f} "
-                         f"mask {losses['mask_rate']:.2f} test acc {test['accuracy']:.4f}")
-                self.epoch += 1
+                self.end_epoch(self._train_epoch(), start)
                 self.checkpoint()
-            self._end_generation()
-            self.generation, self.epoch = self.generation + 1, 0
-            if self.generation < self.G:
-                self._fresh_generation_state()
+            self.next_generation()
             self.checkpoint()
 
     def summary(self) -> dict:
@@ -275,6 +325,7 @@ class CReSTTrainer(Trainer):
             "generations": self.G,
             "test_accuracy": last["test_accuracy_last"],
             "test_balanced_accuracy": last["test"]["balanced_accuracy"],
+            "test_tail_recall": statistics.mean(last["test"]["recall"][c] for c in tail),
             "tail_classes": tail,
             "per_generation": [{
                 "generation": r["generation"], "test_accuracy": r["test_accuracy_last"],
@@ -291,5 +342,9 @@ class CReSTTrainer(Trainer):
 
 
 def train(cfg: Config) -> dict:
-    """Run CReST / CReST+ / FixMatch as configured; returns the summary (also in summary.json)."""
+    """Run CReST / CReST+ / FixMatch as configured; returns the summary (also in summary.json), or
+    with ``cfg.seeds`` the aggregate over the seeds, trained stacked in one process."""
+    if cfg.seeds:
+        from .stacked import StackedCReST
+        return StackedCReST.run(CReSTTrainer, cfg)
     return run_trainer(CReSTTrainer, cfg)
