@@ -1,15 +1,18 @@
 """Many seeds stacked in one process (``--seeds``) against the same seeds run one after another.
 
-    python bench/bench_seeds.py [--ks 1 2 4 8 16] [--repeats 5] [--methods ke dsd] [--full]
+    python bench/bench_seeds.py [--ks 1 2 4 8 16] [--repeats 5] [--methods ke dsd crest] [--full]
 
-Per method and K: one epoch of K stacked replicas (``StackedGenerations.train_epoch``) against K
-single-seed epochs (``GenerationTrainer.train_epoch`` of K trainers), interleaved within every
-repeat, medians; digits-small (100 images, batch 32; DSD in its sparse phase). Memory: the bytes of
-the training state (parameters, gradients, momentum, BatchNorm buffers) of the stacked run; the
-sequential runs hold the same state (K trainers) and activations for one replica at a time.
+Per method and K: one epoch of K stacked replicas (``StackedGenerations.train_epoch``,
+``StackedCReST.train_epoch``) against K single-seed epochs (the trainers' own epoch, one trainer
+after another), interleaved within every repeat, medians. KE / DSD: digits-small (100 images, batch
+32; DSD in its sparse phase); CReST+: digits-LT, 32 steps of 32 labelled + 2 x 224 unlabelled images
+(no evaluation). Memory: the bytes of the training state (parameters, gradients, momentum, BatchNorm
+buffers; CReST: + the EMA) of the stacked run; the sequential runs hold the same state (K trainers)
+and activations for one replica at a time.
 
-``--full`` also times whole runs end to end in this process: ``ke.train`` with ``seeds=[0..K-1]``
-against K ``ke.train`` single-seed runs (3 generations x 10 epochs: data, training, evaluation,
+``--full`` also times whole runs end to end in this process, for each method of ``--methods``
+that has one (KE: 3 generations x 10 epochs; CReST+: 3 generations x 4 epochs): ``train`` with
+``seeds=[0..K-1]`` against K single-seed ``train`` runs (data, training, evaluation, pseudo-labels,
 checkpoints, plots), alternating, twice.
 
 Prints the CPU, its matrix units, torch and the thread count.
@@ -26,20 +29,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fastsmall.methods import ke  # noqa: E402
+from fastsmall.methods import crest, ke  # noqa: E402
 from fastsmall.methods.common import Distributed  # noqa: E402
 from fastsmall.methods.common.speed import matrix_units  # noqa: E402
 from fastsmall.methods.common.stacked_generations import StackedGenerations  # noqa: E402
+from fastsmall.methods.crest.config import Config as CReSTConfig  # noqa: E402
+from fastsmall.methods.crest.stacked import StackedCReST  # noqa: E402
+from fastsmall.methods.crest.train import CReSTTrainer  # noqa: E402
 from fastsmall.methods.dsd.config import Config as DSDConfig  # noqa: E402
 from fastsmall.methods.dsd.train import DSDTrainer  # noqa: E402
 from fastsmall.methods.ke.config import Config as KEConfig  # noqa: E402
 from fastsmall.methods.ke.train import KETrainer  # noqa: E402
 
-METHODS = {"ke": (KEConfig, KETrainer), "dsd": (DSDConfig, DSDTrainer)}
+# method: (config, trainer, stacked run, the single-seed trainer's epoch)
+METHODS = {"ke": (KEConfig, KETrainer, StackedGenerations, "train_epoch"),
+           "dsd": (DSDConfig, DSDTrainer, StackedGenerations, "train_epoch"),
+           "crest": (CReSTConfig, CReSTTrainer, StackedCReST, "_train_epoch")}
 
 
 def _config(method, **kw):
-    config_cls, _ = METHODS[method]
+    config_cls = METHODS[method][0]
+    if method == "crest":
+        return config_cls(quiet=True, out=tempfile.mkdtemp(), plus=True, **kw)
     return config_cls(quiet=True, out=tempfile.mkdtemp(), epochs=10, warmup_epochs=1, **kw)
 
 
@@ -50,8 +61,8 @@ def _ready(method, t):
 
 
 def stacked_epoch(method, k):
-    _, trainer_cls = METHODS[method]
-    run = StackedGenerations(trainer_cls, _config(method, seeds=list(range(k))), Distributed(torch.device("cpu")))
+    _, trainer_cls, stacked_cls, _ = METHODS[method]
+    run = stacked_cls(trainer_cls, _config(method, seeds=list(range(k))), Distributed(torch.device("cpu")))
     for t in run.trainers:
         t.start()
         _ready(method, t)
@@ -60,24 +71,26 @@ def stacked_epoch(method, k):
 
 
 def sequential_epochs(method, k):
-    _, trainer_cls = METHODS[method]
+    _, trainer_cls, _, epoch_name = METHODS[method]
     trainers = []
     for seed in range(k):
         t = trainer_cls(_config(method, seed=seed), Distributed(torch.device("cpu")))
-        t.build_model()
+        t.start() if method == "crest" else t.build_model()
         _ready(method, t)
         trainers.append(t)
 
     def epoch():
         for t in trainers:
-            t.train_epoch()
+            getattr(t, epoch_name)()
     return epoch
 
 
 def state_bytes(run) -> int:
-    stack = run.stack
-    n = sum(p.numel() * p.element_size() for p in stack.params.values()) * 3  # params, grads, momentum
-    return n + sum(b.numel() * b.element_size() for b in stack.buffers.values())
+    tensors = list(run.stack.params.values()) * 3  # params, grads, momentum
+    tensors += list(run.stack.buffers.values())
+    if hasattr(run, "ema_stack"):
+        tensors += list(run.ema_stack.params.values()) + list(run.ema_stack.buffers.values())
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def machine() -> str:
@@ -120,23 +133,32 @@ def bench_epochs(methods, ks, repeats):
                   flush=True)
 
 
-def bench_full(ks, rounds=2):
-    print("\n## KE whole runs (3 generations x 10 epochs, KELS): ke.train(seeds=[0..K-1]) vs K single runs\n")
-    print("| K | sequential s | stacked s | speed-up |")
-    print("|---|---|---|---|")
-    common = dict(generations=3, epochs=10, warmup_epochs=2, quiet=True)
-    for k in ks:
-        seq, stk = [], []
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            for seed in range(k):
-                ke.train(ke.Config(out=tempfile.mkdtemp(), seed=seed, **common))
-            seq.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            ke.train(ke.Config(out=tempfile.mkdtemp(), seeds=list(range(k)), **common))
-            stk.append(time.perf_counter() - t0)
-        s, st = min(seq), min(stk)
-        print(f"| {k} | {s:.1f} | {st:.1f} | {s / st:.2f}x |", flush=True)
+FULL_RUNS = {  # method: (what, train, config, its settings)
+    "ke": ("KE whole runs (3 generations x 10 epochs, KELS)", ke.train, ke.Config,
+           dict(generations=3, epochs=10, warmup_epochs=2)),
+    "crest": ("CReST+ whole runs (3 generations x 4 epochs x 32 steps)", crest.train, crest.Config,
+              dict(generations=3, epochs=4, plus=True)),
+}
+
+
+def bench_full(methods, ks, rounds=2):
+    for method in [m for m in methods if m in FULL_RUNS]:
+        what, train, config_cls, common = FULL_RUNS[method]
+        print(f"\n## {what}: train(seeds=[0..K-1]) vs K single runs\n")
+        print("| K | sequential s | stacked s | speed-up |")
+        print("|---|---|---|---|")
+        for k in ks:
+            seq, stk = [], []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                for seed in range(k):
+                    train(config_cls(out=tempfile.mkdtemp(), seed=seed, quiet=True, **common))
+                seq.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                train(config_cls(out=tempfile.mkdtemp(), seeds=list(range(k)), quiet=True, **common))
+                stk.append(time.perf_counter() - t0)
+            s, st = min(seq), min(stk)
+            print(f"| {k} | {s:.1f} | {st:.1f} | {s / st:.2f}x |", flush=True)
 
 
 def main():
@@ -144,12 +166,12 @@ def main():
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--methods", nargs="+", default=["ke", "dsd"], choices=list(METHODS))
-    ap.add_argument("--full", action="store_true", help="also whole KE runs end to end")
+    ap.add_argument("--full", action="store_true", help="also whole runs end to end (KE, CReST+)")
     args = ap.parse_args()
     print(machine())
     bench_epochs(args.methods, args.ks, args.repeats)
     if args.full:
-        bench_full([k for k in args.ks if k > 1])
+        bench_full(args.methods, [k for k in args.ks if k > 1])
 
 
 if __name__ == "__main__":
