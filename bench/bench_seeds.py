@@ -47,6 +47,9 @@ METHODS = {"ke": (KEConfig, KETrainer, StackedGenerations, "train_epoch"),
            "crest": (CReSTConfig, CReSTTrainer, StackedCReST, "_train_epoch")}
 
 
+DATA = {"ke": "digits-small", "dsd": "digits-small, sparse phase", "crest": "CReST+, digits-LT"}
+
+
 def _config(method, **kw):
     config_cls = METHODS[method][0]
     if method == "crest":
@@ -111,7 +114,7 @@ def _cpu_name() -> str:
 
 def bench_epochs(methods, ks, repeats):
     for method in methods:
-        print(f"\n## {method.upper()} epoch, K seeds: stacked vs one after another (digits-small)\n")
+        print(f"\n## {method.upper()} epoch, K seeds: stacked vs one after another ({DATA[method]})\n")
         print("| K | sequential ms | stacked ms | speed-up | per seed, stacked ms | stacked state MiB |")
         print("|---|---|---|---|---|---|")
         for k in ks:

@@ -156,3 +156,22 @@ def test_foreach_adam_is_the_loops_arithmetic_and_resume_keeps_this_runs_flags()
         p.grad = torch.ones_like(p)
     fused.step()
     assert fused.state[fused.param_groups[0]["params"][0]]["step"].item() == 7
+
+
+def test_compiled_discriminator_leaky_relu_has_leaky_relus_gradient():
+    """The discriminators' leaky-ReLU inside a compiled graph (backward from the saved output, no
+    bool mask: see discriminators._LeakyReLUFromOutput) gives F.leaky_relu's values and gradient
+    exactly, x == 0 and -0.0 included, and passes gradcheck in float64."""
+    from fastsmall.methods.poseaug.discriminators import _LeakyReLUFromOutput, leaky_relu
+    x = torch.tensor([-3.0, -1e-30, -0.0, 0.0, 1e-30, 2.5], dtype=torch.float64)
+    x = torch.cat([x, torch.randn(257, dtype=torch.float64)]).requires_grad_()
+    g = torch.randn_like(x)
+    want_y = torch.nn.functional.leaky_relu(x, 0.2)
+    (want,) = torch.autograd.grad(want_y, x, g)
+    for fn in (lambda t: _LeakyReLUFromOutput.apply(t, 0.2),
+               torch.compile(lambda t: leaky_relu(t, 0.2), backend="aot_eager", fullgraph=True)):
+        y = fn(x)
+        (got,) = torch.autograd.grad(y, x, g)
+        assert torch.equal(y, want_y) and torch.equal(got, want)
+    assert torch.autograd.gradcheck(lambda t: _LeakyReLUFromOutput.apply(t, 0.01), (torch.randn(7, 3,
+                                    dtype=torch.float64, requires_grad=True),))
