@@ -39,16 +39,21 @@ def test_end_to_end_writes_every_documented_file(tmp_path):
     warm, after = records[2], records[3]
     assert "estimator_loss_augmented" not in warm and "g_feedback" in warm  # feedback computed, not yet used
     assert after["estimator_loss_augmented"] > 0 and after["augmented_kept"] > 0
-    assert 0 < after["augmented_kept_fraction"] <= 1
+    assert 0 < after["aug_kept_fraction"] <= 1
     for key in ("g_adv_3d", "g_adv_2d", "g_reg", "d_3d_loss", "d_2d_loss", "ba_angle_deg", "blr_abs"):
         assert key in after, key
     assert after["blr_abs"] <= 0.2 and 0 < after["ba_angle_deg"] < 180
+    # augmentor diagnostics (diagnostics.py): ordered quantiles, the real depths the run's own data's
+    for r in records[2:]:
+        assert r["aug_depth_q10"] <= r["aug_depth_q50"] <= r["aug_depth_q90"]
+        assert r["real_depth_q10"] <= r["real_depth_q50"] <= r["real_depth_q90"] and r["real_depth_q10"] > 0
+        assert 0 <= r["aug_yaw_change_q50"] <= r["aug_yaw_change_q90"] <= 180 and 0 <= r["aug_rotation_q50"] <= 180 * 3 ** 0.5
     for block in (summary["initial"], summary["last"], summary["best"]):
         m = block["synthetic-broad"]
         assert m["mpjpe"] > 0 and m["p_mpjpe"] <= m["mpjpe"] and 0 <= m["pck"] <= 100 and 0 <= m["auc"] <= 100
     assert "best epoch" in summary["note"]
     assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "estimator.pt").exists()
-    for plot in ("mpjpe_by_epoch.png", "augmentations.png"):
+    for plot in ("mpjpe_by_epoch.png", "augmentations.png", "augmentor.png"):
         assert (run / "plots" / plot).stat().st_size > 1000
 
 

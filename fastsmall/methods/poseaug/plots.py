@@ -32,30 +32,96 @@ def plot_curves(records: list[dict], path) -> None:
     plt.close(fig)
 
 
-def _draw(ax, pose: torch.Tensor, parents, color: str, label: str | None = None) -> None:
-    # camera frame: x right, y down, z forward -> draw x against -y, seen from the camera
-    p = pose.detach().cpu()
+def plot_augmentor(records: list[dict], path) -> None:
+    """Has the augmentor learned? Per PoseAug epoch (``diagnostics.py``): the kept fraction, the
+    augmented root depth against the real one, view changes and bone changes, and the
+    discriminators' accuracies on real and fake."""
+    epochs = [r for r in records if r["type"] == "epoch" and r.get("aug_depth_q50") is not None]
+    if not epochs:
+        return
+    x = [r["epoch"] + 1 for r in epochs]
+    get = lambda key: [r.get(key) for r in epochs]  # noqa: E731
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    ax = axes[0]
+    ax.plot(x, get("aug_kept_fraction"), marker="o", ms=3, color="tab:green")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("kept by the image filter")
+    ax.set_ylabel("fraction of augmented poses")
+    ax = axes[1]
+    ax.fill_between(x, get("real_depth_q10"), get("real_depth_q90"), color="grey", alpha=0.25, label="real q10-q90")
+    ax.plot(x, get("real_depth_q50"), color="grey", ls="--", label="real median")
+    ax.fill_between(x, get("aug_depth_q10"), get("aug_depth_q90"), color="tab:red", alpha=0.2,
+                    label="augmented q10-q90")
+    ax.plot(x, get("aug_depth_q50"), color="tab:red", marker="o", ms=3, label="augmented median")
+    ax.set_title("root depth t_z")
+    ax.set_ylabel("metres")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    for key, label in (("aug_yaw_change_q50", "yaw change, median"), ("aug_yaw_change_q90", "yaw change, q90"),
+                       ("aug_rotation_q50", "RT rotation angle, median"), ("ba_angle_deg", "bone-angle change, mean")):
+        ax.plot(x, get(key), marker="o", ms=3, label=label)
+    ax.set_title("view and bone changes")
+    ax.set_ylabel("degrees")
+    ax.legend(fontsize=7)
+    ax = axes[3]
+    for key, label, style in (("d_3d_real_acc", "3D D, real", "-"), ("d_3d_fake_acc", "3D D, fake", "--"),
+                              ("d_2d_real_acc", "2D D, real", "-"), ("d_2d_fake_acc", "2D D, fake", "--")):
+        if any(v is not None for v in get(key)):
+            ax.plot(x, get(key), ls=style, marker="o", ms=3, label=label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("discriminator accuracy")
+    ax.legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("PoseAug epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _draw(ax, pose: torch.Tensor, parents, color: str, label: str | None = None, view: str = "camera") -> None:
+    """One skeleton: ``view="camera"`` draws x against -y (camera frame: x right, y down, as the
+    camera sees it); ``"3d"`` draws (x, z, -y) on a 3D axis (depth into the page)."""
+    p = pose.detach().float().cpu()
     for j, parent in enumerate(parents):
         if parent >= 0:
-            ax.plot([p[j, 0], p[parent, 0]], [-p[j, 1], -p[parent, 1]], color=color, lw=1.5,
-                    label=label if j == 1 else None)
+            kw = dict(color=color, lw=1.5, label=label if j == 1 else None)
+            if view == "3d":
+                ax.plot([p[j, 0], p[parent, 0]], [p[j, 2], p[parent, 2]], [-p[j, 1], -p[parent, 1]], **kw)
+            else:
+                ax.plot([p[j, 0], p[parent, 0]], [-p[j, 1], -p[parent, 1]], **kw)
 
 
 def plot_augmentations(out: dict, skeleton, path, count: int = 4) -> None:
-    """A few poses after BA, BL and RT (root-centred, front view) from the last batch."""
-    stages = [("pose_ba", "BA", "tab:blue"), ("pose_bl", "BL", "tab:orange"), ("pose_rt", "RT", "tab:red")]
+    """Each of a few source poses of the last batch beside its BA, BL and RT augmentations: one row
+    per pose, for each stage the camera view (root-centred) and a 3D view (root-centred)."""
+    stages = [("source", "source", "black"), ("pose_ba", "BA", "tab:blue"), ("pose_bl", "BL", "tab:orange"),
+              ("pose_rt", "RT", "tab:red")]
+    stages = [s for s in stages if s[0] in out]
     count = min(count, out["pose_ba"].shape[0])
-    fig, axes = plt.subplots(1, count, figsize=(3 * count, 3.2), squeeze=False)
+    cols = 2 * len(stages)
+    fig = plt.figure(figsize=(2.1 * cols, 2.3 * count))
     for i in range(count):
-        ax = axes[0, i]
-        for key, label, color in stages:
+        for k, (key, label, color) in enumerate(stages):
             pose = out[key][i]
-            _draw(ax, pose - pose[skeleton.root], skeleton.parents, color, label)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0, 0].legend(fontsize=8, loc="lower left")
-    fig.suptitle("augmented poses (root-centred, camera view)")
+            pose = pose - pose[skeleton.root]
+            ax = fig.add_subplot(count, cols, i * cols + 2 * k + 1)
+            _draw(ax, pose, skeleton.parents, color)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax3 = fig.add_subplot(count, cols, i * cols + 2 * k + 2, projection="3d")
+            _draw(ax3, pose, skeleton.parents, color, view="3d")
+            half = float(pose.detach().abs().max()) or 1.0  # equal axes: shapes are not stretched
+            ax3.set(xlim=(-half, half), ylim=(-half, half), zlim=(-half, half))
+            ax3.set_box_aspect((1, 1, 1))
+            ax3.set_xticks([])
+            ax3.set_yticks([])
+            ax3.set_zticks([])
+            if i == 0:
+                ax.set_title(f"{label}: camera", fontsize=8)
+                ax3.set_title(f"{label}: 3D", fontsize=8)
+    fig.suptitle("source poses and their augmentations (root-centred)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -93,7 +93,7 @@ class PoseAugSpec:
             frozen_angle_bones=(6, 7),
             length_groups=(0, 1, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 6, 7, 8),
             frozen_length_groups=(4,),
-            # released get_feedback_loss: knees/elbows x5, feet/wrists/head x2
+            # released get_feedback_loss weights: hips/shoulders x5, knees/elbows x2, the rest x1
             feedback_weights=(1, 5, 2, 1, 5, 2, 1, 1, 1, 1, 5, 2, 1, 5, 2, 1),
             feedback_groups=((1, 4, 10, 13), (2, 5, 9, 11, 14), (3, 6, 12, 15)),
         )

@@ -42,6 +42,7 @@ from .camera import project_to_2d
 from .config import Config
 from .data import PoseSet
 from .datasets import load_datasets
+from .diagnostics import AugmentorMonitor, real_depth
 from .estimators import build_estimator
 from .gan import AugmentationGAN, set_requires_grad
 from .metrics import evaluate
@@ -87,6 +88,7 @@ class PoseAugTrainer(Trainer):
         self.train_set = train_set.to(self.device)
         self.skeleton: Skeleton = self.train_set.skeleton
         self.templates = self._bone_length_templates()
+        self.real_depth = real_depth(self.train_set.poses_3d, self.skeleton)  # what a trained augmentor keeps
         self.per_rank = max(2, cfg.batch_size // dist.world_size)
         self.stage0_epochs = 0 if cfg.pretrained else cfg.baseline_epochs
         self.poseaug_epochs = 0 if stage0_only else cfg.epochs
@@ -217,7 +219,8 @@ class PoseAugTrainer(Trainer):
         for gan_pass in range(cfg.gan_passes):
             g_batches, d3_batches, d2_batches = (self._shard(n, self._epoch_generator(10 * gan_pass + s))
                                                  for s in (2, 3, 4))
-            kept_3d, kept_2d, seen = [], [], 0  # the estimator trains on the last pass's augmented poses
+            kept_3d, kept_2d = [], []  # the estimator trains on the last pass's augmented poses
+            monitor = AugmentorMonitor(self.skeleton)  # has the augmentor learned? (the last pass's poses)
             for s in self.progress(range(len(g_batches)), desc=f"poseaug epoch {self.epoch}"
                                    + (f" pass {gan_pass}" if cfg.gan_passes > 1 else "")):
                 idx = g_batches[s].to(self.device)
@@ -233,7 +236,7 @@ class PoseAugTrainer(Trainer):
                 valid = (rt_2d > 1).sum((1, 2)) < 1
                 kept_3d.append(out["pose_rt"].detach()[valid])
                 kept_2d.append(rt_2d[valid])
-                seen += idx.numel()
+                monitor.add(out, valid)
                 for k, v in log.items():
                     sums[k] = sums.get(k, 0.0) + v
                 self.iteration += 1
@@ -243,12 +246,13 @@ class PoseAugTrainer(Trainer):
         fake_3d = torch.cat(kept_3d) if kept_3d else self.train_set.poses_3d.new_empty(0, J, 3)
         fake_2d = torch.cat(kept_2d) if kept_2d else self.train_set.poses_2d.new_empty(0, J, 2)
         record["augmented_kept"] = fake_3d.shape[0]
-        record["augmented_kept_fraction"] = fake_3d.shape[0] / max(seen, 1)
+        record.update(monitor.summary())
+        record.update(self.real_depth)
         if self.epoch + 1 > cfg.warmup:
             record["estimator_loss_augmented"] = self._train_estimator(fake_3d, fake_2d, 5, "estimator (augmented)")
             record["estimator_loss_real"] = self._train_estimator(self.train_set.poses_3d, self.train_set.poses_2d, 6,
                                                                   "estimator (real)")
-        self._last_augmented = out  # the last batch's augmentation, for the plot
+        self._last_augmented = {**out, "source": swapped.poses_3d[idx]}  # the last batch, for the plot
         return record
 
     def _baseline_epoch(self) -> dict:
@@ -365,12 +369,15 @@ class PoseAugTrainer(Trainer):
         return summary
 
     def plot(self) -> None:
-        from .plots import plot_curves
+        from .plots import plot_augmentor, plot_curves
         plot_curves(self.records, self.run.plot_path("mpjpe_by_epoch.png"))
+        if self.gan is not None:
+            plot_augmentor(self.records, self.run.plot_path("augmentor.png"))
 
     def _plot_augmentations(self) -> None:
-        from .plots import plot_augmentations
+        from .plots import plot_augmentations, plot_augmentor
         plot_augmentations(self._last_augmented, self.skeleton, self.run.plot_path("augmentations.png"))
+        plot_augmentor(self.records, self.run.plot_path("augmentor.png"))
 
 
 def train(cfg: Config, *, stage0_only: bool = False) -> dict:
