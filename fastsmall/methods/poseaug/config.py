@@ -41,10 +41,19 @@ class Config:
                                      "(stage 0, part of the run)", min=0)
     lr_p: float = option(1e-3, "estimator Adam learning rate (released: 1e-3 for stage 0, 1e-4 with PoseAug)", min=0.0)
     lr_p_poseaug: float = option(1e-4, "estimator learning rate during PoseAug epochs", min=0.0)
+    stage0_schedule: str = option("linear", "stage-0 estimator learning rate: 'linear' decay over the stage-0 epochs, "
+                                            "or 'step', the released x0.96 every 100k estimator steps",
+                                  choices=["linear", "step"])
     # ---- PoseAug ------------------------------------------------------------------------
     epochs: int = option(10, "PoseAug epochs (released: 50)", min=1)
     warmup: int = option(2, "epochs that train only the augmentor and discriminators (estimator and feedback from "
-                            "epoch warmup + 1, as released)", min=0)
+                            "epoch warmup + 1, as released); see warmup_iters", min=0)
+    warmup_iters: int | None = option(None, "G iterations before the feedback loss starts and the estimator trains "
+                                            "on augmented poses (released: ~3,000, its 2 epochs of ~1,500); default: "
+                                            "warmup epochs' worth of G iterations", min=0)
+    gan_iters_per_epoch: int | None = option(None, "G iterations per PoseAug epoch, cycling through fresh permutations "
+                                                   "of the training set (released: ~1,500); default: gan_passes passes",
+                                             min=1)
     batch_size: int = option(1024, "batch size of every stage", min=2)
     gan_passes: int = option(1, "passes over the training set per epoch for the augmentor and discriminators "
                                 "(released: 1 pass over H36M's 1.5M poses, ~1,500 iterations; small sets need more); "
@@ -74,6 +83,10 @@ class Config:
     gloss_feedback_ba: float = option(0.1, "weight of the BA feedback loss", min=0.0)
     gloss_feedback_rt: float = option(0.01, "weight of the RT feedback loss", min=0.0)
     augment: bool = option(True, "--no-augment: train the estimator on real data only for the same epochs (the baseline)")
+    augmentor: str = option("learned", "what augments: the 'learned' PoseAug augmentor; controls: 'frozen' (its random "
+                                       "initialisation, learning rate 0: random augmentation through the same heads), "
+                                       "'random-view' (a random turn about the vertical axis and a random root depth "
+                                       "in the real range, no GAN)", choices=["learned", "frozen", "random-view"])
     # ---- run ----------------------------------------------------------------------------
     impl: str = impl_option("bones / part features (poseaug/official.py: constant-matrix arithmetic)")
     compile: bool = compile_option()
@@ -88,7 +101,7 @@ class Config:
     def validate(self):
         if self.data != "synthetic" and not self.data_dir:
             raise ConfigError(f"data_dir must be set for data {self.data!r}")
-        if self.augment and self.warmup >= self.epochs:
+        if self.augment and self.warmup_iters is None and self.warmup >= self.epochs:
             raise ConfigError(f"warmup ({self.warmup}) must be < epochs ({self.epochs}): the estimator trains "
                               f"only after the warm-up")
         kinds = ("synthetic-broad", "synthetic-narrow", "h36m", "3dhp", "bvh")

@@ -19,6 +19,7 @@ changes bone angles and lengths. So an epoch logs, over every augmented pose of 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import torch
 
@@ -71,13 +72,13 @@ def real_depth(poses_3d: torch.Tensor, skeleton: Skeleton) -> dict:
 
 
 class AugmentorMonitor:
-    """Collects one pass's augmentations (:meth:`add` per batch) and summarises them
-    (:meth:`summary`): see the module docstring."""
+    """Collects the augmentations of the last ``window`` batches (:meth:`add` per batch; all of them
+    without a window) and summarises them (:meth:`summary`): see the module docstring."""
 
-    def __init__(self, skeleton: Skeleton):
+    def __init__(self, skeleton: Skeleton, window: int | None = None):
         self.skeleton = skeleton
-        self.depth, self.yaw, self.rotation = [], [], []
-        self.kept = self.seen = 0
+        self.depth, self.yaw, self.rotation = deque(maxlen=window), deque(maxlen=window), deque(maxlen=window)
+        self.kept, self.seen = deque(maxlen=window), deque(maxlen=window)
 
     @torch.no_grad()
     def add(self, out: dict, kept: torch.Tensor) -> None:
@@ -86,12 +87,13 @@ class AugmentorMonitor:
         self.depth.append(out["pose_rt"][:, sk.root, 2].detach().float().cpu())
         self.yaw.append(yaw_change_deg(out["pose_bl"].detach(), out["pose_rt"].detach(), sk).float().cpu())
         self.rotation.append(rotation_angle_deg(out["rt"][0].detach()).cpu())
-        self.kept += int(kept.sum())
-        self.seen += kept.numel()
+        self.kept.append(int(kept.sum()))
+        self.seen.append(kept.numel())
 
     def summary(self) -> dict:
-        cat = lambda xs: torch.cat(xs) if xs else torch.empty(0)  # noqa: E731
-        record = {"aug_kept_fraction": self.kept / self.seen if self.seen else None}
+        cat = lambda xs: torch.cat(list(xs)) if xs else torch.empty(0)  # noqa: E731
+        seen = sum(self.seen)
+        record = {"aug_kept_fraction": sum(self.kept) / seen if seen else None}
         record.update(_quantiles(cat(self.depth), "aug_depth"))
         record.update(_quantiles(cat(self.yaw), "aug_yaw_change", (0.5, 0.9)))
         record.update(_quantiles(cat(self.rotation), "aug_rotation", (0.5,)))

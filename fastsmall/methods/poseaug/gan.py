@@ -89,7 +89,10 @@ class AugmentationGAN:
         if self.speed.dtype is not None:  # bf16: the heads' MLPs under autocast, float32 out
             for head in (self.generator.ba, self.generator.bl, self.generator.rot, self.generator.trans):
                 head.__class__, head.speed = _AutocastHead, self.speed
-        self.opt_g = self.speed.adam(self.generator.parameters(), lr=cfg.lr_g)
+        # the 'frozen' control: the same steps with learning rate 0 (Adam's update is then exactly
+        # zero): the augmentor stays at its random initialisation
+        self.lr_g = 0.0 if cfg.augmentor == "frozen" else cfg.lr_g
+        self.opt_g = self.speed.adam(self.generator.parameters(), lr=self.lr_g)
         self.opt_d3d = self.speed.adam(self.d3d.parameters(), lr=cfg.lr_d)
         self.opt_d2d = self.speed.adam(self.d2d.parameters(), lr=cfg.lr_d)
         self.pool_3d = HistoryPool(cfg.pool_size)
@@ -104,7 +107,7 @@ class AugmentationGAN:
         return [self.generator, self.d3d, self.d2d]
 
     def set_lr_scale(self, scale: float) -> None:
-        for opt, lr in ((self.opt_g, self.cfg.lr_g), (self.opt_d3d, self.cfg.lr_d), (self.opt_d2d, self.cfg.lr_d)):
+        for opt, lr in ((self.opt_g, self.lr_g), (self.opt_d3d, self.cfg.lr_d), (self.opt_d2d, self.cfg.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = lr * scale
 
@@ -183,13 +186,16 @@ class AugmentationGAN:
         return out, rt_2d, loss, feedback, (acc_3d, acc_2d, *errors, feedback, adv_3d, adv_2d, reg, *shape)
 
     def generator_step(self, inputs_3d: torch.Tensor, cams: torch.Tensor, estimator: nn.Module, epoch: int,
-                       average_gradients: Callable[[nn.Module], None] = lambda m: None):
+                       average_gradients: Callable[[nn.Module], None] = lambda m: None, *,
+                       use_feedback: bool | None = None):
+        """One augmentor step. The feedback loss joins after the warm-up: ``use_feedback`` (the
+        trainer counts G iterations, ``warmup_iters``), by default from epoch ``warmup + 1``."""
         cfg = self.cfg
         set_requires_grad([self.d3d, self.d2d, estimator], False)
         set_requires_grad([self.generator], True)
         self.opt_g.zero_grad(set_to_none=True)
         out, rt_2d, loss, feedback, values = self._g_losses(inputs_3d, cams, estimator, *self._hardness_targets(epoch))
-        if epoch + 1 > cfg.warmup:
+        if use_feedback if use_feedback is not None else epoch + 1 > cfg.warmup:
             loss = loss + feedback
         loss.backward()
         average_gradients(self.generator)

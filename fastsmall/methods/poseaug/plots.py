@@ -59,7 +59,8 @@ def plot_augmentor(records: list[dict], path) -> None:
     ax = axes[2]
     for key, label in (("aug_yaw_change_q50", "yaw change, median"), ("aug_yaw_change_q90", "yaw change, q90"),
                        ("aug_rotation_q50", "RT rotation angle, median"), ("ba_angle_deg", "bone-angle change, mean")):
-        ax.plot(x, get(key), marker="o", ms=3, label=label)
+        if any(v is not None for v in get(key)):  # (the random-view control has no bone changes)
+            ax.plot(x, get(key), marker="o", ms=3, label=label)
     ax.set_title("view and bone changes")
     ax.set_ylabel("degrees")
     ax.legend(fontsize=7)
@@ -69,8 +70,9 @@ def plot_augmentor(records: list[dict], path) -> None:
         if any(v is not None for v in get(key)):
             ax.plot(x, get(key), ls=style, marker="o", ms=3, label=label)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("discriminator accuracy")
-    ax.legend(fontsize=7)
+    ax.set_title("discriminator accuracy" if ax.lines else "discriminator accuracy (no GAN)")
+    if ax.lines:
+        ax.legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("PoseAug epoch")
         ax.grid(alpha=0.3)
@@ -97,8 +99,8 @@ def plot_augmentations(out: dict, skeleton, path, count: int = 4) -> None:
     per pose, for each stage the camera view (root-centred) and a 3D view (root-centred)."""
     stages = [("source", "source", "black"), ("pose_ba", "BA", "tab:blue"), ("pose_bl", "BL", "tab:orange"),
               ("pose_rt", "RT", "tab:red")]
-    stages = [s for s in stages if s[0] in out]
-    count = min(count, out["pose_ba"].shape[0])
+    stages = [s for s in stages if s[0] in out]  # (the random-view control has no BA / BL)
+    count = min(count, out["pose_rt"].shape[0])
     cols = 2 * len(stages)
     fig = plt.figure(figsize=(2.1 * cols, 2.3 * count))
     for i in range(count):

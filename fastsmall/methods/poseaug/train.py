@@ -27,6 +27,7 @@ exact: BatchNorm in train mode would see the pad rows). See ``_estimator_steps``
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from ... import ops
 from ...skeleton import Skeleton
-from ..common import CheckpointError, Distributed, derive_seed, load_checkpoint, save_checkpoint
+from ..common import CheckpointError, ConfigError, Distributed, derive_seed, load_checkpoint, save_checkpoint
 from ..common.speed import StepSpeed
 from ..common.trainer import Trainer, run_trainer
 from .camera import project_to_2d
@@ -46,6 +47,7 @@ from .diagnostics import AugmentorMonitor, real_depth
 from .estimators import build_estimator
 from .gan import AugmentationGAN, set_requires_grad
 from .metrics import evaluate
+from .random_view import RandomView
 
 STAGE_BASELINE, STAGE_POSEAUG = 0, 1
 
@@ -63,6 +65,11 @@ def estimator_overrides(cfg: Config) -> dict:
 def linear_decay(epoch: int, epochs: int) -> float:
     """Released ``get_scheduler(policy='lambda', nepoch_fix=0)``: 1 - e / (E + 1)."""
     return 1.0 - epoch / float(epochs + 1)
+
+
+def released_step_decay(step: int) -> float:
+    """The released stage-0 schedule (``train_baseline``'s ``lr_decay``): x0.96 every 100,000 steps."""
+    return 0.96 ** (step // 100_000)
 
 
 def swap_bone_lengths(poses: PoseSet, templates: torch.Tensor, generator: torch.Generator) -> PoseSet:
@@ -92,8 +99,20 @@ class PoseAugTrainer(Trainer):
         self.per_rank = max(2, cfg.batch_size // dist.world_size)
         self.stage0_epochs = 0 if cfg.pretrained else cfg.baseline_epochs
         self.poseaug_epochs = 0 if stage0_only else cfg.epochs
+        self.augmenting = cfg.augment and not stage0_only
+        # the budget in G iterations, as the released code counts it: per epoch, and before the
+        # feedback loss and the estimator's augmented training start (the warm-up)
+        self.batches_per_pass = len(self._shard(len(self.train_set), torch.Generator().manual_seed(0)))
+        if self.batches_per_pass == 0:
+            raise ConfigError(f"batch_size ({cfg.batch_size}) leaves no batch of >= 2 poses per process")
+        self.gan_iters_per_epoch = cfg.gan_iters_per_epoch or cfg.gan_passes * self.batches_per_pass
+        self.warmup_iters = cfg.warmup_iters if cfg.warmup_iters is not None else cfg.warmup * self.gan_iters_per_epoch
+        if self.augmenting and self.warmup_iters >= cfg.epochs * self.gan_iters_per_epoch:
+            raise ConfigError(f"warmup_iters ({self.warmup_iters}) must be < the run's G iterations ({cfg.epochs} "
+                              f"epochs x {self.gan_iters_per_epoch}): the estimator trains only after the warm-up")
         # progress (all of it is in the checkpoint)
         self.stage, self.epoch, self.iteration = STAGE_BASELINE, 0, 0
+        self.stage0_steps = 0  # estimator steps of stage 0 (the released step schedule counts them)
         self.records: list[dict] = []
         self._build()
 
@@ -103,8 +122,10 @@ class PoseAugTrainer(Trainer):
         torch.manual_seed(derive_seed(cfg.seed, 7))
         self.estimator = build_estimator(cfg.estimator, self.skeleton, impl=cfg.impl,
                                          **estimator_overrides(cfg)).to(self.device)
-        self.gan = (AugmentationGAN(cfg, self.skeleton, self.device, speed=self.speed)
-                    if cfg.augment and not self.stage0_only else None)
+        learned = self.augmenting and cfg.augmentor != "random-view"  # 'frozen': the same GAN, lr 0
+        self.gan = AugmentationGAN(cfg, self.skeleton, self.device, speed=self.speed) if learned else None
+        self.random_view = (RandomView(self.train_set.poses_3d, self.skeleton)
+                            if self.augmenting and cfg.augmentor == "random-view" else None)
         self._fresh_estimator_optimizer(cfg.lr_p)
         self._estimator_full, self._estimator_ragged = self._estimator_steps()
 
@@ -195,7 +216,10 @@ class PoseAugTrainer(Trainer):
             self.dist.average_gradients(self.estimator)
             if self.cfg.max_norm:
                 nn.utils.clip_grad_norm_(self.estimator.parameters(), max_norm=self.cfg.max_norm)
+            if self.stage == STAGE_BASELINE and self.cfg.stage0_schedule == "step":
+                self._set_estimator_lr(released_step_decay(self.stage0_steps))
             self.opt_p.step()
+            self.stage0_steps += self.stage == STAGE_BASELINE
             total, count = total + float(loss.detach()), count + 1
         return total / max(count, 1)
 
@@ -203,62 +227,77 @@ class PoseAugTrainer(Trainer):
         for group in self.opt_p.param_groups:
             group["lr"] = self.lr_estimator * scale
 
+    def _estimator_trains(self, epoch: int) -> bool:
+        """Does the estimator train at the end of PoseAug epoch ``epoch``? After the warm-up: once
+        the epoch's G iterations pass ``warmup_iters`` (for augmented and no-augment runs alike)."""
+        return (epoch + 1) * self.gan_iters_per_epoch > self.warmup_iters
+
     # ---- one PoseAug epoch (released train_gan + train_posenet) --------------------------------
     def _poseaug_epoch(self) -> dict:
         cfg, gan = self.cfg, self.gan
         torch.manual_seed(derive_seed(cfg.seed, self.stage, self.epoch, self.dist.rank, 3))
         # pool draws differ per rank; the bone-length swap is the same on every rank
         pool_rng = self._epoch_generator(100 + self.dist.rank, self.device)
+        view_rng = self._epoch_generator(200 + self.dist.rank, self.device)
         swapped = swap_bone_lengths(self.train_set, self.templates, self._epoch_generator(1, self.device))
         n = len(swapped)
         sums: dict[str, float] = {}
         g_steps = d_steps = 0
         self.estimator.train()
-        for m in gan.models:
+        for m in gan.models if gan is not None else []:
             m.train()
-        for gan_pass in range(cfg.gan_passes):
-            g_batches, d3_batches, d2_batches = (self._shard(n, self._epoch_generator(10 * gan_pass + s))
-                                                 for s in (2, 3, 4))
-            kept_3d, kept_2d = [], []  # the estimator trains on the last pass's augmented poses
-            monitor = AugmentorMonitor(self.skeleton)  # has the augmentor learned? (the last pass's poses)
-            for s in self.progress(range(len(g_batches)), desc=f"poseaug epoch {self.epoch}"
-                                   + (f" pass {gan_pass}" if cfg.gan_passes > 1 else "")):
-                idx = g_batches[s].to(self.device)
+        # G iterations cycle through passes over the swapped set (pass p: its own permutations); the
+        # estimator trains on the augmented poses of the epoch's last pass-worth of iterations
+        window = self.batches_per_pass
+        kept, monitor = deque(maxlen=window), AugmentorMonitor(self.skeleton, window=window)
+        passes: dict[int, tuple] = {}
+        for s in self.progress(range(self.gan_iters_per_epoch), desc=f"poseaug epoch {self.epoch}"):
+            p, b = divmod(s, self.batches_per_pass)
+            if p not in passes:
+                passes = {p: tuple(self._shard(n, self._epoch_generator(10 * p + salt)) for salt in (2, 3, 4))}
+            g_batches, d3_batches, d2_batches = passes[p]
+            idx = g_batches[b].to(self.device)
+            if gan is None:  # the random-view control
+                out = self.random_view(swapped.poses_3d[idx], view_rng)
+                rt_2d, log = project_to_2d(out["pose_rt"], swapped.cams[idx]), {}
+            else:
                 out, rt_2d, log = gan.generator_step(swapped.poses_3d[idx], swapped.cams[idx], self.estimator,
-                                                     self.epoch, self.dist.average_gradients)
+                                                     self.epoch, self.dist.average_gradients,
+                                                     use_feedback=self.iteration >= self.warmup_iters)
                 if self.iteration % cfg.df == 0:
-                    d3, d2 = d3_batches[s].to(self.device), d2_batches[s].to(self.device)
+                    d3, d2 = d3_batches[b].to(self.device), d2_batches[b].to(self.device)
                     log.update(gan.discriminator_step(swapped.poses_3d[d3], swapped.poses_2d[d2], out["pose_ba"],
                                                       rt_2d, generator=pool_rng,
                                                       average_gradients=self.dist.average_gradients))
                     d_steps += 1
-                # released keeps the augmented pairs with no projected coordinate above 1
-                valid = (rt_2d > 1).sum((1, 2)) < 1
-                kept_3d.append(out["pose_rt"].detach()[valid])
-                kept_2d.append(rt_2d[valid])
-                monitor.add(out, valid)
-                for k, v in log.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                self.iteration += 1
-                g_steps += 1
+            # released keeps the augmented pairs with no projected coordinate above 1
+            valid = (rt_2d > 1).sum((1, 2)) < 1
+            kept.append((out["pose_rt"].detach()[valid], rt_2d[valid]))
+            monitor.add(out, valid)
+            for k, v in log.items():
+                sums[k] = sums.get(k, 0.0) + v
+            self.iteration += 1
+            g_steps += 1
         record = {k: v / max(d_steps if k.startswith("d_") else g_steps, 1) for k, v in sums.items()}
         J = self.skeleton.num_joints
-        fake_3d = torch.cat(kept_3d) if kept_3d else self.train_set.poses_3d.new_empty(0, J, 3)
-        fake_2d = torch.cat(kept_2d) if kept_2d else self.train_set.poses_2d.new_empty(0, J, 2)
+        fake_3d = torch.cat([k[0] for k in kept]) if kept else self.train_set.poses_3d.new_empty(0, J, 3)
+        fake_2d = torch.cat([k[1] for k in kept]) if kept else self.train_set.poses_2d.new_empty(0, J, 2)
         record["augmented_kept"] = fake_3d.shape[0]
         record.update(monitor.summary())
         record.update(self.real_depth)
-        if self.epoch + 1 > cfg.warmup:
+        if self._estimator_trains(self.epoch):
             record["estimator_loss_augmented"] = self._train_estimator(fake_3d, fake_2d, 5, "estimator (augmented)")
             record["estimator_loss_real"] = self._train_estimator(self.train_set.poses_3d, self.train_set.poses_2d, 6,
                                                                   "estimator (real)")
-        self._last_augmented = {**out, "source": swapped.poses_3d[idx]}  # the last batch, for the plot
+        # the last batch, for the plot (the random-view control has no BA / BL stage)
+        stages = ("pose_ba", "pose_bl", "pose_rt") if gan is not None else ("pose_rt",)
+        self._last_augmented = {"source": swapped.poses_3d[idx], **{k: out[k] for k in stages}}
         return record
 
     def _baseline_epoch(self) -> dict:
         """Stage 0, or an epoch of the no-augmentation baseline: one pass over real data."""
         torch.manual_seed(derive_seed(self.cfg.seed, self.stage, self.epoch, self.dist.rank, 3))
-        if self.stage == STAGE_POSEAUG and self.epoch + 1 <= self.cfg.warmup:
+        if self.stage == STAGE_POSEAUG and not self._estimator_trains(self.epoch):
             return {}
         return {"estimator_loss_real": self._train_estimator(self.train_set.poses_3d, self.train_set.poses_2d, 6,
                                                              "estimator (real)")}
@@ -273,7 +312,7 @@ class PoseAugTrainer(Trainer):
         return {"stage0_only": self.stage0_only}
 
     def state(self) -> dict:
-        state = {"stage": self.stage, "epoch": self.epoch, "iteration": self.iteration,
+        state = {"stage": self.stage, "epoch": self.epoch, "iteration": self.iteration, "stage0_steps": self.stage0_steps,
                  "estimator": self.estimator.state_dict(), "opt_p": self.opt_p.state_dict(),
                  "lr_estimator": self.lr_estimator, "records": self.records}
         if self.gan is not None:
@@ -282,6 +321,7 @@ class PoseAugTrainer(Trainer):
 
     def load_state(self, state: dict) -> None:
         self.stage, self.epoch, self.iteration = state["stage"], state["epoch"], state["iteration"]
+        self.stage0_steps = state["stage0_steps"]
         self.records = state["records"]
         self.estimator.load_state_dict(state["estimator"])
         self._fresh_estimator_optimizer(state["lr_estimator"])
@@ -319,7 +359,9 @@ class PoseAugTrainer(Trainer):
     def loop(self) -> None:
         cfg = self.cfg
         while self.stage == STAGE_BASELINE and self.epoch < self.stage0_epochs:
-            self._run_epoch(self._baseline_epoch, linear_decay(self.epoch, self.stage0_epochs))
+            linear = cfg.stage0_schedule == "linear"  # else the step decay, set per step
+            self._run_epoch(self._baseline_epoch, linear_decay(self.epoch, self.stage0_epochs) if linear
+                            else released_step_decay(self.stage0_steps))
         if self.stage == STAGE_BASELINE:  # also when a run stopped right after stage 0's last checkpoint
             self._begin_poseaug()
             self.checkpoint()
@@ -327,7 +369,7 @@ class PoseAugTrainer(Trainer):
             scale = linear_decay(self.epoch, cfg.epochs)
             if self.gan is not None:
                 self.gan.set_lr_scale(scale)
-            self._run_epoch(self._poseaug_epoch if self.gan is not None else self._baseline_epoch, scale)
+            self._run_epoch(self._poseaug_epoch if self.augmenting else self._baseline_epoch, scale)
 
     def _begin_poseaug(self) -> None:
         """Evaluate the (pre)trained estimator (the released epoch-0 evaluation) and switch stage."""
@@ -340,7 +382,7 @@ class PoseAugTrainer(Trainer):
         self._set_estimator_lr(lr_scale)
         record = body()
         self._sync_buffers()
-        stage = "baseline" if self.stage == STAGE_BASELINE else ("poseaug" if self.gan is not None else "no-augment")
+        stage = "baseline" if self.stage == STAGE_BASELINE else ("poseaug" if self.augmenting else "no-augment")
         record = {"type": "epoch", "stage": stage, "epoch": self.epoch, "lr_scale": lr_scale, **record,
                   "eval": self._evaluate(), "seconds": time.perf_counter() - start}
         self.log(record)
@@ -348,7 +390,7 @@ class PoseAugTrainer(Trainer):
         self.say(f"{stage} epoch {self.epoch}: {first} MPJPE {record['eval'][first]['mpjpe']:.1f} mm, "
                  f"P-MPJPE {record['eval'][first]['p_mpjpe']:.1f} mm ({record['seconds']:.1f} s)")
         self.epoch += 1
-        if self.gan is not None and self.dist.is_main and self.stage == STAGE_POSEAUG:
+        if self.augmenting and self.dist.is_main and self.stage == STAGE_POSEAUG:
             self._plot_augmentations()
         self.checkpoint()
 
@@ -357,7 +399,8 @@ class PoseAugTrainer(Trainer):
         stage = [r for r in self.records if r["type"] == "epoch" and r["stage"] != "baseline"] or \
                 [r for r in self.records if r["type"] == "epoch"]
         initial = next((r["eval"] for r in self.records if r["type"] == "initial"), None)
-        summary = {"method": "poseaug" if self.gan is not None else ("baseline" if self.stage0_only else "no-augment"),
+        method = {"learned": "poseaug", "frozen": "frozen-augmentor", "random-view": "random-view"}[self.cfg.augmentor]
+        summary = {"method": method if self.augmenting else ("baseline" if self.stage0_only else "no-augment"),
                    "estimator": self.cfg.estimator, "data": self.cfg.data, "epochs": len(stage),
                    "initial": initial, "last": stage[-1]["eval"] if stage else None, "best": {},
                    "note": "'best' picks the best epoch by MPJPE on each test set itself, as the official "
@@ -371,7 +414,7 @@ class PoseAugTrainer(Trainer):
     def plot(self) -> None:
         from .plots import plot_augmentor, plot_curves
         plot_curves(self.records, self.run.plot_path("mpjpe_by_epoch.png"))
-        if self.gan is not None:
+        if self.augmenting:
             plot_augmentor(self.records, self.run.plot_path("augmentor.png"))
 
     def _plot_augmentations(self) -> None:
