@@ -136,3 +136,24 @@ def test_budget_bad_input(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             main(args + ["--out", str(tmp_path / "c")])
         assert exit_.value.code == 2 and name in capsys.readouterr().err
+
+
+def test_experiment_report_has_the_controls_the_pairs_and_the_diagnostics(tmp_path):
+    from fastsmall.methods.poseaug import experiment
+    doc = tmp_path / "doc.md"
+    assert experiment.main(["--seeds", "0", "1", "--train-size", "256", "--batch-size", "64", "--epochs", "3",
+                            "--baseline-epochs", "1", "--estimator-width", "64", "--warmup", "1",
+                            "--gan-iters-per-epoch", "3", "--cmu", str(tmp_path / "no-cmu"), "--out",
+                            str(tmp_path / "runs"), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    for name in experiment.CONDITIONS:
+        assert f"| {name} | " in text, name
+    assert "| poseaug − frozen | " in text and "| poseaug − random-view | " in text
+    assert "## Augmentor diagnostics" in text and "| random-view | " in text
+    assert "--gan-iters-per-epoch 3" in text and "3 G iterations per epoch" in text
+    results = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert set(results) == {f"{c}-seed{s}" for c in ["stage0", *experiment.CONDITIONS] for s in (0, 1)}
+    # the paired difference in the table is the difference of the per-seed numbers
+    a, b = (results[f"{c}-seed1"]["last"]["synthetic-broad"]["mpjpe"] for c in ("poseaug", "frozen"))
+    assert f"{a - b:+.1f}" in text.split("| poseaug − frozen | ")[1].split("\n")[0]
+    assert doc.with_suffix(".png").stat().st_size > 1000

@@ -4,11 +4,16 @@ evaluated on broader poses and on real CMU motion capture.
     python -m fastsmall.methods.poseaug.experiment --out runs/poseaug-experiment --doc docs/poseaug_narrow_to_broad.md
 
 Per seed: stage 0 (``poseaug-baseline``) trains the estimator on the narrow synthetic set
-(standing / walking, facing the camera); then, from the same weights, (a) ``no-augment``
-continues on real data only and (b) PoseAug trains the augmentor and the estimator with the
-released loop. Both see exactly the same real-data passes; PoseAug adds the augmented ones.
-Every condition is evaluated on held-out narrow poses (in distribution), broad poses
-(all motion types, any orientation) and CMU subject 01 (real motion, generated cameras).
+(standing / walking, facing the camera); then, from the same weights, the conditions:
+``no-augment`` continues on real data only; ``random-view`` adds poses turned about the vertical
+axis and moved to a random real depth (no GAN); ``frozen`` adds the augmentor's output at its random
+initialisation (learning rate 0: random augmentation through the same heads); ``poseaug`` trains
+the augmentor and the estimator with the released loop. Every condition sees exactly the same
+real-data passes (the estimator trains after the same warm-up) and the same seeds. Every condition
+is evaluated on held-out narrow poses (in distribution), broad poses (all motion types, any
+orientation) and CMU subject 01 (real motion, generated cameras). The report gives last-epoch
+numbers, mean ± std over seeds, the per-seed paired differences, and the augmentor diagnostics
+(has the augmentor learned?).
 """
 from __future__ import annotations
 
@@ -26,11 +31,20 @@ from ..common import mean_std, write_report
 from .config import Config
 from .train import train
 
-CONDITIONS = {"no-augment": dict(augment=False), "poseaug": dict(augment=True)}
+CONDITIONS = {"no-augment": dict(augment=False), "random-view": dict(augmentor="random-view"),
+              "frozen": dict(augmentor="frozen"), "poseaug": dict(augmentor="learned")}
+# (condition, reference) pairs whose per-seed MPJPE differences the report gives
+PAIRS = (("poseaug", "no-augment"), ("poseaug", "frozen"), ("poseaug", "random-view"), ("random-view", "no-augment"),
+         ("frozen", "no-augment"))
+DIAGNOSTICS = (("aug_kept_fraction", "kept", 3), ("aug_depth_q50", "depth median (m)", 2),
+               ("real_depth_q50", "real depth median (m)", 2), ("aug_yaw_change_q50", "yaw change median (°)", 0),
+               ("ba_angle_deg", "bone-angle change (°)", 1), ("d_3d_real_acc", "3D D real acc", 2),
+               ("d_3d_fake_acc", "3D D fake acc", 2), ("d_2d_real_acc", "2D D real acc", 2),
+               ("d_2d_fake_acc", "2D D fake acc", 2))
 METRICS = (("mpjpe", "MPJPE (mm) ↓"), ("p_mpjpe", "P-MPJPE (mm) ↓"), ("pck", "PCK@150 (%) ↑"), ("auc", "AUC (%) ↑"))
 
 
-def run(out: Path, seeds: list[int], base: Config) -> dict:
+def run(out: Path, seeds: list[int], base: Config, conditions=tuple(CONDITIONS)) -> dict:
     results = {}
     for seed in seeds:
         stage0 = dataclasses.replace(base, seed=seed, out=str(out / f"stage0-seed{seed}"), augment=False,
@@ -39,12 +53,14 @@ def run(out: Path, seeds: list[int], base: Config) -> dict:
         results[("stage0", seed)] = train(stage0, stage0_only=True)
         weights = str(Path(stage0.out) / "checkpoints" / "estimator.pt")
         print(f"[experiment] stage 0 seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-        for name, changes in CONDITIONS.items():
+        for name in conditions:
             cfg = dataclasses.replace(base, seed=seed, out=str(out / f"{name}-seed{seed}"), pretrained=weights,
-                                      quiet=True, resume=True, **changes)
+                                      quiet=True, resume=True, **CONDITIONS[name])
             start = time.perf_counter()
             summary = train(cfg)
             summary["seconds"] = time.perf_counter() - start
+            summary["records"] = [json.loads(line) for line in
+                                  (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
             results[(name, seed)] = summary
             first = next(iter(summary["last"]))
             print(f"[experiment] {name} seed {seed}: {first} MPJPE {summary['last'][first]['mpjpe']:.1f} mm "
@@ -52,17 +68,31 @@ def run(out: Path, seeds: list[int], base: Config) -> dict:
     return results
 
 
+def _conditions(results) -> list[str]:
+    return [c for c in CONDITIONS if any(k[0] == c for k in results)]
+
+
+def _last_epoch(summary: dict) -> dict:
+    return [r for r in summary["records"] if r["type"] == "epoch"][-1]
+
+
 def report(results: dict, seeds: list[int], base: Config, command: str, elapsed: float) -> str:
-    sets = list(results[("poseaug", seeds[0])]["last"])
+    conditions = _conditions(results)
+    sets = list(results[(conditions[0], seeds[0])]["last"])
+    budget = (f"{base.gan_iters_per_epoch} G iterations" if base.gan_iters_per_epoch else
+              f"{base.gan_passes} pass(es) of G iterations") + " per epoch"
+    warm = (f"{base.warmup_iters} G iterations" if base.warmup_iters is not None else f"{base.warmup} epochs")
     lines = [
         "# PoseAug: narrow training poses → broad poses and real motion", "",
         f"Reproduce: `{command}` ({elapsed / 60:.1f} min on this machine: {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}).", "",
         f"Training data: {base.train_size} generated poses, subset `{base.subset}`. Estimator: {base.estimator}"
         + (f" (width {base.estimator_width})" if base.estimator_width else "") +
-        f". Stage 0: {base.baseline_epochs} epochs on real data (lr {base.lr_p:g}); then {base.epochs} epochs with "
-        f"warm-up {base.warmup}, batch {base.batch_size}, estimator lr {base.lr_p_poseaug:g}, released loss weights "
-        f"and feedback. Seeds: {seeds}; mean ± std over seeds of the **last** epoch (no best-on-test pick).", "",
+        f". Stage 0: {base.baseline_epochs} epochs on real data (lr {base.lr_p:g}); then {base.epochs} epochs, "
+        f"{budget}, warm-up {warm} (the feedback loss and the estimator's training start after it, in every "
+        f"condition), batch {base.batch_size}, estimator lr {base.lr_p_poseaug:g}, released loss weights "
+        f"and feedback. Seeds: {seeds}; mean ± std over seeds of the **last** epoch (no best-on-test pick). "
+        "Conditions: " + ", ".join(f"`{c}`" for c in conditions) + " (see the experiment's docstring).", "",
         "Evaluation sets: " + ", ".join(f"`{s}`" for s in sets) + ". `synthetic-broad` has all six motion types "
         "(sitting, crouching, reaching and bending as well), any orientation to the camera and tilts; `bvh` is "
         "CMU subject 01 (every 4th frame of the BVH files), mapped to h36m16 and seen through random cameras "
@@ -70,15 +100,43 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
     ]
     for metric, label in METRICS:
         lines += [f"## {label}", "", "| condition | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
-        before = [results[("poseaug", s)]["initial"] for s in seeds]
+        before = [results[(conditions[0], s)]["initial"] for s in seeds]
         lines.append("| stage 0 only | " + " | ".join(mean_std([b[n][metric] for b in before], 1) for n in sets) + " |")
-        for name in CONDITIONS:
+        for name in conditions:
             lines.append(f"| {name} | " + " | ".join(
                 mean_std([results[(name, s)]["last"][n][metric] for s in seeds], 1) for n in sets) + " |")
         lines.append("")
+    pairs = [(a, b) for a, b in PAIRS if a in conditions and b in conditions]
+    if pairs:
+        lines += ["## Paired MPJPE differences (mm, last epoch; negative: the first condition is better)", "",
+                  "Per seed, condition minus reference on the same seed (same stage-0 weights, same real passes); "
+                  "mean ± std over seeds, then the per-seed values.", "",
+                  "| condition − reference | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+        for a, b in pairs:
+            cells = []
+            for n in sets:
+                d = [results[(a, s)]["last"][n]["mpjpe"] - results[(b, s)]["last"][n]["mpjpe"] for s in seeds]
+                cells.append(f"{mean_std(d, 1)} ({', '.join(f'{v:+.1f}' for v in d)})")
+            lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+        lines.append("")
+    augmenting = [c for c in conditions if c != "no-augment"]
+    if augmenting:
+        lines += ["## Augmentor diagnostics (last epoch: has the augmentor learned?)", "",
+                  "Over the augmented poses of the last epoch's last pass (`poseaug/diagnostics.py`): the share the "
+                  "image filter keeps, the root depth of the augmented poses against the real ones', the change of "
+                  "heading, the mean bone-angle change and the discriminators' accuracies; mean ± std over seeds.", "",
+                  "| condition | " + " | ".join(label for _, label, _ in DIAGNOSTICS) + " |",
+                  "|---|" + "---|" * len(DIAGNOSTICS)]
+        for name in augmenting:
+            cells = []
+            for key, _, digits in DIAGNOSTICS:
+                values = [_last_epoch(results[(name, s)]).get(key) for s in seeds]
+                cells.append("–" if any(v is None for v in values) else mean_std(values, digits))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += ["## MPJPE per seed (last epoch)", "", "| condition | seed | " + " | ".join(sets) + " |",
               "|---|---|" + "---|" * len(sets)]
-    for name in CONDITIONS:
+    for name in conditions:
         for s in seeds:
             lines.append(f"| {name} | {s} | " + " | ".join(f"{results[(name, s)]['last'][n]['mpjpe']:.1f}"
                                                            for n in sets) + " |")
@@ -92,9 +150,10 @@ def plot(results: dict, seeds: list[int], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sets = list(results[("poseaug", seeds[0])]["last"])
-    rows = [("stage 0 only", lambda s: results[("poseaug", s)]["initial"])] + [
-        (name, lambda s, name=name: results[(name, s)]["last"]) for name in CONDITIONS]
+    conditions = _conditions(results)
+    sets = list(results[(conditions[0], seeds[0])]["last"])
+    rows = [("stage 0 only", lambda s: results[(conditions[0], s)]["initial"])] + [
+        (name, lambda s, name=name: results[(name, s)]["last"]) for name in conditions]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     width = 0.8 / len(rows)
     for ax, metric in zip(axes, ("mpjpe", "p_mpjpe")):
@@ -127,26 +186,36 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline-epochs", type=int, default=20)
     parser.add_argument("--estimator", default="simple_baseline")
     parser.add_argument("--estimator-width", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up epochs (without --warmup-iters)")
+    parser.add_argument("--warmup-iters", type=int, default=None, help="warm-up in G iterations")
+    parser.add_argument("--gan-iters-per-epoch", type=int, default=None, help="G iterations per epoch")
+    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
     args = parser.parse_args(argv)
     evals = ["synthetic-broad"] + ([f"bvh:{args.cmu}"] if Path(args.cmu).exists() else [])
     base = Config(data="synthetic", subset="narrow", train_size=args.train_size, batch_size=args.batch_size,
                   test_size=4096, epochs=args.epochs,
                   baseline_epochs=args.baseline_epochs, estimator=args.estimator,
-                  estimator_width=args.estimator_width, eval=evals, stride=4)
+                  estimator_width=args.estimator_width, eval=evals, stride=4, warmup=args.warmup,
+                  warmup_iters=args.warmup_iters, gan_iters_per_epoch=args.gan_iters_per_epoch)
     start = time.perf_counter()
-    results = run(Path(args.out), args.seeds, base)
+    results = run(Path(args.out), args.seeds, base, args.conditions)
     command = (f"python -m fastsmall.methods.poseaug.experiment --seeds {' '.join(map(str, args.seeds))} "
                f"--train-size {args.train_size} --batch-size {args.batch_size} --epochs {args.epochs} "
                f"--baseline-epochs {args.baseline_epochs} "
                f"--estimator {args.estimator}" + (f" --estimator-width {args.estimator_width}"
-                                                  if args.estimator_width else ""))
+                                                  if args.estimator_width else "")
+               + f" --warmup {args.warmup}"
+               + (f" --warmup-iters {args.warmup_iters}" if args.warmup_iters is not None else "")
+               + (f" --gan-iters-per-epoch {args.gan_iters_per_epoch}" if args.gan_iters_per_epoch else "")
+               + (f" --conditions {' '.join(args.conditions)}" if args.conditions != list(CONDITIONS) else ""))
     text = report(results, args.seeds, base, command, time.perf_counter() - start)
     figure = Path(args.doc).with_suffix(".png")
     plot(results, args.seeds, figure)
     text += f"\n![MPJPE and P-MPJPE by condition]({figure.name})\n"
     write_report(args.doc, text)
-    (Path(args.out) / "results.json").write_text(json.dumps({f"{k[0]}-seed{k[1]}": v for k, v in results.items()},
-                                                            indent=1))
+    (Path(args.out) / "results.json").write_text(json.dumps(
+        {f"{k[0]}-seed{k[1]}": {key: v for key, v in summary.items() if key != "records"}
+         for k, summary in results.items()}, indent=1))
     print(text)
     return 0
 
