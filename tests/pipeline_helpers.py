@@ -16,6 +16,41 @@ ROOT = Path(__file__).resolve().parents[1]
 #: record fields that hold wall-clock time: never compared between runs
 WALL_CLOCK_FIELDS = ("seconds",)
 
+def dies_on_call(monkeypatch, owner, name: str, call: int):
+    """Patch ``owner.name`` to raise KeyboardInterrupt on its ``call``-th call, as a kill at that
+    moment would stop the run; returns the original (``monkeypatch.setattr`` it back to resume)."""
+    original = getattr(owner, name)
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, dying)
+    return original
+
+
+def assert_seed_runs_close(run_a: Path, run_b: Path, seeds, *, rel: float, abs: float) -> None:
+    """Every float of every metrics line of ``run_a/seed-S`` and ``run_b/seed-S`` agrees to rel / abs
+    (two --seeds runs that differ only in how they compute, e.g. eager vs compiled)."""
+    for seed in seeds:
+        a, b = (records(Path(run) / f"seed-{seed}") for run in (run_a, run_b))
+        assert len(a) == len(b), seed
+        for ra, rb in zip(a, b):
+            for k, v in ra.items():
+                if isinstance(v, float) and k not in WALL_CLOCK_FIELDS:
+                    assert v == pytest.approx(rb[k], rel=rel, abs=abs), (seed, k)
+
+
+def assert_cli_prints_seeds_table(main, args, capsys, seeds, metric: str) -> None:
+    """A method's CLI ``main(args)`` with ``--seeds`` exits 0 and prints the aggregate table."""
+    assert main([*args, "--seeds", *map(str, seeds)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(seeds)} seeds: {list(seeds)}" in out and metric in out and "per seed:" in out
+
+
 # ---- tiny budgets: a run in seconds, yet every stage of the method ----------------------------------
 CREST_TINY = dict(epochs=2, steps_per_epoch=3, batch_size=8, mu=2, eval_last=1, generations=2, quiet=True)
 KE_TINY = dict(per_class=4, test_per_class=5, width=8, epochs=2, warmup_epochs=0, batch_size=8, generations=2,

@@ -15,6 +15,7 @@ from fastsmall.methods.common.config import ConfigError, validate_config
 from fastsmall.methods.common.replicas import ReplicaStack
 from fastsmall.methods.crest.stacked import StackedCReST
 from fastsmall.methods.models import DigitsCNN
+from pipeline_helpers import assert_cli_prints_seeds_table, assert_seed_runs_close, dies_on_call
 
 # threshold 0.5 and a short EMA: pseudo-labels pass the mask and the EMA model's accuracy moves
 # within a few steps, so the comparison covers the unlabelled loss, DA and the pseudo-label picks
@@ -94,30 +95,15 @@ def test_stacked_crest_mid_generation_state_is_each_seeds(tmp_path, float64, mon
     DA window and pseudo-label set of every replica equal its single-seed run's at the same epoch."""
     cfg = dict(TINY, generations=3, plus=True)
     seeds = [1, 2]
-    stop = {"epoch": 3}  # the third epoch: generation 1, epoch 1
-
-    def dying_stacked(self):
-        stop["n"] = stop.get("n", 0) + 1
-        if stop["n"] == stop["epoch"] + 1:
-            raise KeyboardInterrupt
-        return original_stacked(self)
-
-    original_stacked = StackedCReST.train_epoch
-    monkeypatch.setattr(StackedCReST, "train_epoch", dying_stacked)
+    kill = 4  # the 4th epoch's start: the checkpoint after the 3rd (generation 1, epoch 1)
+    dies_on_call(monkeypatch, StackedCReST, "train_epoch", kill)
     with pytest.raises(KeyboardInterrupt):
         crest.train(crest.Config(out=str(tmp_path / "stacked"), seeds=seeds, **cfg))
     stacked = _state(tmp_path / "stacked")
     original_single = train_module.CReSTTrainer._train_epoch
     for k, seed in enumerate(seeds):
-        count = {"n": 0}
-
-        def dying_single(self):
-            count["n"] += 1
-            if count["n"] == stop["epoch"] + 1:
-                raise KeyboardInterrupt
-            return original_single(self)
-
-        monkeypatch.setattr(train_module.CReSTTrainer, "_train_epoch", dying_single)
+        monkeypatch.setattr(train_module.CReSTTrainer, "_train_epoch", original_single)
+        dies_on_call(monkeypatch, train_module.CReSTTrainer, "_train_epoch", kill)
         with pytest.raises(KeyboardInterrupt):
             crest.train(crest.Config(out=str(tmp_path / f"single-{seed}"), seed=seed, **cfg))
         a, b = stacked["replicas"][k], _state(tmp_path / f"single-{seed}")
@@ -136,16 +122,7 @@ def test_stacked_crest_mid_generation_state_is_each_seeds(tmp_path, float64, mon
 def test_stacked_crest_resumes_after_a_kill_as_uninterrupted(tmp_path, monkeypatch):
     cfg = dict(TINY, seeds=[0, 4], plus=True)
     straight = crest.train(crest.Config(out=str(tmp_path / "a"), **cfg))
-    calls = {"n": 0}
-    original = StackedCReST.train_epoch
-
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] == 4:  # generation 1, epoch 1
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(StackedCReST, "train_epoch", dying)
+    original = dies_on_call(monkeypatch, StackedCReST, "train_epoch", 4)  # generation 1, epoch 1
     with pytest.raises(KeyboardInterrupt):
         crest.train(crest.Config(out=str(tmp_path / "b"), **cfg))
     monkeypatch.setattr(StackedCReST, "train_epoch", original)
@@ -186,21 +163,14 @@ def test_stacked_crest_composes_with_compile(tmp_path, monkeypatch):
     cfg = dict(TINY, seeds=[0, 1], plus=True)
     crest.train(crest.Config(out=str(tmp_path / "eager"), **cfg))
     crest.train(crest.Config(out=str(tmp_path / "compiled"), compile=True, **cfg))
-    for seed in (0, 1):
-        for ra, rb in zip(_lines(tmp_path / "eager" / f"seed-{seed}" / "metrics.jsonl"),
-                          _lines(tmp_path / "compiled" / f"seed-{seed}" / "metrics.jsonl")):
-            for k, v in ra.items():
-                if isinstance(v, float):
-                    assert v == pytest.approx(rb[k], rel=1e-4, abs=1e-5), k
+    assert_seed_runs_close(tmp_path / "eager", tmp_path / "compiled", (0, 1), rel=1e-4, abs=1e-5)
 
 
 def test_crest_cli_seeds(tmp_path, capsys):
     from fastsmall.methods.crest.__main__ import main
-    args = ["--seeds", "2", "5", "--generations", "2", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
-            "--mu", "2", "--eval-last", "1", "--quiet", "--out", str(tmp_path / "run")]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "2 seeds: [2, 5]" in out and "test_balanced_accuracy" in out and "per seed:" in out
+    args = ["--generations", "2", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--mu", "2",
+            "--eval-last", "1", "--quiet", "--out", str(tmp_path / "run")]
+    assert_cli_prints_seeds_table(main, args, capsys, (2, 5), "test_balanced_accuracy")
 
 
 def test_crest_experiment_stacked_is_the_sequential_experiment(tmp_path, float64):

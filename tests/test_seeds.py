@@ -21,6 +21,7 @@ from fastsmall.methods.common.replicas import ReplicaStack
 from fastsmall.methods.common.seeds import aggregate
 from fastsmall.methods.common.stacked_generations import StackedGenerations
 from fastsmall.methods.models import DigitsCNN
+from pipeline_helpers import assert_cli_prints_seeds_table, assert_seed_runs_close, dies_on_call
 
 TINY = dict(epochs=2, warmup_epochs=1, per_class=6, test_per_class=20, width=8, batch_size=16, quiet=True)
 
@@ -192,16 +193,7 @@ def test_aggregate_interval_is_students_t():
 def test_stacked_run_resumes_after_a_kill_as_uninterrupted(tmp_path, monkeypatch):
     cfg = dict(seeds=[0, 4], generations=2, **TINY)
     straight = ke.train(ke.Config(out=str(tmp_path / "a"), **cfg))
-    calls = {"n": 0}
-    original = StackedGenerations.train_epoch
-
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] == 3:  # generation 2, epoch 1
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(StackedGenerations, "train_epoch", dying)
+    original = dies_on_call(monkeypatch, StackedGenerations, "train_epoch", 3)  # generation 2, epoch 1
     with pytest.raises(KeyboardInterrupt):
         ke.train(ke.Config(out=str(tmp_path / "b"), **cfg))
     monkeypatch.setattr(StackedGenerations, "train_epoch", original)
@@ -232,22 +224,14 @@ def test_stacked_seeds_compose_with_compile(tmp_path, monkeypatch):
     cfg = dict(seeds=[0, 1], generations=2, **TINY)
     ke.train(ke.Config(out=str(tmp_path / "eager"), **cfg))
     ke.train(ke.Config(out=str(tmp_path / "compiled"), compile=True, **cfg))
-    for seed in (0, 1):
-        a = _lines(tmp_path / "eager" / f"seed-{seed}" / "metrics.jsonl")
-        b = _lines(tmp_path / "compiled" / f"seed-{seed}" / "metrics.jsonl")
-        for ra, rb in zip(a, b):
-            for k, v in ra.items():
-                if isinstance(v, float):
-                    assert v == pytest.approx(rb[k], rel=1e-4, abs=1e-5), k
+    assert_seed_runs_close(tmp_path / "eager", tmp_path / "compiled", (0, 1), rel=1e-4, abs=1e-5)
 
 
 def test_cli_prints_the_aggregate(tmp_path, capsys):
     from fastsmall.methods.ke.__main__ import main
-    args = ["--seeds", "2", "5", "--generations", "1", "--epochs", "2", "--warmup-epochs", "1", "--per-class", "6",
-            "--width", "8", "--batch-size", "16", "--quiet", "--out", str(tmp_path / "run")]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "2 seeds: [2, 5]" in out and "test_accuracy" in out and "per seed:" in out
+    args = ["--generations", "1", "--epochs", "2", "--warmup-epochs", "1", "--per-class", "6", "--width", "8",
+            "--batch-size", "16", "--quiet", "--out", str(tmp_path / "run")]
+    assert_cli_prints_seeds_table(main, args, capsys, (2, 5), "test_accuracy")
 
 
 def test_ke_experiment_stacked_is_the_sequential_experiment(tmp_path, float64):
