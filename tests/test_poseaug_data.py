@@ -354,6 +354,83 @@ def test_load_h36m_videopose3d_format(tmp_path, with_2d):
     assert set(sub.actions.tolist()) == {H.H36M_ACTIONS.index("Directions")}
 
 
+def _write_detections(tmp_path, cams, seqs, name, extra_frames=3, confidence=True):
+    """A detection file in VideoPose3D's format: per camera the 17 joints' pixels (projection + a
+    ~5 px error, a detector's confidence column) over a few more frames than the mocap."""
+    det = {}
+    for s, actions in seqs.items():
+        det[s] = {}
+        for a, w in actions.items():
+            per_cam = []
+            for cid in C.H36M_CAMERA_IDS:
+                cam = cams[(s, cid)]
+                x17 = C.world_to_camera(torch.from_numpy(w[:, list(H.KEEP_17)]), cam["R"], cam["T"])
+                px = C.project_to_2d(x17, cam["intrinsics_px"].double()) + 5 * torch.randn(x17.shape[0], 17, 2)
+                px = torch.cat([px, px[-1:].repeat(extra_frames, 1, 1)])
+                if confidence:
+                    px = torch.cat([px, torch.rand(px.shape[0], 17, 1)], -1)
+                per_cam.append(px.numpy())
+            det[s][a] = per_cam
+    np.savez(tmp_path / f"data_2d_h36m_{name}.npz", positions_2d=np.array(det, dtype=object),
+             metadata=np.array({"layout_name": "h36m", "num_joints": 17}, dtype=object))
+    return det
+
+
+@needs_shared
+def test_load_h36m_detected_keypoints(tmp_path):
+    """--keypoints cpn_ft_h36m_dbb: the estimator's 2D input is the detection (normalised, the 16 of
+    17 joints, confidence dropped, cut to the mocap's frames); the 3D is the same as with gt."""
+    cams = C.load_h36m_cameras(CAMERAS)
+    seqs, _ = _write_videopose3d(tmp_path, cams, subjects=("S1",), with_2d=True)
+    det = _write_detections(tmp_path, cams, seqs, "cpn_ft_h36m_dbb")
+    gt = load_h36m(tmp_path, ["S1"], cameras=CAMERAS)
+    s = load_h36m(tmp_path, ["S1"], cameras=CAMERAS, keypoints="cpn_ft_h36m_dbb")
+    assert len(s) == len(gt) and s.name.endswith("cpn_ft_h36m_dbb")
+    torch.testing.assert_close(s.poses_3d, gt.poses_3d)
+    cam, n = cams[("S1", "54138969")], len(seqs["S1"]["Walking 1"])
+    px = torch.from_numpy(det["S1"]["Walking 1"][0][:n, [j for j in range(17) if j != 9], :2])
+    torch.testing.assert_close(s.poses_2d[:n], C.normalize_screen_coordinates(px, cam["res_w"], cam["res_h"]).float(),
+                               atol=1e-6, rtol=0)
+    err = (s.poses_2d - gt.poses_2d).abs().mean()
+    assert 0.002 < err < 0.03  # a detector's few pixels of error, not another pose
+    # the training pipeline reads them: Config(keypoints=...) -> datasets
+    from fastsmall.methods.poseaug import Config
+    from fastsmall.methods.poseaug.datasets import load_datasets
+    for subject in ("S5", "S6", "S7", "S8", "S9", "S11"):  # the split needs every subject
+        seqs.setdefault(subject, seqs["S1"])
+    np.savez(tmp_path / "data_3d_h36m.npz", positions_3d=np.array(seqs, dtype=object))
+    _write_detections(tmp_path, cams, seqs, "hr", confidence=False)
+    train, evals = load_datasets(Config(data="h36m", data_dir=str(tmp_path), cameras=str(CAMERAS), keypoints="hr"))
+    assert train.name.endswith("-hr") and all(v[0].name.endswith("-hr") for k, v in evals.items() if k == "h36m")
+
+
+@needs_shared
+def test_load_h36m_detected_keypoints_errors(tmp_path):
+    from fastsmall.methods.common.config import ConfigError, validate_config
+    from fastsmall.methods.poseaug import Config
+    cams = C.load_h36m_cameras(CAMERAS)
+    seqs, _ = _write_videopose3d(tmp_path, cams, subjects=("S1",), with_2d=False)
+    with pytest.raises(FileNotFoundError, match="data_2d_h36m_cpn_ft_h36m_dbb.npz"):
+        load_h36m(tmp_path, ["S1"], cameras=CAMERAS, keypoints="cpn_ft_h36m_dbb")
+    for bad in ("../gt", "a/b", "", "x.npz"):
+        with pytest.raises(ValueError, match="keypoints"):
+            load_h36m(tmp_path, ["S1"], cameras=CAMERAS, keypoints=bad)
+        with pytest.raises(ConfigError, match="keypoints"):
+            validate_config(Config(data="h36m", data_dir=str(tmp_path), keypoints=bad))
+    # a detection file whose pickle names a callable is refused before anything runs
+    import os
+    np.savez(tmp_path / "data_2d_h36m_evil.npz", positions_2d=np.array({"S1": os.system}, dtype=object))
+    with pytest.raises(ValueError, match="refused without running it"):
+        load_h36m(tmp_path, ["S1"], cameras=CAMERAS, keypoints="evil")
+    # a detection file with too few cameras names the entry
+    _write_detections(tmp_path, cams, seqs, "short")
+    data = np.load(tmp_path / "data_2d_h36m_short.npz", allow_pickle=True)["positions_2d"].item()
+    data["S1"]["Directions"] = data["S1"]["Directions"][:2]
+    np.savez(tmp_path / "data_2d_h36m_short.npz", positions_2d=np.array(data, dtype=object))
+    with pytest.raises(ValueError, match=r"positions_2d\['S1'\]\['Directions'\] lists 2 cameras"):
+        load_h36m(tmp_path, ["S1"], cameras=CAMERAS, keypoints="short")
+
+
 @needs_shared
 def test_load_h36m_errors(tmp_path):
     cams = C.load_h36m_cameras(CAMERAS)

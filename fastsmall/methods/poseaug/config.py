@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..common.config import (ConfigError, device_option, dist_timeout_option, impl_option, list_option, option,
                              quiet_option, resume_option)
 from ..common.speed import compile_option, precision_option
+from .data.h36m import KEYPOINT_NAME
 from .losses import FEEDBACKS
 
 ESTIMATOR_NAMES = ["videopose", "simple_baseline", "semgcn", "stgcn"]
@@ -21,6 +22,8 @@ class Config:
     data_dir: str | None = option(None, "h36m: folder with data_3d_h36m.npz (+ data_2d_h36m_gt.npz, cameras.json); "
                                         "bvh: a .bvh file or a folder of them")
     cameras: str | None = option(None, "h36m: cameras.json (default: data_dir/cameras.json)")
+    keypoints: str = option("gt", "h36m: the estimator's real 2D input, data_2d_h36m_<keypoints>.npz: gt, or detections "
+                                  "(cpn_ft_h36m_dbb, detectron_ft_h36m, hr, ...); the augmentor projects the 3D poses")
     subset: str = option("broad", "synthetic training poses: 'narrow' (standing/walking, facing the camera) or 'broad'",
                          choices=["narrow", "broad"])
     train_size: int = option(20000, "synthetic: number of training poses", min=16)
@@ -104,6 +107,9 @@ class Config:
         if self.augment and self.warmup_iters is None and self.warmup >= self.epochs:
             raise ConfigError(f"warmup ({self.warmup}) must be < epochs ({self.epochs}): the estimator trains "
                               f"only after the warm-up")
+        if not KEYPOINT_NAME.match(self.keypoints):
+            raise ConfigError(f"keypoints must name a data_2d_h36m_<keypoints>.npz file (letters, digits, '_'), "
+                              f"got {self.keypoints!r}")
         kinds = ("synthetic-broad", "synthetic-narrow", "h36m", "3dhp", "bvh")
         for spec in self.eval:
             kind = spec.split(":", 1)[0]

@@ -21,8 +21,9 @@ def _source_split(cfg: Config) -> tuple[PoseSet, str, PoseSet]:
         name = f"synthetic-{cfg.subset}"
         return synthetic.generate(cfg.train_size, subset=cfg.subset, seed=cfg.seed), name, _load_eval(name, None, cfg)[0]
     if cfg.data == "h36m":
-        return (h36m.load_h36m(cfg.data_dir, h36m.H36M_TRAIN, cameras=cfg.cameras, stride=cfg.stride), "h36m",
-                h36m.load_h36m(cfg.data_dir, h36m.H36M_TEST, cameras=cfg.cameras, stride=cfg.stride))
+        kw = dict(cameras=cfg.cameras, stride=cfg.stride, keypoints=cfg.keypoints)
+        return (h36m.load_h36m(cfg.data_dir, h36m.H36M_TRAIN, **kw), "h36m",
+                h36m.load_h36m(cfg.data_dir, h36m.H36M_TEST, **kw))
     if cfg.data == "bvh":
         train, test = _split_frames(bvh.load_bvh(cfg.data_dir, skeleton_map=cfg.skeleton_map, stride=cfg.stride,
                                                  seed=cfg.seed))
@@ -43,7 +44,7 @@ def _load_eval(kind: str, path: str | None, cfg: Config) -> tuple[PoseSet, bool]
         subset = kind.split("-", 1)[1]
         return synthetic.generate(cfg.test_size, subset=subset, seed=cfg.seed + TEST_SEED_OFFSET), False
     if kind == "h36m":
-        return h36m.load_h36m(path, h36m.H36M_TEST, cameras=None, stride=cfg.stride), False
+        return h36m.load_h36m(path, h36m.H36M_TEST, cameras=None, stride=cfg.stride, keypoints=cfg.keypoints), False
     if kind == "3dhp":
         return mpi3dhp.load_3dhp(path), True
     if kind == "bvh":

@@ -5,10 +5,13 @@
 * ``data_3d_h36m.npz``: ``positions_3d`` = {subject: {action: [T, 32, 3]}} in H36M's world
   frame (z up, metres). Reduced as VideoPose3D's ``Human36mDataset`` does (the 17 joints
   that move, ``KEEP_17``), then PoseAug's 16 (drop Neck/Nose, index 9 of the 17);
-* ``data_2d_h36m_gt.npz`` (optional): ``positions_2d`` = {subject: {action: [per camera
-  [T, 17 or 16, 2] pixels]}} in the camera order ``H36M_CAMERA_IDS``; if absent the 2D is
-  the projection of the 3D with the real cameras (as PoseAug's "gt" 2D is, up to the
-  dataset's own rounding);
+* ``data_2d_h36m_<keypoints>.npz``: ``positions_2d`` = {subject: {action: [per camera
+  [T, 17 or 16, 2 or 3] pixels]}} in the camera order ``H36M_CAMERA_IDS``. ``keypoints="gt"``
+  (the default) is optional: if absent the 2D is the projection of the 3D with the real cameras
+  (as PoseAug's "gt" 2D is, up to the dataset's own rounding). Detections, as the paper's main
+  table uses them -- ``cpn_ft_h36m_dbb``, ``detectron_ft_h36m``, ``hr`` or any other name of
+  VideoPose3D's format, 17 joints in H36M's order -- must exist; they become the estimator's 2D
+  input (a third column, the detector's confidence, is dropped);
 * cameras: ``cameras.json`` in the format of ``../shared/data/h36m/cameras.json``.
 
 Sequences whose 2D and 3D lengths differ are cut to the shorter (VideoPose3D does the same).
@@ -66,16 +69,26 @@ def _camera_list(cameras: dict, subject: str, source) -> list[dict]:
     return [cameras[(subject, c)] for c in H36M_CAMERA_IDS]
 
 
+KEYPOINT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
 def load_h36m(data_dir: str | Path, subjects: Iterable[str] = H36M_TRAIN, *, cameras: str | Path | None = None,
-              stride: int = 1, actions: Iterable[str] | None = None) -> PoseSet:
-    """Every (frame, camera) pair of ``subjects`` as a :class:`PoseSet` (camera-frame 3D, normalised 2D)."""
+              stride: int = 1, actions: Iterable[str] | None = None, keypoints: str = "gt") -> PoseSet:
+    """Every (frame, camera) pair of ``subjects`` as a :class:`PoseSet` (camera-frame 3D, normalised
+    2D: the ``keypoints`` file's, see the module docstring)."""
     data_dir = Path(data_dir)
+    if not isinstance(keypoints, str) or not KEYPOINT_NAME.match(keypoints):
+        raise ValueError(f"keypoints must name a data_2d_h36m_<keypoints>.npz file (letters, digits, '_'), "
+                         f"got {keypoints!r}")
     subjects = [subjects] if isinstance(subjects, str) else list(subjects)
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
     wanted = None if actions is None else {_base_action(a) for a in ([actions] if isinstance(actions, str) else actions)}
     path_3d = data_dir / "data_3d_h36m.npz"
-    path_2d = data_dir / "data_2d_h36m_gt.npz"
+    path_2d = data_dir / f"data_2d_h36m_{keypoints}.npz"
+    if keypoints != "gt" and not path_2d.is_file():
+        raise FileNotFoundError(f"{path_2d}: no such file (keypoints {keypoints!r} needs VideoPose3D's "
+                                f"data_2d_h36m_{keypoints}.npz in {data_dir})")
     cam_path = Path(cameras) if cameras is not None else data_dir / "cameras.json"
     cams = load_h36m_cameras(cam_path)
 
@@ -130,7 +143,7 @@ def load_h36m(data_dir: str | Path, subjects: Iterable[str] = H36M_TRAIN, *, cam
         raise ValueError(f"{path_3d}: no frames for subjects {subjects} and actions "
                          f"{sorted(wanted) if wanted else 'all'}")
     return PoseSet(torch.cat(out3), torch.cat(out2), torch.cat(outc), torch.cat(outa), names,
-                   f"h36m-{'+'.join(subjects)}")
+                   f"h36m-{'+'.join(subjects)}" + ("" if keypoints == "gt" else f"-{keypoints}"))
 
 
 _IMGNAME = re.compile(r"(S\d+)_(\w+?)(?:_\d+)?\.(\d{8})")
