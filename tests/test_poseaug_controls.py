@@ -80,9 +80,20 @@ def test_frozen_augmentor_never_moves_and_learned_does(tmp_path):
     for k, v in weights["frozen", 2].items():
         assert torch.equal(v, weights["frozen", 3][k]), k
     assert any(not torch.equal(v, weights["learned", 3][k]) for k, v in weights["learned", 2].items())
-    # the frozen run still augments, trains its discriminators and logs the diagnostics
+    # the frozen run still augments and logs the diagnostics; its discriminators, which could only
+    # matter to the augmentor's learning, do not train
     last = _epochs(tmp_path / "frozen-3")[-1]
-    assert last["estimator_loss_augmented"] > 0 and "d_3d_loss" in last and last["aug_kept_fraction"] is not None
+    assert last["estimator_loss_augmented"] > 0 and "d_3d_loss" not in last and last["aug_kept_fraction"] is not None
+
+
+def test_frozen_is_learned_with_learning_rate_zero_for_the_estimator(tmp_path):
+    """The frozen control skips the augmentor's backward and the discriminator steps: the estimator
+    sees exactly what a learned run with lr_g = 0 shows it (every evaluation, bit for bit)."""
+    poseaug.train(tiny(tmp_path / "frozen", augmentor="frozen"))
+    poseaug.train(tiny(tmp_path / "lr0", augmentor="learned", lr_g=0.0))
+    a, b = _epochs(tmp_path / "frozen"), _epochs(tmp_path / "lr0")
+    assert [r["eval"] for r in a] == [r["eval"] for r in b]
+    assert [r["estimator_loss_augmented"] for r in a[1:]] == [r["estimator_loss_augmented"] for r in b[1:]]
 
 
 def test_random_view_turns_about_the_vertical_and_keeps_the_real_depth_range():

@@ -23,6 +23,7 @@ to float32 before any geometry or loss. The log values are tensors in the graph,
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -89,9 +90,12 @@ class AugmentationGAN:
         if self.speed.dtype is not None:  # bf16: the heads' MLPs under autocast, float32 out
             for head in (self.generator.ba, self.generator.bl, self.generator.rot, self.generator.trans):
                 head.__class__, head.speed = _AutocastHead, self.speed
-        # the 'frozen' control: the same steps with learning rate 0 (Adam's update is then exactly
-        # zero): the augmentor stays at its random initialisation
-        self.lr_g = 0.0 if cfg.augmentor == "frozen" else cfg.lr_g
+        # the 'frozen' control: the augmentor stays at its random initialisation (learning rate 0).
+        # Its step then runs the forward and the estimator's feedback passes only -- what the
+        # estimator sees is the same as with a zero update -- and the trainer skips the
+        # discriminator steps, which could only matter to the augmentor's learning
+        self.frozen = cfg.augmentor == "frozen"
+        self.lr_g = 0.0 if self.frozen else cfg.lr_g
         self.opt_g = self.speed.adam(self.generator.parameters(), lr=self.lr_g)
         self.opt_d3d = self.speed.adam(self.d3d.parameters(), lr=cfg.lr_d)
         self.opt_d2d = self.speed.adam(self.d2d.parameters(), lr=cfg.lr_d)
@@ -194,14 +198,17 @@ class AugmentationGAN:
         set_requires_grad([self.d3d, self.d2d, estimator], False)
         set_requires_grad([self.generator], True)
         self.opt_g.zero_grad(set_to_none=True)
-        out, rt_2d, loss, feedback, values = self._g_losses(inputs_3d, cams, estimator, *self._hardness_targets(epoch))
+        with torch.no_grad() if self.frozen else contextlib.nullcontext():
+            out, rt_2d, loss, feedback, values = self._g_losses(inputs_3d, cams, estimator,
+                                                                *self._hardness_targets(epoch))
         if use_feedback if use_feedback is not None else epoch + 1 > cfg.warmup:
             loss = loss + feedback
-        loss.backward()
-        average_gradients(self.generator)
-        if cfg.max_norm:
-            nn.utils.clip_grad_norm_(self.generator.parameters(), max_norm=cfg.max_norm)
-        self.opt_g.step()
+        if not self.frozen:
+            loss.backward()
+            average_gradients(self.generator)
+            if cfg.max_norm:
+                nn.utils.clip_grad_norm_(self.generator.parameters(), max_norm=cfg.max_norm)
+            self.opt_g.step()
         acc_3d, acc_2d, e_origin, e_ba, e_rt, feedback, adv_3d, adv_2d, reg, angle, blr = values
         log = _log_values(_G_LOG, (acc_3d, acc_2d, e_origin, e_ba, e_rt, feedback, loss, adv_3d, adv_2d, reg,
                                    angle, blr))

@@ -264,7 +264,7 @@ class PoseAugTrainer(Trainer):
                 out, rt_2d, log = gan.generator_step(swapped.poses_3d[idx], swapped.cams[idx], self.estimator,
                                                      self.epoch, self.dist.average_gradients,
                                                      use_feedback=self.iteration >= self.warmup_iters)
-                if self.iteration % cfg.df == 0:
+                if self.iteration % cfg.df == 0 and not gan.frozen:
                     d3, d2 = d3_batches[b].to(self.device), d2_batches[b].to(self.device)
                     log.update(gan.discriminator_step(swapped.poses_3d[d3], swapped.poses_2d[d2], out["pose_ba"],
                                                       rt_2d, generator=pool_rng,
