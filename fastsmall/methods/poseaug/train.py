@@ -4,15 +4,20 @@
     evaluate the estimator
     for epoch e = 1 .. E:
         swap bone lengths of the training poses for random templates, re-project
-        for each batch (X, camera) of the swapped set:
-            augmentor step (adversarial 2D + 3D, regularisers, feedback after the warm-up)
+        for each of the epoch's G iterations (default: one pass of batches (X, camera) over the
+        swapped set; gan_iters_per_epoch: that many, cycling through fresh permutations):
+            augmentor step (adversarial 2D + 3D, regularisers, feedback after warmup_iters G iterations)
             every df-th iteration: discriminator steps on real targets vs pooled fakes
             keep the augmented pairs (X'_rt, x'_rt) that stay inside the image
-        if e > warm-up: train the estimator once on the augmented pairs, once on real data
+            log the augmentor diagnostics (diagnostics.py: has it learned?)
+        after the warm-up: train the estimator once on the last pass-worth of augmented pairs,
+        once on real data
         evaluate; decay every learning rate linearly
 
 ``augment=False`` is the baseline at equal schedule: the same stage 0 and the same real
-passes after the warm-up, without the augmentor. Checkpoints (atomic) after every epoch;
+passes after the warm-up, without the augmentor. The controls ``augmentor="frozen"`` (the
+augmentor at its random initialisation) and ``"random-view"`` (random turn and depth, no GAN,
+``random_view.py``) see the same real passes too. Checkpoints (atomic) after every epoch;
 ``resume=True`` continues a killed run and ends with the same metrics: every epoch reseeds
 noise, permutations and pool draws from (seed, stage, epoch, rank). Under torchrun each
 rank takes its share of every batch and gradients are averaged (BatchNorm statistics stay
