@@ -11,8 +11,10 @@ released code's way and fastsmall's fast path, on this machine, and prints the s
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
+from pathlib import Path
 
 import torch
 import torch.utils.benchmark as tb
@@ -223,17 +225,26 @@ def run_poseaug_demo(out: str, precision: str = "fp32") -> None:
 
     from fastsmall.methods import poseaug
     from fastsmall.methods.poseaug.__main__ import result_table
+    from fastsmall.methods.poseaug.diagnostics import diagnostics_table
 
     run_dir = f"{out}/poseaug"
     shutil.rmtree(run_dir, ignore_errors=True)
+    # 2 x 32 G iterations an epoch, the estimator from the 128th on: the augmentor gets enough steps
+    # for its diagnostics to move (the released code gives it ~3,000 before the estimator uses it)
     cfg = poseaug.Config(subset="narrow", train_size=4096, test_size=2048, batch_size=128, baseline_epochs=12,
-                         epochs=6, warmup=2, estimator="simple_baseline", estimator_width=512,
-                         eval=["synthetic-broad"], quiet=True, out=run_dir, precision=precision)
+                         epochs=6, gan_iters_per_epoch=64, warmup_iters=128, estimator="simple_baseline",
+                         estimator_width=512, eval=["synthetic-broad"], quiet=True, out=run_dir, precision=precision)
     print(f"\nPoseAug on generated poses: {cfg.estimator} (width {cfg.estimator_width}) trained on "
           f"{cfg.train_size} narrow poses (standing/walking, facing the camera) for {cfg.baseline_epochs} epochs, then "
-          f"{cfg.epochs} PoseAug epochs; tested on held-out narrow and broad poses. Run directory {run_dir}")
+          f"{cfg.epochs} PoseAug epochs of {cfg.gan_iters_per_epoch} augmentor iterations; tested on held-out narrow "
+          f"and broad poses. Run directory {run_dir}")
     summary = poseaug.train(cfg)
     print(result_table(summary))
+    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    print("\nHas the augmentor learned? Per PoseAug epoch (plots/augmentor.png): the share of its poses the image "
+          "filter keeps, their root-depth median against the real poses', the heading change, the bone-angle change "
+          "and the discriminators' accuracy on its fakes")
+    print(diagnostics_table(records))
 
 
 if __name__ == "__main__":

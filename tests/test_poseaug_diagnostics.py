@@ -88,3 +88,15 @@ def test_plots_write_files(tmp_path):
     assert (tmp_path / "a.png").stat().st_size > 1000 and (tmp_path / "b.png").stat().st_size > 1000
     plot_augmentor([{"type": "epoch", "epoch": 0}], tmp_path / "c.png")  # no diagnostics (no augmentor): no plot
     assert not (tmp_path / "c.png").exists()
+
+
+def test_diagnostics_table_lists_every_poseaug_epoch():
+    records = [{"type": "initial"}, {"type": "epoch", "stage": "baseline", "epoch": 0},
+               {"type": "epoch", "epoch": 0, "aug_kept_fraction": 0.25, "aug_depth_q50": 0.4, "real_depth_q50": 5.0,
+                "aug_yaw_change_q50": 101.0, "ba_angle_deg": 17.3, "d_3d_fake_acc": 0.75, "d_2d_fake_acc": None},
+               {"type": "epoch", "epoch": 1, "aug_kept_fraction": 0.5, "aug_depth_q50": 2.5, "real_depth_q50": 5.0,
+                "aug_yaw_change_q50": 99.0, "ba_angle_deg": 16.0, "d_3d_fake_acc": 0.7, "d_2d_fake_acc": 0.9}]
+    lines = dg.diagnostics_table(records).splitlines()
+    assert len(lines) == 3 and "kept" in lines[0] and "depth m" in lines[0]
+    assert lines[1].split() == ["0", "0.25", "0.40", "5.00", "101", "17.3", "0.75", "-"]
+    assert lines[2].split()[:3] == ["1", "0.50", "2.50"]

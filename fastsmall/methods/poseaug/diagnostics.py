@@ -98,3 +98,21 @@ class AugmentorMonitor:
         record.update(_quantiles(cat(self.yaw), "aug_yaw_change", (0.5, 0.9)))
         record.update(_quantiles(cat(self.rotation), "aug_rotation", (0.5,)))
         return record
+
+
+# (record key, column title, format) of the per-epoch table
+TABLE = (("aug_kept_fraction", "kept", "{:.2f}"), ("aug_depth_q50", "depth m", "{:.2f}"),
+         ("real_depth_q50", "real m", "{:.2f}"), ("aug_yaw_change_q50", "yaw °", "{:.0f}"),
+         ("ba_angle_deg", "BA °", "{:.1f}"), ("d_3d_fake_acc", "D3 fake", "{:.2f}"),
+         ("d_2d_fake_acc", "D2 fake", "{:.2f}"))
+
+
+def diagnostics_table(records: list[dict]) -> str:
+    """The augmentor diagnostics of every PoseAug epoch as a text table (the CLI, the demo):
+    is the kept share rising and the depth median moving toward the real one?"""
+    epochs = [r for r in records if r.get("type") == "epoch" and "aug_depth_q50" in r]
+    rows = [f"{'epoch':>5}" + "".join(f"{title:>9}" for _, title, _ in TABLE)]
+    for r in epochs:
+        rows.append(f"{r['epoch']:>5}" + "".join(
+            f"{'-' if r.get(key) is None else fmt.format(r[key]):>9}" for key, _, fmt in TABLE))
+    return "\n".join(rows)
