@@ -100,3 +100,14 @@ def test_diagnostics_table_lists_every_poseaug_epoch():
     assert len(lines) == 3 and "kept" in lines[0] and "depth m" in lines[0]
     assert lines[1].split() == ["0", "0.25", "0.40", "5.00", "101", "17.3", "0.75", "-"]
     assert lines[2].split()[:3] == ["1", "0.50", "2.50"]
+
+
+def test_cli_table_shows_the_last_epochs_diagnostics():
+    from fastsmall.methods.poseaug.__main__ import result_table
+    m = {"mpjpe": 100.0, "p_mpjpe": 80.0, "pck": 50.0, "auc": 30.0}
+    summary = {"epochs": 4, "initial": {"a": m}, "last": {"a": m}, "best": {},
+               "augmentor_last": {"aug_kept_fraction": 0.77, "aug_depth_q50": 6.58, "real_depth_q50": 5.04}}
+    text = result_table(summary)
+    assert "augmentor diagnostics" in text and "0.77" in text and "6.58" in text
+    assert text.splitlines()[-1].split()[0] == "3"  # the last epoch's index
+    assert "augmentor" not in result_table({**summary, "augmentor_last": None})

@@ -52,6 +52,7 @@ def test_end_to_end_writes_every_documented_file(tmp_path):
         m = block["synthetic-broad"]
         assert m["mpjpe"] > 0 and m["p_mpjpe"] <= m["mpjpe"] and 0 <= m["pck"] <= 100 and 0 <= m["auc"] <= 100
     assert "best epoch" in summary["note"]
+    assert summary["augmentor_last"]["aug_kept_fraction"] == records[-1]["aug_kept_fraction"]
     assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "estimator.pt").exists()
     for plot in ("mpjpe_by_epoch.png", "augmentations.png", "augmentor.png"):
         assert (run / "plots" / plot).stat().st_size > 1000

@@ -5,6 +5,7 @@ import json
 
 from ..common.cli import run
 from .config import Config
+from .diagnostics import diagnostics_table
 from .train import train
 
 
@@ -15,6 +16,9 @@ def result_table(summary: dict) -> str:
         for name, m in (block or {}).items():
             rows.append(f"{name:<22}{label:>9}{m['mpjpe']:>9.1f}{m['p_mpjpe']:>9.1f}{m['pck']:>7.1f}{m['auc']:>7.1f}")
     rows.append("* best epoch picked on the test set itself, as the official summary does (optimistic)")
+    if summary.get("augmentor_last"):
+        rows += ["", "augmentor diagnostics, last epoch (every epoch: metrics.jsonl, plots/augmentor.png):",
+                 diagnostics_table([{"type": "epoch", "epoch": summary["epochs"] - 1, **summary["augmentor_last"]}])]
     return "\n".join(rows)
 
 

@@ -48,6 +48,7 @@ from .camera import project_to_2d
 from .config import Config
 from .data import PoseSet
 from .datasets import load_datasets
+from .diagnostics import TABLE as DIAGNOSTIC_TABLE
 from .diagnostics import AugmentorMonitor, real_depth
 from .estimators import build_estimator
 from .gan import AugmentationGAN, set_requires_grad
@@ -414,6 +415,8 @@ class PoseAugTrainer(Trainer):
             if stage:
                 best = min(stage, key=lambda r: r["eval"][name]["mpjpe"])
                 summary["best"][name] = {**best["eval"][name], "epoch": best["epoch"]}
+        if self.augmenting and stage:  # has the augmentor learned? (diagnostics.py; every epoch's in metrics.jsonl)
+            summary["augmentor_last"] = {key: stage[-1].get(key) for key, _, _ in DIAGNOSTIC_TABLE}
         return summary
 
     def plot(self) -> None:
