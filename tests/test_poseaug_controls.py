@@ -4,6 +4,7 @@ they coincide), the estimator training exactly after the warm-up for augmented a
 alike, the frozen augmentor (weights never move), the random-view augmentation, bad input."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -168,3 +169,7 @@ def test_experiment_report_has_the_controls_the_pairs_and_the_diagnostics(tmp_pa
     a, b = (results[f"{c}-seed1"]["last"]["synthetic-broad"]["mpjpe"] for c in ("poseaug", "frozen"))
     assert f"{a - b:+.1f}" in text.split("| poseaug − frozen | ")[1].split("\n")[0]
     assert doc.with_suffix(".png").stat().st_size > 1000
+    # the reported minutes are at least the runs' own epoch seconds (what a resumed call would not see)
+    spent = experiment.run_seconds(tmp_path / "runs", [0, 1], list(experiment.CONDITIONS))
+    reported = float(re.search(r"\((\d+\.\d) min of training", text).group(1))
+    assert spent > 0 and reported >= round(spent / 60, 1)

@@ -69,6 +69,18 @@ class Distributed:
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts)
 
+    def all_gather_ragged(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate 1-d tensors of any length from every rank (rank order), on ``tensor``'s device."""
+        if not self.enabled:
+            return tensor
+        home = tensor.device
+        local = tensor.to(self.device)
+        counts = self.all_gather_cat(torch.tensor([local.numel()], device=self.device)).tolist()
+        padded = torch.zeros(max(counts), dtype=local.dtype, device=self.device)
+        padded[:local.numel()] = local
+        parts = self.all_gather_cat(padded).view(self.world_size, -1)
+        return torch.cat([row[:n] for row, n in zip(parts, counts)]).to(home)
+
     def average_gradients(self, model: torch.nn.Module) -> None:
         """Average ``model``'s gradients over ranks in one all-reduce (what DDP does, for models
         whose ``requires_grad`` changes from step to step, which DDP does not allow)."""

@@ -90,13 +90,20 @@ class AugmentorMonitor:
         self.kept.append(int(kept.sum()))
         self.seen.append(kept.numel())
 
-    def summary(self) -> dict:
+    def summary(self, dist=None) -> dict:
+        """The statistics over every rank's poses when ``dist`` (a ``Distributed``) is given: each
+        rank augments its share of every batch, and every rank returns the same numbers."""
         cat = lambda xs: torch.cat(list(xs)) if xs else torch.empty(0)  # noqa: E731
-        seen = sum(self.seen)
-        record = {"aug_kept_fraction": sum(self.kept) / seen if seen else None}
-        record.update(_quantiles(cat(self.depth), "aug_depth"))
-        record.update(_quantiles(cat(self.yaw), "aug_yaw_change", (0.5, 0.9)))
-        record.update(_quantiles(cat(self.rotation), "aug_rotation", (0.5,)))
+        values = {"aug_depth": cat(self.depth), "aug_yaw_change": cat(self.yaw), "aug_rotation": cat(self.rotation)}
+        counts = torch.tensor([sum(self.kept), sum(self.seen)], dtype=torch.float64)
+        if dist is not None and dist.enabled:
+            values = {k: dist.all_gather_ragged(v) for k, v in values.items()}
+            counts = dist.all_reduce_sum(counts.to(dist.device)).cpu()
+        kept, seen = counts.tolist()
+        record = {"aug_kept_fraction": kept / seen if seen else None}
+        record.update(_quantiles(values["aug_depth"], "aug_depth"))
+        record.update(_quantiles(values["aug_yaw_change"], "aug_yaw_change", (0.5, 0.9)))
+        record.update(_quantiles(values["aug_rotation"], "aug_rotation", (0.5,)))
         return record
 
 

@@ -68,6 +68,17 @@ def run(out: Path, seeds: list[int], base: Config, conditions=tuple(CONDITIONS))
     return results
 
 
+def run_seconds(out: Path, seeds: list[int], conditions) -> float:
+    """Seconds the experiment's runs spent, summed from their metrics (every epoch, stage 0 included)."""
+    total = 0.0
+    for seed in seeds:
+        for name in ["stage0", *conditions]:
+            path = out / f"{name}-seed{seed}" / "metrics.jsonl"
+            if path.is_file():
+                total += sum(json.loads(line).get("seconds", 0.0) for line in path.read_text().splitlines())
+    return total
+
+
 def _conditions(results) -> list[str]:
     return [c for c in CONDITIONS if any(k[0] == c for k in results)]
 
@@ -84,8 +95,9 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
     warm = (f"{base.warmup_iters} G iterations" if base.warmup_iters is not None else f"{base.warmup} epochs")
     lines = [
         "# PoseAug: narrow training poses → broad poses and real motion", "",
-        f"Reproduce: `{command}` ({elapsed / 60:.1f} min on this machine: {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}).", "",
+        f"Reproduce: `{command}` ({elapsed / 60:.1f} min of training and evaluation on this machine: "
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        "an interrupted run resumes where it stopped).", "",
         f"Training data: {base.train_size} generated poses, subset `{base.subset}`. Estimator: {base.estimator}"
         + (f" (width {base.estimator_width})" if base.estimator_width else "") +
         f". Stage 0: {base.baseline_epochs} epochs on real data (lr {base.lr_p:g}); then {base.epochs} epochs, "
@@ -208,7 +220,9 @@ def main(argv=None) -> int:
                + (f" --warmup-iters {args.warmup_iters}" if args.warmup_iters is not None else "")
                + (f" --gan-iters-per-epoch {args.gan_iters_per_epoch}" if args.gan_iters_per_epoch else "")
                + (f" --conditions {' '.join(args.conditions)}" if args.conditions != list(CONDITIONS) else ""))
-    text = report(results, args.seeds, base, command, time.perf_counter() - start)
+    # the runs' own epoch times (a resumed experiment's wall time would leave out what earlier calls did)
+    elapsed = max(time.perf_counter() - start, run_seconds(Path(args.out), args.seeds, args.conditions))
+    text = report(results, args.seeds, base, command, elapsed)
     figure = Path(args.doc).with_suffix(".png")
     plot(results, args.seeds, figure)
     text += f"\n![MPJPE and P-MPJPE by condition]({figure.name})\n"

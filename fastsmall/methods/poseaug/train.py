@@ -284,12 +284,17 @@ class PoseAugTrainer(Trainer):
                 sums[k] = sums.get(k, 0.0) + v
             self.iteration += 1
             g_steps += 1
+        if self.dist.enabled and sums:  # each rank logged its share of every batch: the mean over ranks
+            keys = sorted(sums)
+            total = self.dist.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64,
+                                                          device=self.dist.device))
+            sums = dict(zip(keys, (total / self.dist.world_size).cpu().tolist()))
         record = {k: v / max(d_steps if k.startswith("d_") else g_steps, 1) for k, v in sums.items()}
         J = self.skeleton.num_joints
         fake_3d = torch.cat([k[0] for k in kept]) if kept else self.train_set.poses_3d.new_empty(0, J, 3)
         fake_2d = torch.cat([k[1] for k in kept]) if kept else self.train_set.poses_2d.new_empty(0, J, 2)
         record["augmented_kept"] = fake_3d.shape[0]
-        record.update(monitor.summary())
+        record.update(monitor.summary(self.dist))  # over every rank's share
         record.update(self.real_depth)
         if self._estimator_trains(self.epoch):
             record["estimator_loss_augmented"] = self._train_estimator(fake_3d, fake_2d, 5, "estimator (augmented)")
