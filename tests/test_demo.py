@@ -1,4 +1,6 @@
 """The main job (fastsmall.demo): its correctness table and the training-step speed line."""
+import json
+
 import torch
 
 from fastsmall import demo
@@ -35,3 +37,22 @@ def test_step_speedups_time_every_method_official_and_fast(monkeypatch, capsys):
         official, fast, speedup = line.split()[-3:]
         assert official.endswith("ms") and fast.endswith("ms") and speedup.endswith("x")
         assert float(speedup[:-1]) > 0
+
+
+def test_poseaug_part_compares_learned_with_frozen_from_one_stage0(tmp_path, capsys):
+    # the demo's PoseAug part at a tiny budget: real stage 0, learned and frozen runs
+    demo.run_poseaug_demo(str(tmp_path), "fp32", train_size=256, test_size=128, batch_size=64, baseline_epochs=1,
+                          epochs=2, gan_iters_per_epoch=4, warmup_iters=4, estimator_width=64)
+    out = capsys.readouterr().out
+    for name in ("learned", "frozen"):
+        config = json.loads((tmp_path / "poseaug" / name / "config.json").read_text())
+        assert config["augmentor"] == name
+        assert config["pretrained"] == str(tmp_path / "poseaug" / "stage0" / "checkpoints" / "estimator.pt")
+    table = out.split("Learned augmentor against the frozen one")[1].splitlines()
+    summaries = {name: json.loads((tmp_path / "poseaug" / name / "summary.json").read_text())
+                 for name in ("learned", "frozen")}
+    for name in ("synthetic-narrow", "synthetic-broad"):
+        row = next(line for line in table if line.startswith(name)).split()
+        frozen, learned = (summaries[k]["last"][name]["mpjpe"] for k in ("frozen", "learned"))
+        assert row[1:] == [f"{frozen:.1f}", f"{learned:.1f}", f"{learned - frozen:+.1f}"]
+    assert "Has the augmentor learned?" in out
