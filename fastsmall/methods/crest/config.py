@@ -25,8 +25,13 @@ class Config:
     plus: bool = option(False, "CReST+: distribution alignment with the temperature schedule")
     alpha: float = option(1 / 3, "sampling-rate power (paper's convention; the official code's 3 is 1/alpha)", min=0.0)
     t_min: float = option(0.5, "CReST+ temperature in the last generation", min=1e-6, max=1.0)
-    dist_align: str = option("window", "running prior: official window of 128 batch means, or USB's EMA 0.999",
+    dist_align: str = option("window", "running prior: official window of batch means, or USB's EMA",
                              choices=["window", "ema"])
+    da_window: int = option(128, "batch means in the running prior's window (official 128, for 2^16 steps "
+                                   "a generation; 0: that ratio, 128 x steps per generation / 2^16, at least 1)",
+                                   min=0)
+    da_momentum: float = option(0.999, "momentum of the EMA prior (USB's 0.999; 0: scaled to the run "
+                                       "length as --da-window 0 scales the window)", min=0.0, max=0.999999)
     # FixMatch
     epochs: int = option(8, "epochs per generation", min=1)
     steps_per_epoch: int = option(32, "optimizer steps per epoch", min=1)
@@ -35,9 +40,16 @@ class Config:
     threshold: float = option(0.95, "confidence threshold tau", min=0.0, max=1.0)
     lambda_u: float = option(1.0, "weight of the unlabelled loss", min=0.0)
     lr: float = option(0.03, "SGD learning rate (cosine decay over a generation)", min=0.0)
+    lr_schedule: str = option("fixmatch", "cosine decay: FixMatch's lr cos(7 pi k / 16K), or the official CReST "
+                              "code's near-constant lr cos(pi k / 16K)", choices=["fixmatch", "official"])
     momentum: float = option(0.9, "SGD Nesterov momentum", min=0.0, max=1.0)
     weight_decay: float = option(5e-4, "weight decay of conv/linear weights", min=0.0)
     ema: float = option(0.999, "EMA decay of the evaluation / pseudo-labelling model", min=0.0, max=1.0)
+    ema_schedule: str = option("ramp", "'constant': the official code's fixed decay from initialisation; 'ramp': "
+                               "min(decay, (1 + k) / (10 + k)), TensorFlow's num_updates form", choices=["ramp", "constant"])
+    unlabelled_stream: str = option("unlabelled", "what the unlabelled batches draw from: the unlabelled images, or "
+                                    "'all' train images, labelled ones included (the official code)",
+                                    choices=["unlabelled", "all"])
     model: str = option("auto", "network: digits_cnn for 8x8, wrn28_2 for 32x32", choices=["auto", "digits_cnn", "wrn28_2"])
     eval_last: int = option(3, "report the median EMA test accuracy of this many last epochs", min=1)
     # run

@@ -39,3 +39,30 @@ def plot_generations(records: list[dict], class_rank, run) -> None:
     fig.tight_layout()
     fig.savefig(run.plot_path("tail_recall.png"), dpi=110)
     plt.close(fig)
+
+    plot_pseudo_labels([r for r in records if "pseudo_labels" in r], order, run)
+
+
+def plot_pseudo_labels(records: list[dict], order: list[int], run) -> None:
+    """The pseudo-labels each generation added, by class rank: their precision, the share of each
+    class's unlabelled images they cover (recall), and how many there are (the rebalancing)."""
+    if not records:
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    x = range(1, len(order) + 1)
+    for r in records:
+        block = r["pseudo_labels"]
+        for key, ax in zip(("precision", "recall", "count"), axes):
+            values = [block[key][c] if block[key][c] is not None else float("nan") for c in order]
+            ax.plot(x, values, marker="o", label=f"after gen {r['generation']}")
+    for key, ax in zip(("precision", "recall", "count"), axes):
+        ax.set_xlabel("class rank (1 = most labelled)")
+        ax.set_ylabel(f"pseudo-label {key}" if key != "count" else "pseudo-labels added")
+        if key != "count":
+            ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Pseudo-labels added per generation, by class rank")
+    fig.tight_layout()
+    fig.savefig(run.plot_path("pseudo_labels.png"), dpi=110)
+    plt.close(fig)

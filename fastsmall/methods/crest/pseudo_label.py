@@ -13,14 +13,27 @@ from ... import ops as fs_ops
 
 WINDOW = 128  # batch means averaged by the official (ReMixMatch / CReST) running prior
 EMA_MOMENTUM = 0.999  # USB's
+OFFICIAL_STEPS = 2 ** 16  # steps a generation in the official code, the length both constants were set for
+
+
+def scaled_window(steps: int) -> int:
+    """The official window at the official ratio to a generation's length: ``128 * steps / 2^16``
+    batch means, at least 1 (a 128-mean window that starts uniform is a third uniform, on average,
+    over a 192-step generation; over 2^16 steps, nothing)."""
+    return max(1, round(WINDOW * steps / OFFICIAL_STEPS))
+
+
+def scaled_momentum(steps: int) -> float:
+    """USB's EMA momentum with its time constant at the same ratio: ``1 - (1 - 0.999) 2^16 / steps``, at least 0."""
+    return max(0.0, 1.0 - (1.0 - EMA_MOMENTUM) * OFFICIAL_STEPS / steps)
 
 
 class PseudoLabeler:
     def __init__(self, num_classes: int, prior: torch.Tensor, *, plus: bool, threshold: float, convention: str,
-                 kernels, device: torch.device):
+                 kernels, device: torch.device, window: int = WINDOW, momentum: float = EMA_MOMENTUM):
         self.plus, self.threshold, self.kernels = plus, threshold, kernels
         self.prior = prior.to(device=device, dtype=torch.float32)
-        self.da = fs_ops.DistAlign(num_classes, convention, window=WINDOW, momentum=EMA_MOMENTUM, device=device)
+        self.da = fs_ops.DistAlign(num_classes, convention, window=window, momentum=momentum, device=device)
 
     @torch.no_grad()
     def __call__(self, logits_weak: torch.Tensor, temperature: float):

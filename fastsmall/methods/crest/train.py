@@ -35,7 +35,7 @@ from .data import SemiSupervisedSplit, load_split
 from .kernels import FusedPseudoLabels
 from .metrics import confusion, summarize
 from .official import OfficialPseudoLabels
-from .pseudo_label import PseudoLabeler
+from .pseudo_label import PseudoLabeler, scaled_momentum, scaled_window
 from .sampling import class_ranks, sampling_rates, select_pseudo_labels, temperature
 
 
@@ -80,6 +80,11 @@ class CReSTTrainer(Trainer):
         self.per_rank_l = max(1, cfg.batch_size // dist.world_size)
         self.per_rank_u = self.per_rank_l * cfg.mu
         self.steps_total = cfg.epochs * cfg.steps_per_epoch
+        self.da_window = cfg.da_window or scaled_window(self.steps_total)
+        self.da_momentum = cfg.da_momentum or scaled_momentum(self.steps_total)
+        # the unlabelled batches' pool: the official code draws them from every train image
+        self.unlabelled_pool = (torch.cat([self.split.x_unlabelled, self.split.x_labelled])
+                                if cfg.unlabelled_stream == "all" else self.split.x_unlabelled)
         # progress state (all of it is in the checkpoint)
         self.generation, self.epoch, self.step = 0, 0, 0
         self.pseudo_idx = torch.empty(0, dtype=torch.int64)
@@ -106,7 +111,8 @@ class CReSTTrainer(Trainer):
         for p in self.ema.parameters():
             p.requires_grad_(False)
         self.labeler = PseudoLabeler(self.C, self.prior, plus=self.cfg.plus, threshold=self.cfg.threshold,
-                                     convention=self.cfg.dist_align, kernels=self.pseudo_kernels, device=self.device)
+                                     convention=self.cfg.dist_align, kernels=self.pseudo_kernels, device=self.device,
+                                     window=self.da_window, momentum=self.da_momentum)
         self.step = 0
         self.test_acc_history = []
 
@@ -125,9 +131,12 @@ class CReSTTrainer(Trainer):
         self.optimizer_step = self.speed.optimizer_step(self.optimizer)
 
     def ema_decay(self) -> float:
-        # TensorFlow's ExponentialMovingAverage with num_updates (as the official code's
-        # EMA): the decay ramps up as (1 + k) / (10 + k), so early EMA weights are not
-        # dominated by the random initialisation.
+        """``constant``: the official code's decay from the first step. ``ramp`` (the default):
+        TensorFlow's ExponentialMovingAverage with num_updates, min(decay, (1 + k) / (10 + k)), so
+        that a short generation's EMA is not its random initialisation (0.999^256 = 0.77 of it
+        after 256 steps; after the official 2^16, nothing)."""
+        if self.cfg.ema_schedule == "constant":
+            return self.cfg.ema
         return min(self.cfg.ema, (1 + self.step) / (10 + self.step))
 
     def _update_ema(self):
@@ -135,8 +144,10 @@ class CReSTTrainer(Trainer):
                     list(self.model.buffers()), self.ema_decay())
 
     def _lr(self) -> float:
-        """FixMatch's cosine decay lr * cos(7 pi k / (16 K)) over a generation."""
-        return self.cfg.lr * math.cos(7 * math.pi * self.step / (16 * self.steps_total))
+        """The cosine decay over a generation: FixMatch's lr cos(7 pi k / 16K) (to 0.2 lr), or the
+        official CReST code's lr cos(pi k / 16K) (to 0.98 lr: near constant)."""
+        turns = 7 if self.cfg.lr_schedule == "fixmatch" else 1
+        return self.cfg.lr * math.cos(turns * math.pi * self.step / (16 * self.steps_total))
 
     # ---- data ------------------------------------------------------------------------------
     def _labelled_set(self):
@@ -179,13 +190,13 @@ class CReSTTrainer(Trainer):
         torch.manual_seed(derive_seed(self.cfg.seed, self.generation, self.epoch, self.dist.rank, 3))
         x_l, y_l = self._labelled_set()
         return EpochPlan(x_l, y_l, lab=self._epoch_batches(len(y_l), self.per_rank_l, 1),
-                         unl=self._epoch_batches(len(self.split.x_unlabelled), self.per_rank_u, 2),
+                         unl=self._epoch_batches(len(self.unlabelled_pool), self.per_rank_u, 2),
                          t_g=temperature(self.generation, self.G, self.cfg.t_min))
 
     def batch(self, plan: EpochPlan, s: int):
         """Step s's inputs [labelled weak; unlabelled weak; unlabelled strong] and labels."""
         xl, yl = plan.x_l[plan.lab[s]].to(self.device), plan.y_l[plan.lab[s]].to(self.device)
-        xu = self.split.x_unlabelled[plan.unl[s]].to(self.device)
+        xu = self.unlabelled_pool[plan.unl[s]].to(self.device)
         inputs = torch.cat([augment.weak(xl, flip=self.flip), augment.weak(xu, flip=self.flip),
                             augment.strong(xu, flip=self.flip)])
         return self.speed.inputs(inputs), yl
@@ -218,23 +229,49 @@ class CReSTTrainer(Trainer):
 
     # ---- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
-    def _predict(self, x: torch.Tensor, batch: int = 1024):
-        """EMA predictions (label, confidence) for every row of x, on every rank."""
+    def _predict_probs(self, x: torch.Tensor, network=None, batch: int = 1024) -> torch.Tensor:
+        """Softmax [n, C] of ``network`` (the EMA model by default) for every row of x, on every rank."""
+        network = self.ema if network is None else network
         n, W = len(x), self.dist.world_size
         per = math.ceil(n / W)
         lo, hi = self.dist.rank * per, min(n, (self.dist.rank + 1) * per)
-        probs = [torch.softmax(self.ema(x[i:min(hi, i + batch)].to(self.device)).float(), -1)
+        probs = [torch.softmax(network(x[i:min(hi, i + batch)].to(self.device)).float(), -1)
                  for i in range(lo, hi, batch)]
         local = torch.cat(probs) if probs else torch.empty(0, self.C, device=self.device)
         padded = torch.zeros(per, self.C, device=self.device)
         padded[:len(local)] = local
-        full = self.dist.all_gather_cat(padded).cpu()[:n]
-        conf, label = full.max(-1)
+        return self.dist.all_gather_cat(padded).cpu()[:n]
+
+    def _predict(self, x: torch.Tensor):
+        """EMA predictions (label, confidence) for every row of x, on every rank."""
+        conf, label = self._predict_probs(x).max(-1)
         return label, conf
 
     def _evaluate(self, x, y) -> dict:
-        label, _ = self._predict(x)
-        return summarize(confusion(y, label, self.C))
+        probs = self._predict_probs(x)
+        result = summarize(confusion(y, probs.argmax(-1), self.C))
+        # logit-adjusted prediction (Menon et al., tau = 1): argmax of log p - log prior, the prior
+        # being the labelled set's class distribution -- the long-tail-corrected accuracy
+        adjusted = (probs.clamp_min(1e-12).log() - self.prior.clamp_min(1e-12).log()).argmax(-1)
+        result["logit_adjusted_accuracy"] = float((adjusted == y).double().mean()) if len(y) else None
+        return result
+
+    @torch.no_grad()
+    def prior_tracking(self, sample: int = 1024) -> dict:
+        """CReST+: how far the running class distribution p~ that aligns the pseudo-labels is from the
+        model's mean prediction on unlabelled images now (total variation; 0 = it tracks them)."""
+        if not self.cfg.plus:
+            return {}
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.generation, 23))
+        pool = self.split.x_unlabelled
+        rows = torch.randperm(len(pool), generator=g)[:sample]
+        was_training = self.model.training
+        self.model.eval()
+        mean = self._predict_probs(pool[rows], self.model).mean(0)
+        self.model.train(was_training)
+        running = self.labeler.da.running.float().cpu()
+        return {"da_running": running.tolist(), "da_model_mean": mean.tolist(),
+                "da_tv_distance": float(0.5 * (running - mean).abs().sum())}
 
     # ---- the Trainer contract ------------------------------------------------------------
     def start(self):
@@ -275,11 +312,14 @@ class CReSTTrainer(Trainer):
             keep = select_pseudo_labels(label, conf, rates)
             self.pseudo_idx, self.pseudo_label = keep, label[keep]
             added = confusion(s.y_unlabelled[keep], label[keep], self.C).to(torch.float64)
+            present = torch.bincount(s.y_unlabelled, minlength=self.C)
             record["pseudo_labels"] = {
                 "rates": rates.tolist(),
-                "count": [int(v) for v in added.sum(0)],
+                "count": [int(v) for v in added.sum(0)],  # the added labels' class distribution
                 "precision": [float(added[c, c] / added[:, c].sum()) if added[:, c].sum() > 0 else None
                               for c in range(self.C)],
+                # the share of class c's unlabelled images that were added, labelled c
+                "recall": [float(added[c, c] / present[c]) if present[c] > 0 else None for c in range(self.C)],
             }
         self.log(record)
         self.generation_records.append(record)
@@ -294,6 +334,7 @@ class CReSTTrainer(Trainer):
         self.log({"type": "epoch", "generation": self.generation, "epoch": self.epoch, **losses,
                   "lr": self._lr(), "test_accuracy": test["accuracy"],
                   "test_balanced_accuracy": test["balanced_accuracy"],
+                  "test_logit_adjusted_accuracy": test["logit_adjusted_accuracy"], **self.prior_tracking(),
                   "seconds": time.perf_counter() - start})
         self.say(f"gen {self.generation} epoch {self.epoch}: loss {losses['loss']:.4f} "
                  f"mask {losses['mask_rate']:.2f} test acc {test['accuracy']:.4f}")
@@ -325,11 +366,13 @@ class CReSTTrainer(Trainer):
             "generations": self.G,
             "test_accuracy": last["test_accuracy_last"],
             "test_balanced_accuracy": last["test"]["balanced_accuracy"],
+            "test_logit_adjusted_accuracy": last["test"]["logit_adjusted_accuracy"],
             "test_tail_recall": statistics.mean(last["test"]["recall"][c] for c in tail),
             "tail_classes": tail,
             "per_generation": [{
                 "generation": r["generation"], "test_accuracy": r["test_accuracy_last"],
                 "test_balanced_accuracy": r["test"]["balanced_accuracy"],
+                "test_logit_adjusted_accuracy": r["test"]["logit_adjusted_accuracy"],
                 "tail_recall": statistics.mean(r["test"]["recall"][c] for c in tail),
             } for r in self.generation_records],
             "class_rank": ranks.tolist(),
