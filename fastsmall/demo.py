@@ -180,15 +180,17 @@ def print_step_speedups(precision: str, repeats: int = 5) -> None:
         print(f"{title:<52}{ms['official']:>9.0f}ms{ms['fast']:>9.0f}ms{ms['official'] / ms['fast']:>9.2f}x", flush=True)
 
 
-def run_crest_demo(out: str, precision: str = "fp32") -> None:
-    """A short CReST+ run on the embedded digits-LT data, with its result table."""
+def run_crest_demo(out: str, precision: str = "fp32", **overrides) -> None:
+    """A short CReST+ run on the embedded digits-LT data, with its result table (``overrides``:
+    Config fields, for the tests' short runs)."""
     import shutil
 
     from fastsmall.methods import crest
 
     run_dir = f"{out}/crest-plus"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = crest.Config(plus=True, generations=3, epochs=4, eval_last=2, quiet=True, out=run_dir, precision=precision)
+    cfg = crest.Config(**{**dict(plus=True, generations=3, epochs=4, eval_last=2, quiet=True, out=run_dir,
+                                 precision=precision), **overrides})
     print(f"\nCReST+ on digits-LT (imbalance {cfg.imbalance:g}, labelled fraction {cfg.labeled_fraction:g}, "
           f"{cfg.generations} generations x {cfg.epochs} epochs), run directory {run_dir}")
     summary = crest.train(cfg)

@@ -56,3 +56,15 @@ def test_poseaug_part_compares_learned_with_frozen_from_one_stage0(tmp_path, cap
         frozen, learned = (summaries[k]["last"][name]["mpjpe"] for k in ("frozen", "learned"))
         assert row[1:] == [f"{frozen:.1f}", f"{learned:.1f}", f"{learned - frozen:+.1f}"]
     assert "Has the augmentor learned?" in out
+
+
+def test_crest_part_reports_fixmatch_then_crest_plus_generations(tmp_path, capsys):
+    demo.run_crest_demo(str(tmp_path), "fp32", epochs=1, steps_per_epoch=2, batch_size=8, mu=2, eval_last=1)
+    lines = capsys.readouterr().out.splitlines()
+    summary = json.loads((tmp_path / "crest-plus" / "summary.json").read_text())
+    rows = [line.split() for line in lines if line[:1].isdigit()]
+    assert [row[0] for row in rows] == ["0", "1", "2"] and rows[0][1] == "(FixMatch)"
+    for row, g in zip(rows, summary["per_generation"]):
+        values = row[-4:]
+        assert values == [f"{g[k]:.3f}" for k in ("test_accuracy", "test_balanced_accuracy",
+                                                   "test_logit_adjusted_accuracy", "tail_recall")]
