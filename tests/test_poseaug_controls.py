@@ -169,6 +169,8 @@ def test_experiment_report_has_the_controls_the_pairs_and_the_diagnostics(tmp_pa
     a, b = (results[f"{c}-seed1"]["last"]["synthetic-broad"]["mpjpe"] for c in ("poseaug", "frozen"))
     assert f"{a - b:+.1f}" in text.split("| poseaug − frozen | ")[1].split("\n")[0]
     assert doc.with_suffix(".png").stat().st_size > 1000
+    diagnostics = doc.with_name(doc.stem + "_diagnostics.png")
+    assert diagnostics.stat().st_size > 1000 and f"]({diagnostics.name})" in text
     # the reported minutes are at least the runs' own epoch seconds (what a resumed call would not see)
     spent = experiment.run_seconds(tmp_path / "runs", [0, 1], list(experiment.CONDITIONS))
     reported = float(re.search(r"\((\d+\.\d) min of training", text).group(1))

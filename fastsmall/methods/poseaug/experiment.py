@@ -186,6 +186,43 @@ def plot(results: dict, seeds: list[int], path: Path) -> None:
     plt.close(fig)
 
 
+TRAJECTORIES = (("aug_kept_fraction", "kept by the image filter", None),
+                ("aug_depth_q50", "root depth median (m)", "real_depth_q50"),
+                ("aug_yaw_change_q50", "yaw change median (°)", None),
+                ("d_2d_fake_acc", "2D discriminator accuracy on fakes", None))
+
+
+def plot_diagnostics(results: dict, seeds: list[int], path: Path) -> None:
+    """The augmentor diagnostics per PoseAug epoch, one line per seed, learned against frozen (and
+    random-view where it has the statistic): did the augmentor move toward the real data?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conditions = [c for c in _conditions(results) if c != "no-augment"]
+    colours = dict(zip(conditions, ("tab:green", "tab:orange", "tab:blue")))
+    fig, axes = plt.subplots(1, len(TRAJECTORIES), figsize=(4.2 * len(TRAJECTORIES), 3.6))
+    for ax, (key, label, reference) in zip(axes, TRAJECTORIES):
+        for name in conditions:
+            for i, s in enumerate(seeds):
+                epochs = [r for r in results[(name, s)]["records"] if r["type"] == "epoch" and r.get(key) is not None]
+                ax.plot([r["epoch"] for r in epochs], [r[key] for r in epochs], color=colours.get(name, "k"),
+                        alpha=0.7, label=name if i == 0 and epochs else None)
+        if reference:
+            real = [_last_epoch(results[(conditions[0], s)]).get(reference) for s in seeds]
+            if all(v is not None for v in real):
+                ax.axhline(statistics.mean(real), color="k", ls="--", label="real poses")
+        ax.set_xlabel("PoseAug epoch")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("has the augmentor learned? per epoch, one line per seed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/poseaug-experiment")
@@ -226,6 +263,9 @@ def main(argv=None) -> int:
     figure = Path(args.doc).with_suffix(".png")
     plot(results, args.seeds, figure)
     text += f"\n![MPJPE and P-MPJPE by condition]({figure.name})\n"
+    diagnostics_figure = figure.with_name(figure.stem + "_diagnostics.png")
+    plot_diagnostics(results, args.seeds, diagnostics_figure)
+    text += f"\n![augmentor diagnostics per epoch]({diagnostics_figure.name})\n"
     write_report(args.doc, text)
     (Path(args.out) / "results.json").write_text(json.dumps(
         {f"{k[0]}-seed{k[1]}": {key: v for key, v in summary.items() if key != "records"}
