@@ -7,18 +7,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _by_rank_panel(ax, curves, order, ylabel: str, bounded: bool = True) -> None:
+    """One line per (label, per-class values) of ``curves``, classes in ``order`` (rank 1 first)."""
+    for label, values in curves:
+        ax.plot(range(1, len(order) + 1), [values[c] if values[c] is not None else float("nan") for c in order],
+                marker="o", label=label)
+    ax.set_xlabel("class rank (1 = most labelled)")
+    ax.set_ylabel(ylabel)
+    if bounded:
+        ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+
+
 def plot_generations(records: list[dict], class_rank, run) -> None:
     ranks = [int(r) for r in class_rank]
     order = sorted(range(len(ranks)), key=lambda c: ranks[c])  # most frequent class first
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for key, ax in zip(("recall", "precision"), axes):
-        for r in records:
-            values = [r["test"][key][c] if r["test"][key][c] is not None else float("nan") for c in order]
-            ax.plot(range(1, len(order) + 1), values, marker="o", label=f"gen {r['generation']}")
-        ax.set_xlabel("class rank (1 = most labelled)")
-        ax.set_ylabel(f"test {key}")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
+        _by_rank_panel(ax, [(f"gen {r['generation']}", r["test"][key]) for r in records], order, f"test {key}")
     axes[0].legend(fontsize=8)
     fig.suptitle("Per-class test recall and precision by generation")
     fig.tight_layout()
@@ -49,18 +55,9 @@ def plot_pseudo_labels(records: list[dict], order: list[int], run) -> None:
     if not records:
         return
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    x = range(1, len(order) + 1)
-    for r in records:
-        block = r["pseudo_labels"]
-        for key, ax in zip(("precision", "recall", "count"), axes):
-            values = [block[key][c] if block[key][c] is not None else float("nan") for c in order]
-            ax.plot(x, values, marker="o", label=f"after gen {r['generation']}")
     for key, ax in zip(("precision", "recall", "count"), axes):
-        ax.set_xlabel("class rank (1 = most labelled)")
-        ax.set_ylabel(f"pseudo-label {key}" if key != "count" else "pseudo-labels added")
-        if key != "count":
-            ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
+        _by_rank_panel(ax, [(f"after gen {r['generation']}", r["pseudo_labels"][key]) for r in records], order,
+                       "pseudo-labels added" if key == "count" else f"pseudo-label {key}", bounded=key != "count")
     axes[0].legend(fontsize=8)
     fig.suptitle("Pseudo-labels added per generation, by class rank")
     fig.tight_layout()
