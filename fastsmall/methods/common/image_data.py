@@ -13,6 +13,9 @@
   shorter side to ``image_size / 0.875`` and centre-crop -- torchvision's standard
   ImageNet transforms, as the official KE code uses, written here with PIL; ImageNet mean
   and std normalisation.
+* the KE paper's data sets in their published layouts (``cub200``, ``flowers102``,
+  ``aircraft``, ``indoor67``, ``dogs``; ``paper_datasets``): their own train / test splits,
+  loaded as an ``imagefolder`` with a train/ folder (same transforms, ``per_class``).
 
 Every random choice of a batch comes from a ``torch.Generator`` the trainer seeds per
 (seed, generation, epoch, rank), so a resumed epoch replays exactly.
@@ -25,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .paper_datasets import PAPER_DATASETS, read_paper_dataset
 
 TEST_SPLIT_SEED = 20210619  # fixed held-out test sets: independent of the run's seed
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
@@ -192,6 +197,23 @@ class FolderImages:
         return torch.stack(out) if out else torch.empty(0, 3, s, s)
 
 
+def _keep_per_class(train_paths, y_train, classes, per_class: int | None, seed: int):
+    """``per_class`` training images per class drawn by ``seed``, grouped by class; None keeps all, in
+    their order (for an ImageFolder tree, already grouped by class)."""
+    if per_class is None:
+        return list(train_paths), y_train
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(len(classes)):
+        idx = np.flatnonzero(y_train == c)
+        if per_class > len(idx):
+            raise ValueError(f"per_class={per_class} exceeds the {len(idx)} training images of "
+                             f"class {classes[c]!r}")
+        keep.append(np.sort(rng.permutation(idx)[:per_class]))
+    keep = np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
+    return [train_paths[i] for i in keep], y_train[keep]
+
+
 def image_folder(root, *, per_class: int | None, test_per_class: int, seed: int, image_size: int,
                  augment: bool) -> FolderImages:
     root = Path(root)
@@ -203,18 +225,7 @@ def image_folder(root, *, per_class: int | None, test_per_class: int, seed: int,
             raise FileNotFoundError(f"{root} has train/ but no test/ or val/ folder")
         classes, train_paths, y_train = _scan(root / "train")
         _, test_paths, y_test = _scan(test_dir, classes)
-        rng = np.random.default_rng(seed)
-        keep = []
-        for c in range(len(classes)):
-            idx = np.flatnonzero(y_train == c)
-            if per_class is not None:
-                if per_class > len(idx):
-                    raise ValueError(f"per_class={per_class} exceeds the {len(idx)} training images of "
-                                     f"class {classes[c]!r}")
-                idx = np.sort(rng.permutation(idx)[:per_class])
-            keep.append(idx)
-        keep = np.concatenate(keep)
-        train_paths, y_train = [train_paths[i] for i in keep], y_train[keep]
+        train_paths, y_train = _keep_per_class(train_paths, y_train, classes, per_class, seed)
     else:
         classes, paths, labels = _scan(root)
         train, test = _split_per_class(labels, test_per_class, per_class, seed)
@@ -223,8 +234,22 @@ def image_folder(root, *, per_class: int | None, test_per_class: int, seed: int,
     return FolderImages(train_paths, y_train, test_paths, y_test, classes, image_size, augment)
 
 
+def paper_dataset(name: str, root, *, per_class: int | None, seed: int, image_size: int, augment: bool,
+                  check_counts: bool = True) -> FolderImages:
+    """One of the KE paper's data sets in its published layout (``paper_datasets``): its own train /
+    test split; ``per_class`` subsamples the training split as for an ``imagefolder`` train/ tree."""
+    split = read_paper_dataset(name, root, check_counts=check_counts)
+    train_paths, y_train = _keep_per_class(split.train_paths, split.train_labels, split.classes, per_class, seed)
+    return FolderImages(train_paths, y_train, split.test_paths, split.test_labels, split.classes, image_size,
+                        augment)
+
+
 def load_data(cfg):
     if cfg.dataset == "digits-small":
         return digits_small(cfg.per_class, cfg.test_per_class, cfg.seed, cfg.augment)
+    if cfg.dataset in PAPER_DATASETS:  # the KE paper's data sets in their published layouts
+        return paper_dataset(cfg.dataset, cfg.data, per_class=cfg.per_class, seed=cfg.seed,
+                             image_size=cfg.image_size, augment=cfg.augment,
+                             check_counts=getattr(cfg, "check_counts", True))
     return image_folder(cfg.data, per_class=cfg.per_class, test_per_class=cfg.test_per_class, seed=cfg.seed,
                         image_size=cfg.image_size, augment=cfg.augment)

@@ -33,7 +33,8 @@ from .rng import get_rng_state, set_rng_state
 from .rundir import RunDir
 
 # config fields that may change between a run and its resumption
-VOLATILE_FIELDS = ("resume", "quiet", "out", "device", "compile", "dist_timeout")
+VOLATILE_FIELDS = ("resume", "quiet", "out", "device", "compile", "dist_timeout",
+                   "check_counts")  # (check_counts admits or refuses data, never changes it)
 
 
 class Trainer:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ...masks import INITS
 from ..common.config import ConfigError, option
 from ..common.generations import TrainConfig
+from ..common.paper_datasets import PAPER_DATASETS
 
 __all__ = ["TrainConfig", "Config"]
 
@@ -25,6 +26,19 @@ __all__ = ["TrainConfig", "Config"]
 
 @dataclass
 class Config(TrainConfig):
+    # data (redefined from TrainConfig, in place: KE also reads the paper's five data sets in their
+    # published layouts, fastsmall.methods.common.paper_datasets; DSD keeps TrainConfig's choices)
+    dataset: str = option("digits-small", "data set: scikit-learn's bundled digits, an ImageFolder tree, or one of "
+                                          "the KE paper's data sets in its published layout in --data (cub200: "
+                                          "CUB_200_2011/, flowers102, aircraft: fgvc-aircraft-2013b/, indoor67, "
+                                          "dogs); those use their own train / test split",
+                          choices=["digits-small", "imagefolder", *PAPER_DATASETS])
+    data: str | None = option(None, "ImageFolder root: <data>/train + <data>/test (or val) class folders, or one "
+                                    "<data>/<class>/ tree from which --test-per-class images per class are held "
+                                    "out; or the folder of a paper data set (--dataset cub200 ... dogs)")
+    check_counts: bool = option(True, "paper data sets (cub200, flowers102, aircraft, indoor67, dogs): stop with an "
+                                      "error unless the train / test image and class counts are the published "
+                                      "ones; --no-check-counts accepts a partial or modified copy")
     # Knowledge Evolution
     mode: str = option("ke", "ke: re-initialise the reset hypothesis every generation; controls at equal compute: "
                              "restart (each generation only restarts the optimizer and LR schedule), long (one "
@@ -40,6 +54,8 @@ class Config(TrainConfig):
 
     def validate(self):
         super().validate()
+        if self.dataset in PAPER_DATASETS and not self.data:
+            raise ConfigError(f"data must be set for dataset {self.dataset!r} (the data set's folder)")
         if self.split_rate >= 1.0 and self.mode == "ke" and self.generations > 1:
             raise ConfigError("split_rate must be < 1.0 for mode 'ke' (a fit hypothesis of everything resets nothing)")
 
