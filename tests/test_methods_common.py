@@ -179,7 +179,7 @@ def test_cli_user_errors_are_one_line_and_exit_2(error, message, capsys, monkeyp
 def test_cli_bad_config_value_and_programming_errors(capsys):
     with pytest.raises(SystemExit) as exit_:
         _run_toy(["--epochs", "0"], train=None)
-    assert exit_.value.code == 2 and capsys.readouterr().err == "fastsmall toy: error: epochs must be >= 1, got 0\n"
+    assert exit_.value.code == 2 and capsys.readouterr().err == "fastsmall toy: error: --epochs must be >= 1, got 0\n"
 
     def broken(cfg):
         raise RuntimeError("a bug, not the user's error")

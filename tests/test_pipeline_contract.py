@@ -51,20 +51,20 @@ class Method:
 
 
 KE_CROSS = (["--epochs", "3", "--warmup-epochs", "5"],
-            "warmup_epochs (5) must be < the epochs of one LR schedule (3)")
+            "--warmup-epochs (5) must be < --epochs (3)")
 METHODS = [
     Method("crest", "fastsmall.methods.crest", CREST_TINY_ARGS, 2, 6,
-           (["--eval-last", "3"], "eval_last (3) must be <= epochs (2)"),
+           (["--eval-last", "3"], "--eval-last (3) must be <= --epochs (2)"),
            ["--dataset", "cifar10-lt", "--data-dir", "{missing}"], "fastsmall.methods.crest:Config"),
     Method("ke", "fastsmall.methods.ke", KE_TINY_ARGS, 2, 6, KE_CROSS,
            ["--dataset", "imagefolder", "--data", "{missing}"], "fastsmall.methods.ke:Config"),
     Method("dsd", "fastsmall.methods.dsd", DSD_TINY_ARGS, 2, 9, KE_CROSS,
            ["--dataset", "imagefolder", "--data", "{missing}"], "fastsmall.methods.dsd:Config"),
     Method("poseaug", "fastsmall.methods.poseaug", POSEAUG_TINY_ARGS, 3, 5,
-           (["--epochs", "2", "--warmup", "2"], "warmup (2) must be < epochs (2)"),
+           (["--epochs", "2", "--warmup", "2"], "--warmup (2) must be < --epochs (2)"),
            ["--data", "h36m", "--data-dir", "{missing}"], "fastsmall.methods.poseaug:Config"),
     Method("poseaug-baseline", "fastsmall.methods.poseaug.baseline", POSEAUG_TINY_ARGS, 3, 4,
-           (["--data", "bvh"], "data_dir must be set for data 'bvh'"),
+           (["--data", "bvh"], "--data-dir must be set for --data 'bvh'"),
            ["--data", "h36m", "--data-dir", "{missing}"], "fastsmall.methods.poseaug:Config"),
 ]
 each_method = pytest.mark.parametrize("m", METHODS, ids=str)

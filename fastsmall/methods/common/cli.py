@@ -95,8 +95,11 @@ def map_deprecated(argv: Sequence[str], config_cls, prog: str, *, stream=None) -
 
 
 def error_message(exc: BaseException) -> str:
-    """The exception as one line (a KeyError's message without the quotes str() adds)."""
-    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+    """The exception as one line (a KeyError's message without the quotes str() adds; a ConfigError's
+    with its fields named by their flags, ``--epochs`` for ``epochs``)."""
+    if isinstance(exc, ConfigError):
+        text = exc.cli_message()
+    elif isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
         text = exc.args[0]
     else:
         text = str(exc) or type(exc).__name__

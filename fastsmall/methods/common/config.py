@@ -2,21 +2,96 @@
 
 Fields are declared with :func:`option` (``metadata={"help": ..., "choices": [...], "min": x,
 "max": y, "renamed": {old: new}}``); a config class may define ``validate(self)`` for rules
-across fields. Bad values raise :class:`ConfigError` naming the field. A value listed in
-``renamed`` is still accepted, replaced by its new name with a one-line deprecation warning.
+across fields. Bad values raise :class:`ConfigError` naming the field (as Python spells it,
+``epochs``; the error also lists the field names, so the command line can say ``--epochs``). Float
+fields must be finite (``nan`` / ``inf`` are refused). A value listed in ``renamed`` is still
+accepted, replaced by its new name with a one-line deprecation warning.
+
+A default declared with :func:`soft_default` (an int that knows it was not chosen) may give way
+when it does not fit the run: a config's ``validate`` scales it with :func:`fit_soft_default`
+(e.g. KE's 5 warm-up epochs in a 1-epoch run become 0) and :func:`soft_notes` says what was chosen;
+a value the user set is never changed, and a conflict with it is a ConfigError naming both fields.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
+import re
 import typing
 import warnings
 from pathlib import Path
 
 
+def flag_name(field: str) -> str:
+    """The command-line flag of a config field: ``warmup_epochs`` -> ``--warmup-epochs``."""
+    return "--" + field.replace("_", "-")
+
+
+def _with_flags(text: str, fields) -> str:
+    """``text`` with every whole-word mention of one of ``fields`` replaced by its flag."""
+    for name in sorted(set(fields), key=len, reverse=True):
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", lambda _m, n=name: flag_name(n), text)
+    return text
+
+
 class ConfigError(ValueError):
-    """A config field has a bad value; the message names the field."""
+    """A config field has a bad value, or fields break a rule together. The message names the
+    field(s) as the Python API spells them (``epochs must be >= 1, got 0``); ``fields`` lists them,
+    and :meth:`cli_message` is the same message with each named by its flag (``--epochs must be
+    >= 1, got 0``), which is what the command line prints."""
+
+    def __init__(self, message: str, *, field: str | None = None, fields: typing.Sequence[str] = ()):
+        super().__init__(message)
+        self.fields = tuple(([field] if field else []) + [f for f in fields if f != field])
+
+    def cli_message(self) -> str:
+        return _with_flags(str(self), self.fields)
+
+
+# ---- defaults that give way to the run (e.g. a warm-up longer than a short run) -------------------
+class SoftInt(int):
+    """An int default the user did not choose (:func:`soft_default`): it reads as its value
+    everywhere (help, repr, JSON, arithmetic), but a config's ``validate`` may scale it to fit
+    the run (:func:`fit_soft_default`); ``why`` says why a scaled one differs from the default."""
+
+    why: str = ""
+
+
+def soft_default(value: int) -> SoftInt:
+    return SoftInt(value)
+
+
+def is_soft(value) -> bool:
+    """Was this value left at its (soft) default, not set by the user?"""
+    return isinstance(value, SoftInt)
+
+
+def fit_soft_default(cfg, name: str, at_most: int, rule: str) -> None:
+    """When ``cfg.name`` holds its soft default, make it ``min(default, at_most)``, so that it fits
+    the run; ``rule`` is the limit the default broke (``"must be < epochs (1)"``), for the note.
+    A value the user set is left alone (a conflict is the caller's ConfigError). The result stays
+    soft: a copy of ``cfg`` with another run length is fitted anew from the default."""
+    if not is_soft(getattr(cfg, name)):
+        return
+    default = next(f.default for f in dataclasses.fields(cfg) if f.name == name)
+    chosen = SoftInt(min(int(default), at_most))
+    if chosen != default:
+        chosen.why = f"the default {int(default)} {rule}"
+    setattr(cfg, name, chosen)
+
+
+def soft_notes(cfg) -> list[str]:
+    """One line per soft default that was scaled to fit the run: field, its flag, the value chosen
+    and why (``warmup_epochs = 0 (--warmup-epochs 0, not given): the default 5 must be < epochs (1)``)."""
+    notes = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_soft(value) and value.why:
+            notes.append(f"{f.name} = {int(value)} ({flag_name(f.name)} {int(value)}, not given): "
+                         f"{value.why}")
+    return notes
 
 
 def option(default, help: str, **meta):
@@ -44,8 +119,26 @@ def impl_option(what: str):
                   choices=["fused", "official"], renamed={"reference": "official"})
 
 
+def check_device(value: str) -> str | None:
+    """What is wrong with a ``device`` value on this machine (None: nothing): cpu, cuda or cuda:N,
+    and a CUDA device must exist -- checked before a run writes anything."""
+    m = re.fullmatch(r"cpu|cuda(?::(\d+))?", value)
+    if m is None:
+        return f"must be cpu, cuda or cuda:N, got {value!r}"
+    if value == "cpu":
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"{value}: this machine has no usable CUDA GPU (torch.cuda.is_available() is False)"
+    count = torch.cuda.device_count()
+    if m.group(1) is not None and int(m.group(1)) >= count:
+        return f"{value}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}"
+    return None
+
+
 def device_option():
-    return option("cpu", "cpu or cuda")
+    return option("cpu", "cpu, cuda or cuda:N", check=check_device)
 
 
 def dist_timeout_option():
@@ -87,33 +180,40 @@ def _base_type(tp):
 
 
 def validate_config(cfg) -> None:
-    """Type, range and choice checks of every field, then the class's own ``validate``."""
+    """Type, range and choice checks of every field (floats must be finite), then the class's own
+    ``validate``. Every ConfigError names its field(s) (``ConfigError.fields``)."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         _apply_renames(cfg, f)
         value = getattr(cfg, f.name)
         tp, optional, is_list = _base_type(hints[f.name])
+        name = f.name
         if value is None:
             if not optional:
-                raise ConfigError(f"{f.name} must be set (got None)")
+                raise ConfigError(f"{name} must be set (got None)", field=name)
             continue
         items = value if is_list else [value]
         if is_list and not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{f.name} must be a list of {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{name} must be a list of {tp.__name__}, got {value!r}", field=name)
         if is_list and f.metadata.get("distinct") and len(set(map(repr, items))) != len(items):
-            raise ConfigError(f"{f.name} must be distinct, got {list(items)}")
+            raise ConfigError(f"{name} must be distinct, got {list(items)}", field=name)
         for item in items:
             if tp is float and isinstance(item, int) and not isinstance(item, bool):
                 continue
             if tp in (int, float, str, bool) and (not isinstance(item, tp) or (tp is int and isinstance(item, bool))):
-                raise ConfigError(f"{f.name} must be {tp.__name__}, got {item!r}")
+                raise ConfigError(f"{name} must be {tp.__name__}, got {item!r}", field=name)
+            if tp is float and not math.isfinite(item):  # (nan passes every min / max comparison)
+                raise ConfigError(f"{name} must be a finite number, got {item!r}", field=name)
             meta = f.metadata
             if "choices" in meta and item not in meta["choices"]:
-                raise ConfigError(f"{f.name} must be one of {list(meta['choices'])}, got {item!r}")
+                raise ConfigError(f"{name} must be one of {list(meta['choices'])}, got {item!r}", field=name)
             if "min" in meta and item < meta["min"]:
-                raise ConfigError(f"{f.name} must be >= {meta['min']}, got {item!r}")
+                raise ConfigError(f"{name} must be >= {meta['min']}, got {item!r}", field=name)
             if "max" in meta and item > meta["max"]:
-                raise ConfigError(f"{f.name} must be <= {meta['max']}, got {item!r}")
+                raise ConfigError(f"{name} must be <= {meta['max']}, got {item!r}", field=name)
+            problem = meta["check"](item) if "check" in meta else None
+            if problem:
+                raise ConfigError(f"{name} {problem}", field=name)
     if hasattr(cfg, "validate"):
         cfg.validate()
 

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import build as build_model
-from .config import (ConfigError, device_option, dist_timeout_option, impl_option, option, quiet_option,
-                     resume_option, seeds_option)
+from .config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option, option,
+                     quiet_option, resume_option, seeds_option, soft_default)
 from .speed import (StepSpeed, channels_last_option, compile_option, loss_precision, precision_option, restart_sgd_,
                     set_lr)
 from .image_data import load_data
@@ -60,7 +60,9 @@ class TrainConfig:
     batch_size: int = option(32, "images per optimizer step (global; the last partial batch of an epoch is dropped)",
                              min=1)
     lr: float = option(0.256, "SGD peak learning rate (the official value)", min=0.0)
-    warmup_epochs: int = option(5, "linear warm-up epochs of the cosine schedule (the official value)", min=0)
+    warmup_epochs: int = option(soft_default(5), "linear warm-up epochs of the cosine schedule (the official 5; when "
+                                                 "not given and a schedule has no more epochs than that: one "
+                                                 "less than its epochs)", min=0)
     momentum: float = option(0.9, "SGD momentum (not Nesterov, as the official code)", min=0.0, max=1.0)
     weight_decay: float = option(1e-4, "weight decay of every parameter (as the official code)", min=0.0)
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy", min=0.0, max=1.0)
@@ -79,10 +81,14 @@ class TrainConfig:
 
     def validate(self):
         if self.dataset == "imagefolder" and not self.data:
-            raise ConfigError("data must be set for dataset 'imagefolder' (an ImageFolder root)")
-        if self.warmup_epochs >= self.schedule_epochs():
-            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must be < the epochs of one LR schedule "
-                              f"({self.schedule_epochs()})")
+            raise ConfigError("data must be set for dataset 'imagefolder' (an ImageFolder root)",
+                              fields=("data", "dataset"))
+        total = self.schedule_epochs()
+        schedule = "epochs" if total == self.epochs else "epochs x generations"
+        fit_soft_default(self, "warmup_epochs", total - 1, f"must be < {schedule} ({total})")
+        if self.warmup_epochs >= total:
+            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must be < {schedule} ({total}), the length of "
+                              f"one LR schedule", fields=("warmup_epochs", "epochs", "generations"))
 
     def schedule_epochs(self) -> int:
         return self.epochs
@@ -121,7 +127,7 @@ class GenerationTrainer(Trainer):
         super().__init__(cfg, dist)
         if cfg.batch_size % dist.world_size:
             raise ConfigError(f"batch_size ({cfg.batch_size}) must be divisible by the number of processes "
-                              f"({dist.world_size})")
+                              f"({dist.world_size})", field="batch_size")
         self.data = load_data(cfg)
         self.speed = StepSpeed(cfg, self.device, self.say)
         self.C = self.data.num_classes

@@ -56,7 +56,7 @@ class StackedRun:
         self.my_seeds = list(cfg.seeds)[dist.rank::dist.world_size]
         if not self.my_seeds:
             raise ConfigError(f"seeds: {len(cfg.seeds)} seeds for {dist.world_size} processes; every process needs "
-                              "at least one seed")
+                              "at least one seed", field="seeds")
         self.cfg, self.out = cfg, Path(cfg.out)
         self.run = RunDir(self.out, writer=dist.is_main)
         self.trainers = []

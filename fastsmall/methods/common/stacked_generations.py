@@ -62,7 +62,7 @@ class StackedGenerations(StackedRun):
         plans = [t.epoch_plan() for t in self.trainers]
         if len({(p.steps, p.batch, p.lr) for p in plans}) != 1:
             raise ConfigError("seeds: the replicas' epochs differ in steps, batch size or learning rate "
-                              "(every seed must have as many training images)")
+                              "(every seed must have as many training images)", field="seeds")
         steps, lr = plans[0].steps, plans[0].lr
         set_lr(self.optimizer, lr)
         for t in self.trainers:

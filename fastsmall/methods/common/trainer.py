@@ -23,10 +23,12 @@ killed at any moment and resumed writes exactly the lines of an uninterrupted ru
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from .checkpoint import CheckpointError, has_checkpoint, load_latest_checkpoint, save_checkpoint
-from .config import config_fingerprint, validate_config
+from .config import config_fingerprint, soft_notes, validate_config
 from .distributed import DEFAULT_TIMEOUT_S, Distributed, is_timeout
 from .progress import progress
 from .rng import get_rng_state, set_rng_state
@@ -141,9 +143,13 @@ def run_trainer(trainer_cls, cfg, **kwargs) -> dict:
 
 def run_in_process_group(cfg, make) -> dict:
     """Validate ``cfg``, join torchrun's process group (if any), ``make(dist).run_all()``, leave the
-    group; a collective that timed out becomes a DistributedTimeout naming --dist-timeout."""
+    group; a collective that timed out becomes a DistributedTimeout naming --dist-timeout. Defaults
+    that were scaled to fit the run (``config.soft_notes``) are said on stderr first, one line each."""
     validate_config(cfg)
     dist = Distributed(torch.device(cfg.device), timeout=getattr(cfg, "dist_timeout", DEFAULT_TIMEOUT_S))
+    if dist.is_main:
+        for note in soft_notes(cfg):
+            print(f"note: {note}", file=sys.stderr, flush=True)
     finished = False
     try:
         summary = make(dist).run_all()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..common.config import (ConfigError, device_option, dist_timeout_option, impl_option, option, quiet_option,
-                             resume_option, seeds_option)
+from ..common.config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option, option,
+                             quiet_option, resume_option, seeds_option, soft_default)
 from ..common.speed import channels_last_option, compile_option, precision_option
 
 
@@ -51,7 +51,8 @@ class Config:
                                     "'all' train images, labelled ones included (the official code)",
                                     choices=["unlabelled", "all"])
     model: str = option("auto", "network: digits_cnn for 8x8, wrn28_2 for 32x32", choices=["auto", "digits_cnn", "wrn28_2"])
-    eval_last: int = option(3, "report the median EMA test accuracy of this many last epochs", min=1)
+    eval_last: int = option(soft_default(3), "report the median EMA test accuracy of this many last epochs (when "
+                                             "not given, at most --epochs)", min=1)
     # run
     seed: int = option(0, "seed (splits, init, augmentation; deterministic on CPU)")
     seeds: list[int] = seeds_option()
@@ -67,9 +68,11 @@ class Config:
 
     def validate(self):
         if self.dataset != "digits-lt" and not self.data_dir:
-            raise ConfigError(f"data_dir must be set for dataset {self.dataset!r}")
+            raise ConfigError(f"data_dir must be set for dataset {self.dataset!r}", fields=("data_dir", "dataset"))
+        fit_soft_default(self, "eval_last", self.epochs, f"must be <= epochs ({self.epochs})")
         if self.eval_last > self.epochs:
-            raise ConfigError(f"eval_last ({self.eval_last}) must be <= epochs ({self.epochs})")
+            raise ConfigError(f"eval_last ({self.eval_last}) must be <= epochs ({self.epochs})",
+                              fields=("eval_last", "epochs"))
 
     @property
     def num_generations(self) -> int:

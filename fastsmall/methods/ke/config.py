@@ -55,9 +55,11 @@ class Config(TrainConfig):
     def validate(self):
         super().validate()
         if self.dataset in PAPER_DATASETS and not self.data:
-            raise ConfigError(f"data must be set for dataset {self.dataset!r} (the data set's folder)")
+            raise ConfigError(f"data must be set for dataset {self.dataset!r} (the folder holding it)",
+                              fields=("data", "dataset"))
         if self.split_rate >= 1.0 and self.mode == "ke" and self.generations > 1:
-            raise ConfigError("split_rate must be < 1.0 for mode 'ke' (a fit hypothesis of everything resets nothing)")
+            raise ConfigError("split_rate must be < 1.0 for mode 'ke' (a fit hypothesis of everything resets nothing)",
+                              fields=("split_rate", "mode"))
 
     def schedule_epochs(self) -> int:
         return self.epochs * self.generations if self.mode == "long" else self.epochs

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..common.config import (ConfigError, device_option, dist_timeout_option, impl_option, list_option, option,
-                             quiet_option, resume_option)
+from ..common.config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option,
+                             list_option, option, quiet_option, resume_option, soft_default)
 from ..common.speed import compile_option, precision_option
 from .data.h36m import KEYPOINT_NAME
 from .losses import FEEDBACKS
@@ -49,8 +49,9 @@ class Config:
                                   choices=["linear", "step"])
     # ---- PoseAug ------------------------------------------------------------------------
     epochs: int = option(10, "PoseAug epochs (released: 50)", min=1)
-    warmup: int = option(2, "epochs that train only the augmentor and discriminators (estimator and feedback from "
-                            "epoch warmup + 1, as released); see warmup_iters", min=0)
+    warmup: int = option(soft_default(2), "epochs that train only the augmentor and discriminators (estimator and "
+                                          "feedback from epoch warmup + 1, as released; when not given and "
+                                          "augmenting for 2 epochs or fewer: epochs - 1); see warmup_iters", min=0)
     warmup_iters: int | None = option(None, "G iterations before the feedback loss starts and the estimator trains "
                                             "on augmented poses (released: ~3,000, its 2 epochs of ~1,500); default: "
                                             "warmup epochs' worth of G iterations", min=0)
@@ -103,17 +104,20 @@ class Config:
 
     def validate(self):
         if self.data != "synthetic" and not self.data_dir:
-            raise ConfigError(f"data_dir must be set for data {self.data!r}")
-        if self.augment and self.warmup_iters is None and self.warmup >= self.epochs:
-            raise ConfigError(f"warmup ({self.warmup}) must be < epochs ({self.epochs}): the estimator trains "
-                              f"only after the warm-up")
+            raise ConfigError(f"data_dir must be set for data {self.data!r}", fields=("data_dir", "data"))
+        if self.augment and self.warmup_iters is None:  # (only where a long warm-up is an error: see warmup)
+            fit_soft_default(self, "warmup", self.epochs - 1,
+                             f"must be < epochs ({self.epochs}): the estimator trains only after the warm-up")
+            if self.warmup >= self.epochs:
+                raise ConfigError(f"warmup ({self.warmup}) must be < epochs ({self.epochs}): the estimator trains "
+                                  f"only after the warm-up", fields=("warmup", "epochs"))
         if not KEYPOINT_NAME.match(self.keypoints):
-            raise ConfigError(f"keypoints must name a data_2d_h36m_<keypoints>.npz file (letters, digits, '_'), "
-                              f"got {self.keypoints!r}")
+            raise ConfigError(f"keypoints must be the NAME of a data_2d_h36m_NAME.npz file (letters, digits, '_'), "
+                              f"got {self.keypoints!r}", field="keypoints")
         kinds = ("synthetic-broad", "synthetic-narrow", "h36m", "3dhp", "bvh")
         for spec in self.eval:
             kind = spec.split(":", 1)[0]
             if kind not in kinds:
-                raise ConfigError(f"eval entry {spec!r}: kind must be one of {list(kinds)}")
+                raise ConfigError(f"eval entry {spec!r}: kind must be one of {list(kinds)}", field="eval")
             if not kind.startswith("synthetic") and ":" not in spec:
-                raise ConfigError(f"eval entry {spec!r}: needs a path, as '{kind}:/path'")
+                raise ConfigError(f"eval entry {spec!r}: needs a path, as '{kind}:/path'", field="eval")

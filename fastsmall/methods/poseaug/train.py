@@ -110,12 +110,14 @@ class PoseAugTrainer(Trainer):
         # feedback loss and the estimator's augmented training start (the warm-up)
         self.batches_per_pass = len(self._shard(len(self.train_set), torch.Generator().manual_seed(0)))
         if self.batches_per_pass == 0:
-            raise ConfigError(f"batch_size ({cfg.batch_size}) leaves no batch of >= 2 poses per process")
+            raise ConfigError(f"batch_size ({cfg.batch_size}) leaves no batch of >= 2 poses per process",
+                              field="batch_size")
         self.gan_iters_per_epoch = cfg.gan_iters_per_epoch or cfg.gan_passes * self.batches_per_pass
         self.warmup_iters = cfg.warmup_iters if cfg.warmup_iters is not None else cfg.warmup * self.gan_iters_per_epoch
         if self.augmenting and self.warmup_iters >= cfg.epochs * self.gan_iters_per_epoch:
-            raise ConfigError(f"warmup_iters ({self.warmup_iters}) must be < the run's G iterations ({cfg.epochs} "
-                              f"epochs x {self.gan_iters_per_epoch}): the estimator trains only after the warm-up")
+            raise ConfigError(f"warmup_iters ({self.warmup_iters}) must be < the run's G iterations, epochs x G "
+                              f"iterations per epoch ({cfg.epochs} x {self.gan_iters_per_epoch}): the estimator "
+                              f"trains only after the warm-up", fields=("warmup_iters", "epochs"))
         # progress (all of it is in the checkpoint)
         self.stage, self.epoch, self.iteration = STAGE_BASELINE, 0, 0
         self.stage0_steps = 0  # estimator steps of stage 0 (the released step schedule counts them)
