@@ -5,7 +5,9 @@ and prints the method's result; each method's ``__main__`` only says what is its
 description, the result table, extra flags). User errors end the command the way argparse's
 own do: one line on stderr, ``fastsmall <m>: error: <message>``, exit status 2, no traceback:
 
-* :class:`ConfigError`: a bad value, or a rule across fields (each Config's ``validate``);
+* :class:`ConfigError`: a bad value, or a rule across fields (each Config's ``validate``), an
+  ``--out`` that is not a directory, a ``--device`` this machine does not have -- all checked
+  before anything is written; the message names the flags (``--epochs must be >= 1, got 0``);
 * :class:`CheckpointError`: a corrupt or mismatched checkpoint, a run directory that already
   holds a run;
 * the data loaders' ``FileNotFoundError`` / ``ValueError`` / ``KeyError``, whose messages name

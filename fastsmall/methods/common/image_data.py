@@ -160,7 +160,7 @@ class FolderImages:
         try:
             with Image.open(path) as im:
                 return im.convert("RGB")
-        except (OSError, ValueError) as exc:  # PIL: UnidentifiedImageError, truncated files
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # unidentified, truncated, huge
             raise ValueError(f"{path}: cannot be decoded as an image ({exc})") from None
 
     def train_batch(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -218,7 +218,8 @@ def image_folder(root, *, per_class: int | None, test_per_class: int, seed: int,
                  augment: bool) -> FolderImages:
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"ImageFolder root {root} does not exist")
+        raise FileNotFoundError(f"ImageFolder root {root} does not exist" if not root.exists() else
+                                f"ImageFolder root {root} is not a folder")
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if (root / "train").is_dir():
         if test_dir is None:

@@ -1,16 +1,55 @@
 """A run directory: config.json, metrics.jsonl, summary.json, checkpoints/, plots/.
 
-Only the main process writes (``writer=False`` elsewhere makes every write a no-op).
+Only the main process writes (``writer=False`` elsewhere makes every write a no-op). The root is
+checked when the RunDir is made (it must be a directory or not exist yet, under a writable one:
+a :class:`ConfigError` naming ``out`` otherwise) and, with ``create=False``, only created by
+:meth:`RunDir.create` -- the trainers create it once their checks have passed.
+
+metrics.jsonl and summary.json are strict JSON (RFC 8259, which has no NaN or Infinity): a float
+that is NaN or infinite is written as ``null`` (a diverged run's last line, an accuracy of an empty
+class), so every line parses with any JSON reader.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 
 from .checkpoint import TMP_SUFFIX, remove_stale_temporaries
+from .config import ConfigError
+
+
+def strict_json(obj):
+    """``obj`` with every NaN / infinite float replaced by None (dicts, lists and tuples walked), for
+    ``json.dumps(..., allow_nan=False)``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def dumps_strict(obj, **kwargs) -> str:
+    """``json.dumps`` of :func:`strict_json` (NaN / inf as null), refusing anything else non-standard."""
+    return json.dumps(strict_json(obj), allow_nan=False, **kwargs)
+
+
+def check_out_dir(root: Path) -> None:
+    """A ConfigError naming ``out`` unless ``root`` is a directory or can be made one (every part of
+    it that exists is a directory, the deepest of them writable)."""
+    for path in (root, *root.parents):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                where = "" if path == root else f" ({path} is a file)"
+                raise ConfigError(f"out must name a directory, but {root} is not one{where}", field="out")
+            if path != root and not os.access(path, os.W_OK | os.X_OK):
+                raise ConfigError(f"out {root}: cannot create it, {path} is not writable", field="out")
+            return
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -26,10 +65,17 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class RunDir:
-    def __init__(self, root, *, writer: bool = True):
+    def __init__(self, root, *, writer: bool = True, create: bool = True):
         self.root = Path(root)
         self.writer = writer
         if writer:
+            check_out_dir(self.root)
+            if create:
+                self.create()
+
+    def create(self) -> None:
+        """Make the root, checkpoints/ and plots/ (main process; idempotent)."""
+        if self.writer:
             (self.root / "checkpoints").mkdir(parents=True, exist_ok=True)
             (self.root / "plots").mkdir(parents=True, exist_ok=True)
 
@@ -48,16 +94,17 @@ class RunDir:
 
     def write_config(self, cfg) -> None:
         if self.writer:
-            _write_atomic(self.root / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+            _write_atomic(self.root / "config.json", dumps_strict(dataclasses.asdict(cfg), indent=2) + "\n")
 
     def read_config(self) -> dict:
         return json.loads((self.root / "config.json").read_text())
 
     def log_metrics(self, record: dict) -> None:
-        """Append one JSON line (an epoch or a generation)."""
+        """Append one JSON line (an epoch or a generation); NaN / inf are written as null."""
         if self.writer:
+            line = dumps_strict(record) + "\n"  # (serialised first: an unserialisable record writes nothing)
             with open(self.root / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(line)
 
     def truncate_metrics(self, keep: int) -> None:
         """On resume: drop lines written after the checkpoint being resumed from."""
@@ -72,4 +119,4 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         if self.writer:
-            _write_atomic(self.root / "summary.json", json.dumps(summary, indent=2) + "\n")
+            _write_atomic(self.root / "summary.json", dumps_strict(summary, indent=2) + "\n")

@@ -58,7 +58,7 @@ class StackedRun:
             raise ConfigError(f"seeds: {len(cfg.seeds)} seeds for {dist.world_size} processes; every process needs "
                               "at least one seed", field="seeds")
         self.cfg, self.out = cfg, Path(cfg.out)
-        self.run = RunDir(self.out, writer=dist.is_main)
+        self.run = RunDir(self.out, writer=dist.is_main, create=False)  # created in run_all (Trainer's order)
         self.trainers = []
         alone = Distributed.alone(dist.device, dist.timeout)
         for seed in self.my_seeds:
@@ -124,6 +124,7 @@ class StackedRun:
     def run_all(self) -> dict:
         cfg = self.cfg
         for run in [self.run] + [t.run for t in self.trainers]:
+            run.create()
             run.remove_stale_temporaries()
         if cfg.resume and has_checkpoint(self.checkpoint_path):
             self.restore()

@@ -46,7 +46,9 @@ class Trainer:
     def __init__(self, cfg, dist: Distributed):
         self.cfg, self.dist = cfg, dist
         self.device = torch.device(cfg.device)
-        self.run = RunDir(cfg.out, writer=dist.is_main)
+        # checked now (an --out that names a file is an error before the data loads), created in
+        # run_all: nothing is written before the method's own checks (data, budget) have passed
+        self.run = RunDir(cfg.out, writer=dist.is_main, create=False)
         self.metrics_lines = 0
 
     # ---- what a method provides -----------------------------------------------------------
@@ -116,6 +118,7 @@ class Trainer:
     def run_all(self) -> dict:
         """Resume from the run directory's checkpoint or start anew, run the loop, write the summary."""
         cfg = self.cfg
+        self.run.create()
         for stale in self.run.remove_stale_temporaries():
             self.say(f"removed {stale}, left by an interrupted write")
         if cfg.resume and has_checkpoint(self.run.checkpoint_path):

@@ -139,6 +139,9 @@ def image_folder_lt(folder, *, imbalance: float, labelled_fraction: float, test_
     from PIL import Image
 
     root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageFolder root {root} does not exist" if not root.exists() else
+                                f"ImageFolder root {root} is not a folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not classes:
         raise FileNotFoundError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
@@ -151,7 +154,7 @@ def image_folder_lt(folder, *, imbalance: float, labelled_fraction: float, test_
             try:
                 with Image.open(path) as im:
                     images.append(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32) / 255.0)
-            except (OSError, ValueError) as exc:  # PIL: UnidentifiedImageError, truncated files
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:  # unidentified, truncated, huge
                 raise ValueError(f"{path}: cannot be decoded as an image ({exc})") from None
             labels.append(label)
     if skipped:

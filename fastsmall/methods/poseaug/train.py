@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from ... import ops
 from ...skeleton import Skeleton
 from ..common import CheckpointError, ConfigError, Distributed, derive_seed, load_checkpoint, save_checkpoint
+from ..common.checkpoint import has_checkpoint
 from ..common.speed import StepSpeed
 from ..common.trainer import Trainer, run_trainer
 from .camera import project_to_2d
@@ -123,6 +124,10 @@ class PoseAugTrainer(Trainer):
         self.stage0_steps = 0  # estimator steps of stage 0 (the released step schedule counts them)
         self.records: list[dict] = []
         self._build()
+        # --pretrained is read and checked now, before the run directory is made (start() loads it);
+        # a resumed run takes the estimator from its checkpoint instead
+        resuming = cfg.resume and has_checkpoint(self.run.checkpoint_path)
+        self._pretrained = self._read_pretrained() if cfg.pretrained and not resuming else None
 
     # ---- models --------------------------------------------------------------------------
     def _build(self):
@@ -349,14 +354,15 @@ class PoseAugTrainer(Trainer):
                             {"estimator": self.cfg.estimator, "skeleton_parents": list(self.skeleton.parents),
                              "state_dict": self.estimator.state_dict()})
 
-    def _load_pretrained(self) -> None:
+    def _read_pretrained(self) -> dict:
+        """The estimator's state_dict from --pretrained, checked against this run's estimator and skeleton."""
         state = load_checkpoint(self.cfg.pretrained, map_location=self.device)
         if state.get("estimator") != self.cfg.estimator or "state_dict" not in state:
             raise CheckpointError(f"pretrained {self.cfg.pretrained}: holds estimator {state.get('estimator')!r}, "
                                   f"expected {self.cfg.estimator!r} weights from `fastsmall poseaug-baseline`")
         if tuple(state.get("skeleton_parents", ())) != self.skeleton.parents:
             raise CheckpointError(f"pretrained {self.cfg.pretrained}: trained for another skeleton")
-        self.estimator.load_state_dict(state["state_dict"])
+        return state["state_dict"]
 
     def log(self, record: dict) -> None:
         self.records.append(record)
@@ -364,8 +370,8 @@ class PoseAugTrainer(Trainer):
 
     # ---- the algorithm ----------------------------------------------------------------------
     def start(self) -> None:
-        if self.cfg.pretrained:
-            self._load_pretrained()
+        if self._pretrained is not None:
+            self.estimator.load_state_dict(self._pretrained)
         if self.stage0_epochs == 0:
             self._begin_poseaug()
 
