@@ -12,6 +12,7 @@ from fastsmall.methods.common import (CheckpointError, ConfigError, RunDir, add_
                                       config_from_args, get_rng_state, load_checkpoint, save_checkpoint,
                                       seed_everything, set_rng_state, validate_config)
 from fastsmall.methods.common import cli as common_cli
+from fastsmall.methods.common.finite import NonFiniteLossError
 
 
 @dataclasses.dataclass
@@ -156,6 +157,10 @@ def test_cli_maps_values_a_config_field_declares_renamed(capsys):
 
 @pytest.mark.parametrize("error, message", [
     (ConfigError("epochs must be >= 2 when mode is 'b'"), "epochs must be >= 2 when mode is 'b'"),
+    (ConfigError("epochs must be >= 2 when mode is 'b'", fields=("epochs", "mode")),
+     "--epochs must be >= 2 when --mode is 'b'"),  # the fields it names, as flags
+    (NonFiniteLossError("the training loss became non-finite in epoch 3"),
+     "the training loss became non-finite in epoch 3"),
     (CheckpointError("runs/x already holds a run"), "runs/x already holds a run"),
     (FileNotFoundError("/data/cameras.json is missing"), "/data/cameras.json is missing"),
     (ValueError("bad.bvh: line 1: expected HIERARCHY\n  got 'x'"), "bad.bvh: line 1: expected HIERARCHY got 'x'"),

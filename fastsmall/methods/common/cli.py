@@ -12,6 +12,8 @@ own do: one line on stderr, ``fastsmall <m>: error: <message>``, exit status 2, 
   holds a run;
 * the data loaders' ``FileNotFoundError`` / ``ValueError`` / ``KeyError``, whose messages name
   the file (and the key);
+* :class:`NonFiniteLossError`: the training loss became NaN or infinite (the epoch is named; the
+  last checkpoint is the last good one);
 * :class:`DistributedTimeout`: under torchrun, another process stopped responding.
 
 ``FASTSMALL_TRACEBACK=1`` in the environment re-raises them instead, for debugging.
@@ -32,9 +34,11 @@ from typing import Callable, Sequence
 from .checkpoint import CheckpointError
 from .config import ConfigError, add_config_arguments, config_from_args
 from .distributed import DistributedTimeout
+from .finite import NonFiniteLossError
 
-#: errors that are the user's (bad flags, files, checkpoints) or a stuck process, reported in one line
-USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError, KeyError, DistributedTimeout)
+#: errors that are the user's (bad flags, files, checkpoints, a diverged run) or a stuck process, reported in one line
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError, KeyError, NonFiniteLossError,
+               DistributedTimeout)
 
 class _EscapePercent:
     """Hands ``add_argument`` calls to a parser with ``%`` in help texts escaped as ``%%``.

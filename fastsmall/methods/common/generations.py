@@ -304,6 +304,7 @@ class GenerationTrainer(Trainer):
                                    total=self.cfg.epochs - self.epoch):
                 start = time.perf_counter()
                 stats = self.train_epoch()
+                self.check_losses({"loss": stats["loss"]}, f"generation {self.generation}, epoch {self.epoch}")
                 self.last_epoch = {**stats, **self.epoch_extra()}
                 self.log({"type": "epoch", "generation": self.generation, "epoch": self.epoch, **self.last_epoch,
                           "seconds": time.perf_counter() - start})

@@ -26,6 +26,7 @@ import torch
 from .checkpoint import CheckpointError, has_checkpoint, load_latest_checkpoint, save_checkpoint
 from .config import ConfigError, config_fingerprint
 from .distributed import Distributed
+from .finite import check_finite_losses
 from .rng import get_rng_state, set_rng_state
 from .rundir import RunDir
 from .seeds import aggregate, plot_seeds, seed_dir_name
@@ -101,6 +102,10 @@ class StackedRun:
         if self.dist.world_size == 1:
             return self.run.checkpoint_path
         return self.run.checkpoint_path.with_name(f"rank{self.dist.rank}-of-{self.dist.world_size}.pt")
+
+    def check_losses(self, losses: dict, where: str) -> None:
+        """Trainer.check_losses for the replicas' epoch losses (``losses`` names each one's seed)."""
+        check_finite_losses(losses, where=where, dist=self.dist, checkpoint=self.checkpoint_path)
 
     def checkpoint(self) -> None:
         replicas = [_cloned({**t.state(), "metrics_lines": t.metrics_lines}) for t in self.trainers]

@@ -96,6 +96,8 @@ class StackedGenerations(StackedRun):
                               f"{first.generation}", total=self.cfg.epochs - first.epoch, quiet=self.cfg.quiet):
                 start = time.perf_counter()
                 stats = self.train_epoch()
+                self.check_losses({f"seed {t.cfg.seed} loss": st["loss"] for t, st in zip(ts, stats)},
+                                  f"generation {first.generation}, epoch {first.epoch}")
                 seconds = time.perf_counter() - start  # the stacked epoch: all replicas together
                 for t, st in zip(ts, stats):
                     t.last_epoch = {**st, **t.epoch_extra()}

@@ -30,6 +30,7 @@ import torch
 from .checkpoint import CheckpointError, has_checkpoint, load_latest_checkpoint, save_checkpoint
 from .config import config_fingerprint, soft_notes, validate_config
 from .distributed import DEFAULT_TIMEOUT_S, Distributed, is_timeout
+from .finite import check_finite_losses
 from .progress import progress
 from .rng import get_rng_state, set_rng_state
 from .rundir import RunDir
@@ -101,6 +102,11 @@ class Trainer:
         self.load_state(state)
         set_rng_state(state["rng"])  # last: rebuilding models above draws from the generators
         self.run.truncate_metrics(self.metrics_lines)
+
+    def check_losses(self, losses: dict, where: str) -> None:
+        """Stop the run with a NonFiniteLossError when an epoch's mean loss is NaN or infinite (on
+        any rank), before that epoch is logged or checkpointed (``finite.py``: one check per epoch)."""
+        check_finite_losses(losses, where=where, dist=self.dist, checkpoint=self.run.checkpoint_path)
 
     def log(self, record: dict) -> None:
         """Append one line to metrics.jsonl (counted, so a resume can truncate to it)."""

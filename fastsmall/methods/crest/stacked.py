@@ -113,6 +113,8 @@ class StackedCReST(StackedRun):
                               f"{first.generation}", total=self.cfg.epochs - first.epoch, quiet=self.cfg.quiet):
                 start = time.perf_counter()
                 losses = self.train_epoch()
+                self.check_losses({f"seed {t.cfg.seed} loss": lo["loss"] for t, lo in zip(ts, losses)},
+                                  f"generation {first.generation}, epoch {first.epoch}")
                 for t, epoch_losses in zip(ts, losses):
                     t.end_epoch(epoch_losses, start)
                 self.checkpoint()

@@ -351,7 +351,9 @@ class CReSTTrainer(Trainer):
         while self.generation < self.G:
             while self.epoch < self.cfg.epochs:
                 start = time.perf_counter()
-                self.end_epoch(self._train_epoch(), start)
+                losses = self._train_epoch()
+                self.check_losses({"loss": losses["loss"]}, f"generation {self.generation}, epoch {self.epoch}")
+                self.end_epoch(losses, start)
                 self.checkpoint()
             self.next_generation()
             self.checkpoint()

@@ -400,8 +400,9 @@ class PoseAugTrainer(Trainer):
         start = time.perf_counter()
         self._set_estimator_lr(lr_scale)
         record = body()
-        self._sync_buffers()
         stage = "baseline" if self.stage == STAGE_BASELINE else ("poseaug" if self.augmenting else "no-augment")
+        self.check_losses({k: v for k, v in record.items() if "loss" in k}, f"{stage} epoch {self.epoch}")
+        self._sync_buffers()
         record = {"type": "epoch", "stage": stage, "epoch": self.epoch, "lr_scale": lr_scale, **record,
                   "eval": self._evaluate(), "seconds": time.perf_counter() - start}
         self.log(record)
