@@ -38,7 +38,8 @@ def test_running_prior_scales_with_the_run_length(steps, window, momentum):
 
 
 @pytest.mark.parametrize("changes, window, momentum", [
-    ({}, WINDOW, EMA_MOMENTUM),  # the defaults: the official constants
+    ({}, 1, EMA_MOMENTUM),  # the default window: the official ratio, 128 x 6 / 2^16 -> at least 1
+    ({"da_window": 128}, WINDOW, EMA_MOMENTUM),  # the official constants
     ({"da_window": 0, "da_momentum": 0}, 1, 0.0),  # scaled to 6 steps a generation
     ({"da_window": 7, "dist_align": "ema", "da_momentum": 0.9}, 7, 0.9),
 ])
@@ -110,8 +111,9 @@ def test_records_have_the_prior_tracking_and_the_pseudo_label_diagnostics(tmp_pa
 def test_in_a_short_run_the_official_window_stays_uniform_and_the_scaled_one_is_the_last_batch():
     """Over 6 steps the official 128-mean window is still 122/128 its uniform start; the scaled one
     (one batch mean) is the model's last weak-view prediction mean, whatever it is."""
-    official, scaled = trainer(plus=True), trainer(plus=True, da_window=0)
-    for t in (official, scaled):
+    official, scaled = trainer(plus=True, da_window=128, da_start="uniform"), trainer(plus=True, da_window=0)
+    seen = trainer(plus=True, da_window=128)  # the default start: only the batch means seen
+    for t in (official, scaled, seen):
         t._train_epoch()
     uniform = torch.full((10,), 0.1)
     assert official.labeler.da.window.shape == (128, 10)
@@ -121,6 +123,10 @@ def test_in_a_short_run_the_official_window_stays_uniform_and_the_scaled_one_is_
     assert scaled.labeler.da.window.shape == (1, 10)
     assert torch.allclose(scaled.labeler.da.running, last / last.sum())
     assert not torch.allclose(scaled.labeler.da.running, uniform, atol=1e-4)
+    steps = int(seen.labeler.da.count)
+    assert steps >= 1 and seen.labeler.da.start == "batches"
+    means = seen.labeler.da.window[-steps:].double().mean(0)
+    torch.testing.assert_close(seen.labeler.da.running.double(), means / means.sum(), atol=1e-6, rtol=1e-5)
 
 
 def test_bad_protocol_options_are_named():

@@ -159,3 +159,50 @@ def test_dist_align_errors():
         fs.ops.DistAlign(10, "ema", momentum=1.0)
     with pytest.raises(ValueError, match="logits has 4 classes but this DistAlign has 10"):
         fs.ops.DistAlign(10)(torch.randn(3, 4), torch.ones(10))
+
+
+@pytest.mark.parametrize("W", [1, 4, 7])
+def test_dist_align_batches_start_is_the_mean_of_the_batches_seen(W):
+    """start='batches': uniform before the first update; after n updates the normalised mean of the
+    last min(n, W) batch means (no uniform rows); from n = W on, the official window's exact bits.
+    An empty batch counts as no update."""
+    C = 6
+    da, official = fs.ops.DistAlign(C, window=W, start="batches"), fs.ops.DistAlign(C, window=W)
+    prior = torch.linspace(2, 1, C)
+    assert torch.equal(da.running, torch.full((C,), 1.0 / C))
+    means = []
+    for n, logits in enumerate(batches(2 * W + 3, 9, C, empty_at=2), start=1):
+        out = da(logits, prior)
+        official(logits, prior)
+        if logits.shape[0]:
+            means.append(torch.softmax(logits.double(), dim=1).mean(0))
+        if not means:
+            assert torch.equal(da.running, torch.full((C,), 1.0 / C))
+            continue
+        seen = torch.stack(means[-W:]).mean(0)
+        torch.testing.assert_close(da.running.double(), seen / seen.sum(), atol=1e-6, rtol=1e-5)
+        if len(means) >= W:
+            assert torch.equal(da.running, official.running)
+        else:  # the official window still holds uniform rows
+            assert not torch.allclose(official.running.double(), seen / seen.sum(), atol=1e-4)
+        assert torch.isfinite(out.probs).all()
+
+
+@needs_ops
+def test_dist_align_batches_start_compiles_fullgraph():
+    C = 5
+    eager = fs.ops.DistAlign(C, window=3, start="batches")
+    compiled_da = fs.ops.DistAlign(C, window=3, start="batches")
+    torch._dynamo.reset()
+    step = torch.compile(compiled_da, fullgraph=True, backend="aot_eager")
+    prior = torch.tensor([5.0, 4, 3, 2, 1])
+    for logits in batches(5, 8, C):
+        a, b = eager(logits, prior), step(logits, prior)
+        torch.testing.assert_close(b.probs, a.probs)
+        torch.testing.assert_close(compiled_da.running, eager.running)
+
+
+def test_dist_align_start_errors():
+    with pytest.raises(ValueError, match="start must be 'uniform'"):
+        fs.ops.DistAlign(10, start="zeros")
+    assert "start='batches'" in repr(fs.ops.DistAlign(3, window=2, start="batches"))

@@ -26,6 +26,10 @@ class DistAlign(torch.nn.Module):
       updated as CReST's ``cat([window[1:], batch_mean])``, so ``running`` has exactly its bits (a
       ring buffer would reduce the rows in another order, and a sum's bits depend on its order;
       shifting W x C values costs less than reordering them for every mean).
+      ``start="batches"`` drops the uniform start instead: after n >= 1 updates ``running`` is the
+      normalised mean of the last ``min(n, window)`` batch means (uniform only before the first
+      update) -- for runs much shorter than the official 2^16 steps, where the uniform rows would
+      otherwise stay a large share of the window; once n >= window both starts give the same bits.
     * ``mode="ema"`` -- USB (``DistAlignEMAHook``, momentum 0.999): *before* aligning a batch,
       ``running = running * m + batch_mean * (1 - m)``, except on the first batch, where
       ``running = batch_mean`` (USB's ``p_model is None`` case); then the batch is aligned with it.
@@ -36,7 +40,7 @@ class DistAlign(torch.nn.Module):
     """
 
     def __init__(self, num_classes: int, mode: str = "window", *, window: int = 128, momentum: float = 0.999,
-                 dtype: torch.dtype = torch.float32, device=None):
+                 start: str = "uniform", dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
@@ -46,7 +50,11 @@ class DistAlign(torch.nn.Module):
             raise ValueError(f"window must be an int >= 1, got {window!r}")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
             raise ValueError(f"momentum must be a float in [0, 1), got {momentum!r}")
+        if start not in ("uniform", "batches"):
+            raise ValueError(f"start must be 'uniform' (CReST's window) or 'batches' (only the batches seen), "
+                             f"got {start!r}")
         self.num_classes, self.mode, self.window_size, self.momentum = num_classes, mode, window, float(momentum)
+        self.start = start
         uniform = torch.full((num_classes,), 1.0 / num_classes, dtype=dtype, device=device)
         self.register_buffer("running", uniform)
         self.register_buffer("count", torch.zeros((), dtype=torch.int64, device=device))
@@ -55,12 +63,23 @@ class DistAlign(torch.nn.Module):
             self.running.copy_(self._window_running())  # CReST's p_model of the initial window (1/C up to rounding)
 
     def extra_repr(self) -> str:
-        detail = f"window={self.window_size}" if self.mode == "window" else f"momentum={self.momentum}"
+        detail = (f"window={self.window_size}, start={self.start!r}" if self.mode == "window"
+                  else f"momentum={self.momentum}")
         return f"num_classes={self.num_classes}, mode={self.mode!r}, {detail}"
 
     def _window_running(self) -> torch.Tensor:
         v = self.window.mean(dim=0)
-        return v / v.sum()
+        full = v / v.sum()
+        if self.start == "uniform":
+            return full
+        # the last min(count, W) rows only; tensor ops, no Python branch on the count (compile-safe)
+        W = self.window_size
+        seen = torch.clamp(self.count, max=W)
+        rows = (torch.arange(W, device=self.window.device) >= W - seen).to(self.window.dtype)
+        partial = (self.window * rows[:, None]).sum(dim=0)
+        partial = partial / partial.sum().clamp_min(torch.finfo(partial.dtype).tiny)
+        uniform = torch.full_like(full, 1.0 / self.num_classes)
+        return torch.where(seen >= W, full, torch.where(seen > 0, partial, uniform))
 
     @torch.no_grad()
     def forward(self, logits: torch.Tensor, prior: torch.Tensor, temperature: float = 1.0, threshold: float = 0.95,

@@ -27,9 +27,12 @@ class Config:
     t_min: float = option(0.5, "CReST+ temperature in the last generation", min=1e-6, max=1.0)
     dist_align: str = option("window", "running prior: official window of batch means, or USB's EMA",
                              choices=["window", "ema"])
-    da_window: int = option(128, "batch means in the running prior's window (official 128, for 2^16 steps "
-                                   "a generation; 0: that ratio, 128 x steps per generation / 2^16, at least 1)",
-                                   min=0)
+    da_window: int = option(0, "batch means in the running prior's window; 0 (default): the official 128 "
+                                 "at the official ratio to a generation's length, 128 x steps per generation / "
+                                 "2^16, at least 1 (so 128 for an official-length run); N: exactly N", min=0)
+    da_start: str = option("batches", "what the window holds before it has seen --da-window batches: only the "
+                           "batch means seen so far (p~ uniform only before the first update), or the official "
+                           "uniform rows", choices=["batches", "uniform"])
     da_momentum: float = option(0.999, "momentum of the EMA prior (USB's 0.999; 0: scaled to the run "
                                        "length as --da-window 0 scales the window)", min=0.0, max=0.999999)
     # FixMatch

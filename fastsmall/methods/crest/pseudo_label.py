@@ -30,10 +30,12 @@ def scaled_momentum(steps: int) -> float:
 
 class PseudoLabeler:
     def __init__(self, num_classes: int, prior: torch.Tensor, *, plus: bool, threshold: float, convention: str,
-                 kernels, device: torch.device, window: int = WINDOW, momentum: float = EMA_MOMENTUM):
+                 kernels, device: torch.device, window: int = WINDOW, momentum: float = EMA_MOMENTUM,
+                 start: str = "uniform"):
         self.plus, self.threshold, self.kernels = plus, threshold, kernels
         self.prior = prior.to(device=device, dtype=torch.float32)
-        self.da = fs_ops.DistAlign(num_classes, convention, window=window, momentum=momentum, device=device)
+        self.da = fs_ops.DistAlign(num_classes, convention, window=window, momentum=momentum, start=start,
+                                   device=device)
 
     @torch.no_grad()
     def __call__(self, logits_weak: torch.Tensor, temperature: float):

@@ -112,7 +112,7 @@ class CReSTTrainer(Trainer):
             p.requires_grad_(False)
         self.labeler = PseudoLabeler(self.C, self.prior, plus=self.cfg.plus, threshold=self.cfg.threshold,
                                      convention=self.cfg.dist_align, kernels=self.pseudo_kernels, device=self.device,
-                                     window=self.da_window, momentum=self.da_momentum)
+                                     window=self.da_window, momentum=self.da_momentum, start=self.cfg.da_start)
         self.step = 0
         self.test_acc_history = []
 
