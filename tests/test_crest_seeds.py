@@ -186,6 +186,13 @@ def test_crest_experiment_stacked_is_the_sequential_experiment(tmp_path, float64
         _assert_close(a, b, str(key))
     report = experiment.report(stacked, [0, 3], base, "cmd", 1.0)
     assert report == experiment.report(sequential, [0, 3], base, "cmd", 1.0)
+    # the paired differences and the mechanism table are there, with the numbers of the runs
+    for row in ("| crest − fixmatch |", "| crest+ − fixmatch |", "| crest+ − crest |", "| crest+ | 0 |"):
+        assert row in report, row
+    fix, plus = (stacked[(m, s)]["test_balanced_accuracy"] for m, s in (("fixmatch", 0), ("crest+", 0)))
+    fix3, plus3 = (stacked[(m, s)]["test_balanced_accuracy"] for m, s in (("fixmatch", 3), ("crest+", 3)))
+    mean = ((plus - fix) + (plus3 - fix3)) / 2
+    assert f"| crest+ − fixmatch | {mean:+.3f} ± " in report
 
 
 # ---- the stacked SGD over param groups ----------------------------------------------------------------

@@ -156,8 +156,9 @@ def test_experiment_report_has_the_controls_the_pairs_and_the_diagnostics(tmp_pa
     assert experiment.main(["--seeds", "0", "1", "--train-size", "256", "--batch-size", "64", "--epochs", "3",
                             "--baseline-epochs", "1", "--estimator-width", "64", "--warmup", "1",
                             "--gan-iters-per-epoch", "3", "--cmu", str(tmp_path / "no-cmu"), "--out",
-                            str(tmp_path / "runs"), "--doc", str(doc)]) == 0
+                            str(tmp_path / "runs"), "--doc", str(doc), "--update-docs"]) == 0
     text = doc.read_text()
+    assert "--update-docs" in text  # the reproduce command rewrites the doc
     for name in experiment.CONDITIONS:
         assert f"| {name} | " in text, name
     assert "| poseaug − frozen | " in text and "| poseaug − random-view | " in text
@@ -175,3 +176,12 @@ def test_experiment_report_has_the_controls_the_pairs_and_the_diagnostics(tmp_pa
     spent = experiment.run_seconds(tmp_path / "runs", [0, 1], list(experiment.CONDITIONS))
     reported = float(re.search(r"\((\d+\.\d) min of training", text).group(1))
     assert spent > 0 and reported >= round(spent / 60, 1)
+    # without --update-docs, the same report goes to the run directory and the doc is left alone
+    doc.write_text("unchanged")
+    assert experiment.main(["--seeds", "0", "1", "--train-size", "256", "--batch-size", "64", "--epochs", "3",
+                            "--baseline-epochs", "1", "--estimator-width", "64", "--warmup", "1",
+                            "--gan-iters-per-epoch", "3", "--cmu", str(tmp_path / "no-cmu"), "--out",
+                            str(tmp_path / "runs"), "--doc", str(doc)]) == 0
+    assert doc.read_text() == "unchanged"
+    report = (tmp_path / "runs" / "report.md").read_text()
+    assert "| poseaug − frozen | " in report and (tmp_path / "runs" / "report.png").stat().st_size > 1000

@@ -9,6 +9,8 @@ import statistics
 
 from scipy import stats
 
+from .plotting import integer_xaxis
+
 __all__ = ["seed_dir_name", "aggregate", "seeds_report", "plot_seeds"]
 
 
@@ -71,6 +73,7 @@ def plot_seeds(path, curves: dict[int, tuple[list, list]], *, xlabel: str, ylabe
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
+    integer_xaxis(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from ..common.plotting import integer_xaxis  # noqa: E402
 
 
 def _by_rank_panel(ax, curves, order, ylabel: str, bounded: bool = True) -> None:
@@ -13,6 +14,7 @@ def _by_rank_panel(ax, curves, order, ylabel: str, bounded: bool = True) -> None
         ax.plot(range(1, len(order) + 1), [values[c] if values[c] is not None else float("nan") for c in order],
                 marker="o", label=label)
     ax.set_xlabel("class rank (1 = most labelled)")
+    integer_xaxis(ax)
     ax.set_ylabel(ylabel)
     if bounded:
         ax.set_ylim(0, 1.02)
@@ -37,6 +39,7 @@ def plot_generations(records: list[dict], class_rank, run) -> None:
     for c in tail:
         ax.plot(gens, [r["test"]["recall"][c] for r in records], marker="o", label=f"class {c} (rank {ranks[c]})")
     ax.set_xlabel("generation")
+    integer_xaxis(ax)
     ax.set_ylabel("test recall")
     ax.set_title("Recall of the 3 rarest classes")
     ax.set_ylim(0, 1.02)

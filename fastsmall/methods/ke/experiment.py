@@ -1,6 +1,6 @@
 """The documented digits-small experiment: Knowledge Evolution vs its controls over several seeds.
 
-    python -m fastsmall.methods.ke.experiment --out runs/ke-experiment --doc docs/ke_digits_small.md
+    python -m fastsmall.methods.ke.experiment --out runs/ke-experiment [--update-docs]
 
 Per seed, four runs of N generations x E epochs on the same training subset, initial
 weights and batch order: KE with KELS (dense and slim accuracy), KE with WELS, and the
@@ -8,7 +8,8 @@ two controls at equal compute -- ``restart`` (every generation restarts the opti
 the LR schedule, nothing is re-initialised) and ``long`` (one schedule over N x E epochs,
 evaluated every E epochs). The N1 baseline is generation 1 of these runs (the same
 computation as a 1-generation run). Writes a Markdown report (mean +- std over seeds,
-paired per-seed differences) and a plot next to it.
+paired per-seed differences) and a plot next to it: ``out/report.md``, or with ``--update-docs``
+``--doc`` (keeping its hand-written "What reproduces" section).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..common import mean_std, write_report
+from ..common.report import mean_std, publish, report_path
 from .config import Config
 from .plots import plot_comparison
 from .train import train
@@ -159,6 +160,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/ke-experiment")
     parser.add_argument("--doc", default="docs/ke_digits_small.md")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="rewrite --doc (tables and figure); without it the report goes to OUT/report.md")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--generations", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=40)
@@ -173,8 +176,8 @@ def main(argv=None) -> int:
     results = run(Path(args.out), args.seeds, base, stacked=not args.sequential)
     command = ("python -m fastsmall.methods.ke.experiment --seeds " + " ".join(map(str, args.seeds))
                + f" --generations {args.generations} --epochs {args.epochs} --per-class {args.per_class}"
-               + (" --sequential" if args.sequential else ""))
-    doc = Path(args.doc)
+               + (" --sequential" if args.sequential else "") + (" --update-docs" if args.update_docs else ""))
+    doc = report_path(args.out, args.doc, args.update_docs)
     doc.parent.mkdir(parents=True, exist_ok=True)
     plot = doc.with_suffix(".png")
     panels = {
@@ -187,7 +190,7 @@ def main(argv=None) -> int:
                                   f"{len(args.seeds)} seeds")
     text = report(results, args.seeds, base, command, time.perf_counter() - start, plot.name,
                   stacked=not args.sequential)
-    write_report(doc, text)
+    publish(args.out, args.doc, args.update_docs, text)
     (Path(args.out) / "results.json").write_text(json.dumps(
         {f"{name}|{seed}": s for (name, seed), s in results.items()}, indent=1))
     print(text)

@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from ..common.plotting import integer_xaxis  # noqa: E402
 
 
 def plot_run(records: list[dict], metrics: list[dict], method: str, run, xlabel: str | None = None) -> None:
@@ -16,6 +17,7 @@ def plot_run(records: list[dict], metrics: list[dict], method: str, run, xlabel:
     if any(r.get("slim_test_accuracy") is not None for r in records):
         ax.plot(gens, [r["slim_test_accuracy"] for r in records], marker="s", ls="--", label=f"{method}: slim")
     ax.set_xlabel(xlabel or ("generation" if method != "long" else "epochs / E (one schedule)"))
+    integer_xaxis(ax)
     ax.set_xticks(gens)
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
@@ -31,6 +33,7 @@ def plot_run(records: list[dict], metrics: list[dict], method: str, run, xlabel:
     for g in gens[:-1]:
         ax.axvline(g * per_gen + 0.5, color="gray", lw=0.5, ls=":")
     ax.set_xlabel("epoch (dotted: generation boundaries)")
+    integer_xaxis(ax)
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -52,6 +55,7 @@ def plot_comparison(panels: dict[str, dict[str, list[list[float]]]], path, title
             ax.fill_between(gens, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=line.get_color(), alpha=0.12)
         ax.set_xlabel("generation g (compute: g x E epochs)")
+        integer_xaxis(ax)
         ax.set_ylabel("test accuracy")
         ax.set_title(panel, fontsize=10)
         ax.set_xticks(gens)

@@ -1,7 +1,10 @@
 """The documented PoseAug experiment: narrow training poses, with and without PoseAug,
 evaluated on broader poses and on real CMU motion capture.
 
-    python -m fastsmall.methods.poseaug.experiment --out runs/poseaug-experiment --doc docs/poseaug_narrow_to_broad.md
+    python -m fastsmall.methods.poseaug.experiment --out runs/poseaug-experiment [--update-docs]
+
+The report goes to ``out/report.md``; ``--update-docs`` rewrites ``--doc`` instead (its hand-written
+"What reproduces" section is kept).
 
 Per seed: stage 0 (``poseaug-baseline``) trains the estimator on the narrow synthetic set
 (standing / walking, facing the camera); then, from the same weights, the conditions:
@@ -27,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ..common import mean_std, write_report
+from ..common.plotting import integer_xaxis
+from ..common.report import mean_std, publish, report_path
 from .config import Config
 from .train import train
 
@@ -214,6 +218,7 @@ def plot_diagnostics(results: dict, seeds: list[int], path: Path) -> None:
             if all(v is not None for v in real):
                 ax.axhline(statistics.mean(real), color="k", ls="--", label="real poses")
         ax.set_xlabel("PoseAug epoch")
+        integer_xaxis(ax)
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -227,6 +232,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/poseaug-experiment")
     parser.add_argument("--doc", default="docs/poseaug_narrow_to_broad.md")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="rewrite --doc (its tables and figures); without it the report goes to OUT/report.md")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--cmu", default="../shared/data/cmu", help="folder of CMU BVH files for evaluation")
     parser.add_argument("--train-size", type=int, default=8192)
@@ -256,17 +263,19 @@ def main(argv=None) -> int:
                + f" --warmup {args.warmup}"
                + (f" --warmup-iters {args.warmup_iters}" if args.warmup_iters is not None else "")
                + (f" --gan-iters-per-epoch {args.gan_iters_per_epoch}" if args.gan_iters_per_epoch else "")
-               + (f" --conditions {' '.join(args.conditions)}" if args.conditions != list(CONDITIONS) else ""))
+               + (f" --conditions {' '.join(args.conditions)}" if args.conditions != list(CONDITIONS) else "")
+               + (" --update-docs" if args.update_docs else ""))
     # the runs' own epoch times (a resumed experiment's wall time would leave out what earlier calls did)
     elapsed = max(time.perf_counter() - start, run_seconds(Path(args.out), args.seeds, args.conditions))
     text = report(results, args.seeds, base, command, elapsed)
-    figure = Path(args.doc).with_suffix(".png")
+    target = report_path(args.out, args.doc, args.update_docs)
+    figure = target.with_suffix(".png")
     plot(results, args.seeds, figure)
     text += f"\n![MPJPE and P-MPJPE by condition]({figure.name})\n"
     diagnostics_figure = figure.with_name(figure.stem + "_diagnostics.png")
     plot_diagnostics(results, args.seeds, diagnostics_figure)
     text += f"\n![augmentor diagnostics per epoch]({diagnostics_figure.name})\n"
-    write_report(args.doc, text)
+    publish(args.out, args.doc, args.update_docs, text)
     (Path(args.out) / "results.json").write_text(json.dumps(
         {f"{k[0]}-seed{k[1]}": {key: v for key, v in summary.items() if key != "records"}
          for k, summary in results.items()}, indent=1))

@@ -6,6 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from ..common.plotting import integer_xaxis  # noqa: E402
 
 
 def plot_curves(records: list[dict], path) -> None:
@@ -24,6 +25,7 @@ def plot_curves(records: list[dict], path) -> None:
             ax.axvline(boundary + 0.5, color="grey", ls="--", lw=1)
             ax.text(boundary + 0.6, ax.get_ylim()[1], "PoseAug", va="top", fontsize=8, color="grey")
         ax.set_xlabel("epoch")
+        integer_xaxis(ax)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -75,6 +77,7 @@ def plot_augmentor(records: list[dict], path) -> None:
         ax.legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("PoseAug epoch")
+        integer_xaxis(ax)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
