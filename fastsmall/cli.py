@@ -30,8 +30,13 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="fastsmall", description="fastsmall: fused ops for learning from small data")
+    parser.add_argument("--version", action="store_true", help="print fastsmall's version and exit")
     parser.add_argument("command", choices=sorted(COMMANDS),
                         help="; ".join(f"{k}: {v[0]}" for k, v in COMMANDS.items()))
+    if argv and argv[0] == "--version":
+        from . import __version__
+        print(f"fastsmall {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2

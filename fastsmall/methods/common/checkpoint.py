@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tempfile
 import warnings
@@ -49,6 +50,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def user_file_mode() -> int:
+    """The mode ``open()`` would give a new file under the user's umask (``mkstemp`` makes 0600
+    files, which would hide a run's results from the user's group)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_checkpoint(path, state: dict, *, keep_previous: bool = False) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +68,7 @@ def save_checkpoint(path, state: dict, *, keep_previous: bool = False) -> None:
                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.chmod(tmp, user_file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(wrapper, f)
             f.flush()
@@ -108,10 +118,29 @@ def load_checkpoint(path, *, expect: dict | None = None, map_location="cpu") -> 
         raise CorruptCheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     for key, value in (expect or {}).items():
         if state.get(key) != value:
+            if key == "config":
+                raise CheckpointError(f"checkpoint {path} was written with another config: "
+                                      f"{config_difference(state.get(key), value)}")
             raise CheckpointError(
                 f"checkpoint {path} does not match this run: {key} is {state.get(key)!r}, expected {value!r}"
             )
     return state
+
+
+def config_difference(saved, current) -> str:
+    """The fields two config fingerprints (canonical JSON) disagree on, as ``--flag saved (checkpoint)
+    vs current (this run)``; the raw strings when they are not both JSON objects."""
+    try:
+        a, b = json.loads(saved), json.loads(current)
+    except (TypeError, ValueError):
+        return f"{saved!r} vs {current!r}"
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return f"{saved!r} vs {current!r}"
+    missing = object()
+    parts = [f"--{k.replace('_', '-')} {a.get(k, missing) if k in a else '(absent)'!r} (checkpoint) vs "
+             f"{b.get(k) if k in b else '(absent)'!r} (this run)"
+             for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+    return "; ".join(parts) if parts else "the same fields, other values"
 
 
 def load_latest_checkpoint(path, *, expect: dict | None = None, map_location="cpu") -> tuple[dict, Path, str | None]:

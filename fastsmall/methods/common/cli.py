@@ -29,10 +29,12 @@ import dataclasses
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, add_config_arguments, config_from_args
+from .config_files import explicit_fields, read_config_file, resume_config, to_toml
 from .distributed import DistributedTimeout
 from .finite import NonFiniteLossError
 
@@ -68,6 +70,37 @@ def build_parser(prog: str, description: str, config_cls,
     if add_arguments is not None:
         add_arguments(parser)
     return parser
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``, ``--print-config`` and ``--version``, the same on every method."""
+    from ... import __version__
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="read settings from a TOML / JSON / YAML file (keys: the flag names); flags typed "
+                             "on the command line override it")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the full resolved config as TOML (readable by --config) and exit")
+    parser.add_argument("--version", action="version", version=f"fastsmall {__version__}")
+
+
+def apply_sources(parser, argv, args, config_cls, method: str, prog: str) -> None:
+    """Fold ``--config FILE`` and, on ``--resume``, the run's own ``config.json`` into ``args``
+    (precedence and the resume rule: ``config_files``); says where a resumed run's config comes from."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    typed = explicit_fields(parser, argv) & names
+    requested = read_config_file(args.config, config_cls, method) if args.config else {}
+    requested.update({n: getattr(args, n) for n in typed})
+    out = requested.get("out", getattr(args, "out", None))
+    resume = requested.get("resume", getattr(args, "resume", False))
+    if resume and out and (Path(out) / "config.json").is_file():
+        from .trainer import VOLATILE_FIELDS
+        values = resume_config(out, config_cls, requested, VOLATILE_FIELDS)
+        print(f"{prog}: resuming the run in {out} with its own config ({Path(out) / 'config.json'})",
+              file=sys.stderr, flush=True)
+    else:
+        values = requested
+    for n, v in values.items():
+        setattr(args, n, v)
 
 
 def _renamed_values(config_cls):
@@ -122,11 +155,17 @@ def run(argv: Sequence[str] | None, *, name: str, description: str, config_cls, 
     prog = f"fastsmall {name}"
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(prog, description, config_cls, add_arguments)
-    args = parser.parse_args(map_deprecated(argv, config_cls, prog))
+    add_source_arguments(parser)
+    argv = map_deprecated(argv, config_cls, prog)
+    args = parser.parse_args(argv)
     try:
         if adjust is not None:
             adjust(args)
+        apply_sources(parser, argv, args, config_cls, name, prog)
         cfg = config_from_args(config_cls, args)
+        if args.print_config:
+            print(to_toml(cfg), end="", flush=True)
+            return 0
         summary = train(cfg)
     except USER_ERRORS as exc:
         if os.environ.get("FASTSMALL_TRACEBACK"):

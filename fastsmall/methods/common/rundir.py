@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .checkpoint import TMP_SUFFIX, remove_stale_temporaries
+from .checkpoint import TMP_SUFFIX, remove_stale_temporaries, user_file_mode
 from .config import ConfigError
 
 
@@ -55,6 +55,7 @@ def check_out_dir(root: Path) -> None:
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.chmod(tmp, user_file_mode())
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)

@@ -40,6 +40,13 @@ VOLATILE_FIELDS = ("resume", "quiet", "out", "device", "compile", "dist_timeout"
                    "check_counts")  # (check_counts admits or refuses data, never changes it)
 
 
+def resume_point(state: dict) -> str:
+    """Where a checkpoint stands, from the progress counters it holds (``generation 2, epoch 0``)."""
+    counters = [f"{key} {state[key]}" for key in ("stage", "generation", "epoch", "step", "iteration")
+                if isinstance(state.get(key), (int, str)) and not isinstance(state.get(key), bool)]
+    return ", ".join(counters) if counters else f"{state.get('metrics_lines', 0)} logged records"
+
+
 class Trainer:
     method = "method"  # the name in checkpoints and log lines
     summary_settings: tuple = ()  # summary entries that are configuration (--seeds reports them once)
@@ -93,11 +100,12 @@ class Trainer:
 
     def restore(self) -> None:
         """Resume from the latest verified checkpoint (the previous one when the latest is corrupt)."""
-        state, _, note = load_latest_checkpoint(self.run.checkpoint_path, map_location=self.device,
-                                                expect={"method": self.method, "config": self.fingerprint(),
-                                                        "world_size": self.dist.world_size})
+        state, path, note = load_latest_checkpoint(self.run.checkpoint_path, map_location=self.device,
+                                                   expect={"method": self.method, "config": self.fingerprint(),
+                                                           "world_size": self.dist.world_size})
         if note:
             self.say(note)
+        self.say(f"resuming from {path}, at {resume_point(state)}")
         self.metrics_lines = state["metrics_lines"]
         self.load_state(state)
         set_rng_state(state["rng"])  # last: rebuilding models above draws from the generators
