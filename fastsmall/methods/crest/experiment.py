@@ -202,9 +202,12 @@ def main(argv=None) -> int:
         f = next(f for f in dataclasses.fields(Config) if f.name == name)
         parser.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=f.default,
                             choices=f.metadata.get("choices"), help=f.metadata["help"].replace("%", "%%"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: the digits CNN gains little from more, and the numbers depend on it)")
     parser.add_argument("--stacked", action="store_true",
                         help="each method's seeds stacked in one process (same numbers; slower on a CPU, see run())")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     protocol = {name: getattr(args, name) for name in PROTOCOL}
     base = Config(generations=args.generations, epochs=args.epochs, **protocol)
     validate_config(base)
@@ -214,6 +217,7 @@ def main(argv=None) -> int:
     command = ("python -m fastsmall.methods.crest.experiment --seeds " + " ".join(map(str, args.seeds))
                + f" --generations {args.generations} --epochs {args.epochs}"
                + "".join(f" --{k.replace('_', '-')} {v}" for k, v in protocol.items() if v != getattr(defaults, k))
+               + (f" --threads {args.threads}" if args.threads != 1 else "")
                + (" --stacked" if args.stacked else "") + (" --update-docs" if args.update_docs else ""))
     elapsed = max(time.perf_counter() - start, sum(s["seconds"] for s in results.values()))  # noqa: the runs' own
     text = report(results, args.seeds, base, command, elapsed)
