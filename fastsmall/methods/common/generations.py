@@ -123,6 +123,9 @@ class GenerationTrainer(Trainer):
 
     method = "generations"
 
+    def trained_models(self) -> dict:
+        return {"model": self.model}
+
     def __init__(self, cfg: TrainConfig, dist):
         super().__init__(cfg, dist)
         if cfg.batch_size % dist.world_size:

@@ -24,6 +24,7 @@ killed at any moment and resumed writes exactly the lines of an uninterrupted ru
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
@@ -38,6 +39,36 @@ from .rundir import RunDir
 # config fields that may change between a run and its resumption
 VOLATILE_FIELDS = ("resume", "quiet", "out", "device", "compile", "dist_timeout",
                    "check_counts")  # (check_counts admits or refuses data, never changes it)
+
+
+class TrainResult(dict):
+    """What a method's ``train(cfg)`` returns: the summary itself (this dict, exactly what
+    ``summary.json`` holds, so ``result["test_accuracy"]`` works as before) plus the trained
+    models and the run directory::
+
+        result = ke.train(ke.Config(out="runs/ke"))
+        result.model                  # the trained network (result.models: every trained module by name)
+        result.run_dir / "plots"      # pathlib.Path
+        result.summary                # a plain dict copy
+    """
+
+    def __init__(self, summary: dict, *, models: dict | None = None, run_dir=None):
+        super().__init__(summary)
+        self.models = dict(models or {})
+        self.run_dir = None if run_dir is None else Path(run_dir)
+
+    @property
+    def summary(self) -> dict:
+        return dict(self)
+
+    @property
+    def model(self):
+        """The method's main trained network (the first of ``models``); None when there is none."""
+        return next(iter(self.models.values()), None)
+
+    def __repr__(self) -> str:
+        return (f"TrainResult(summary={dict.__repr__(self)}, models={list(self.models)}, "
+                f"run_dir={str(self.run_dir) if self.run_dir else None!r})")
 
 
 def resume_point(state: dict) -> str:
@@ -81,6 +112,10 @@ class Trainer:
 
     def plot(self) -> None:
         """Plots of the finished run (main process only)."""
+
+    def trained_models(self) -> dict:
+        """The trained modules by name, the main network first (``TrainResult.models``)."""
+        return {}
 
     def fingerprint_extra(self) -> dict:
         """Settings outside the config that a resumed run must share (e.g. a mode flag)."""
@@ -150,7 +185,7 @@ class Trainer:
         self.run.write_summary(summary)
         if self.dist.is_main:
             self.plot()
-        return summary
+        return TrainResult(summary, models=self.trained_models(), run_dir=self.run.root)
 
 
 def run_trainer(trainer_cls, cfg, **kwargs) -> dict:

@@ -381,6 +381,10 @@ class CReSTTrainer(Trainer):
         }
         return summary
 
+    def trained_models(self) -> dict:
+        # the EMA model is the one evaluated and used for pseudo-labels
+        return {"ema": self.ema, "model": self.model}
+
     def plot(self) -> None:
         from .plots import plot_generations
         plot_generations(self.generation_records, class_ranks(self.labelled_counts), self.run)

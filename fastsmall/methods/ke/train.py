@@ -161,6 +161,12 @@ class KETrainer(GenerationTrainer):
                                for r in self.records],
         }
 
+    def trained_models(self) -> dict:
+        models = {"model": self.model}
+        if self.has_slim:  # the KELS fit hypothesis as a narrower network (no fine-tuning)
+            models["slim"] = extract_slim(self.model, self.cfg.split_rate)
+        return models
+
     def plot(self) -> None:
         from .plots import plot_run
         plot_run(self.records, self.run.read_metrics(), self.method, self.run)

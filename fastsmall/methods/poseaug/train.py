@@ -433,6 +433,12 @@ class PoseAugTrainer(Trainer):
             summary["augmentor_last"] = {key: stage[-1].get(key) for key, _, _ in DIAGNOSTIC_TABLE}
         return summary
 
+    def trained_models(self) -> dict:
+        models = {"estimator": self.estimator}
+        if self.gan is not None:
+            models.update(augmentor=self.gan.generator, d3d=self.gan.d3d, d2d=self.gan.d2d)
+        return models
+
     def plot(self) -> None:
         from .plots import plot_augmentor, plot_curves
         plot_curves(self.records, self.run.plot_path("mpjpe_by_epoch.png"))
