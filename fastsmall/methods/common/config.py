@@ -150,6 +150,10 @@ def resume_option():
     return option(False, "continue the run in --out from its last checkpoint")
 
 
+def tensorboard_option():
+    return option(False, "also write TensorBoard event files to OUT/tensorboard/ (needs the tensorboard package)")
+
+
 def quiet_option():
     return option(False, "no progress bars")
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..models import build as build_model
 from .config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option, option,
-                     quiet_option, resume_option, seeds_option, soft_default)
+                     quiet_option, tensorboard_option, resume_option, seeds_option, soft_default)
 from .speed import (StepSpeed, channels_last_option, compile_option, loss_precision, precision_option, restart_sgd_,
                     set_lr)
 from .image_data import load_data
@@ -78,6 +78,7 @@ class TrainConfig:
     dist_timeout: float = dist_timeout_option()
     resume: bool = resume_option()
     quiet: bool = quiet_option()
+    tensorboard: bool = tensorboard_option()
 
     def validate(self):
         if self.dataset == "imagefolder" and not self.data:

@@ -1,4 +1,4 @@
-"""A run directory: config.json, metrics.jsonl, summary.json, checkpoints/, plots/.
+"""A run directory: config.json, metrics.jsonl (+ metrics.csv, tensorboard/), summary.json, checkpoints/, plots/.
 
 Only the main process writes (``writer=False`` elsewhere makes every write a no-op). The root is
 checked when the RunDir is made (it must be a directory or not exist yet, under a writable one:
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .checkpoint import TMP_SUFFIX, remove_stale_temporaries, user_file_mode
 from .config import ConfigError
+from .metrics_log import TensorBoardLog, csv_text
 
 
 def strict_json(obj):
@@ -69,6 +70,8 @@ class RunDir:
     def __init__(self, root, *, writer: bool = True, create: bool = True):
         self.root = Path(root)
         self.writer = writer
+        self.tensorboard = False  # set by the trainer from --tensorboard
+        self._tensorboard = None
         if writer:
             check_out_dir(self.root)
             if create:
@@ -101,11 +104,28 @@ class RunDir:
         return json.loads((self.root / "config.json").read_text())
 
     def log_metrics(self, record: dict) -> None:
-        """Append one JSON line (an epoch or a generation); NaN / inf are written as null."""
+        """Append one JSON line (an epoch or a generation); NaN / inf are written as null. Then
+        metrics.csv and, with ``self.tensorboard``, TensorBoard (``metrics_log``)."""
         if self.writer:
             line = dumps_strict(record) + "\n"  # (serialised first: an unserialisable record writes nothing)
             with open(self.root / "metrics.jsonl", "a") as f:
                 f.write(line)
+            self._write_csv()
+            if self.tensorboard:
+                self._tensorboard_log().log(json.loads(line))
+
+    def _write_csv(self) -> None:
+        path = self.root / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        _write_atomic(self.root / "metrics.csv", csv_text(lines))
+
+    def _tensorboard_log(self) -> TensorBoardLog:
+        if self._tensorboard is None:
+            self._tensorboard = TensorBoardLog(self.root)
+            path = self.root / "metrics.jsonl"
+            existing = path.read_text().splitlines()[:-1] if path.exists() else []
+            self._tensorboard.count_existing(existing)  # a resumed run continues the steps
+        return self._tensorboard
 
     def truncate_metrics(self, keep: int) -> None:
         """On resume: drop lines written after the checkpoint being resumed from."""
@@ -113,6 +133,7 @@ class RunDir:
         if self.writer and path.exists():
             lines = path.read_text().splitlines(keepends=True)[:keep]
             _write_atomic(path, "".join(lines))
+            self._write_csv()
 
     def read_metrics(self) -> list[dict]:
         path = self.root / "metrics.jsonl"

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, has_checkpoint, load_latest_checkpoint, save_checkpoint
-from .config import config_fingerprint, soft_notes, validate_config
+from .config import ConfigError, config_fingerprint, soft_notes, validate_config
 from .distributed import DEFAULT_TIMEOUT_S, Distributed, is_timeout
 from .finite import check_finite_losses
 from .progress import progress
@@ -37,8 +37,20 @@ from .rng import get_rng_state, set_rng_state
 from .rundir import RunDir
 
 # config fields that may change between a run and its resumption
-VOLATILE_FIELDS = ("resume", "quiet", "out", "device", "compile", "dist_timeout",
+VOLATILE_FIELDS = ("resume", "quiet", "out", "device", "compile", "dist_timeout", "tensorboard",
                    "check_counts")  # (check_counts admits or refuses data, never changes it)
+
+
+def check_tensorboard(cfg) -> bool:
+    """``cfg.tensorboard``, after checking the package is there (a ConfigError naming the flag, before
+    anything is written, when it is not)."""
+    if not getattr(cfg, "tensorboard", False):
+        return False
+    from .metrics_log import tensorboard_available
+    if not tensorboard_available():
+        raise ConfigError("tensorboard needs TensorBoard, which is not installed (pip install TensorBoard)",
+                          field="tensorboard")
+    return True
 
 
 class TrainResult(dict):
@@ -88,6 +100,7 @@ class Trainer:
         # checked now (an --out that names a file is an error before the data loads), created in
         # run_all: nothing is written before the method's own checks (data, budget) have passed
         self.run = RunDir(cfg.out, writer=dist.is_main, create=False)
+        self.run.tensorboard = check_tensorboard(cfg)
         self.metrics_lines = 0
 
     # ---- what a method provides -----------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..common.config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option, option,
-                             quiet_option, resume_option, seeds_option, soft_default)
+                             quiet_option, tensorboard_option, resume_option, seeds_option, soft_default)
 from ..common.speed import channels_last_option, compile_option, precision_option
 
 
@@ -68,6 +68,7 @@ class Config:
     dist_timeout: float = dist_timeout_option()
     resume: bool = resume_option()
     quiet: bool = quiet_option()
+    tensorboard: bool = tensorboard_option()
 
     def validate(self):
         if self.dataset != "digits-lt" and not self.data_dir:

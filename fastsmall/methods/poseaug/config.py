@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..common.config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option,
-                             list_option, option, quiet_option, resume_option, soft_default)
+                             list_option, option, quiet_option, tensorboard_option, resume_option, soft_default)
 from ..common.speed import compile_option, precision_option
 from .data.h36m import KEYPOINT_NAME
 from .losses import FEEDBACKS
@@ -101,6 +101,7 @@ class Config:
     dist_timeout: float = dist_timeout_option()
     resume: bool = resume_option()
     quiet: bool = quiet_option()
+    tensorboard: bool = tensorboard_option()
 
     def validate(self):
         if self.data != "synthetic" and not self.data_dir:
