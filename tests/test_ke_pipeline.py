@@ -249,8 +249,20 @@ def test_imagefolder_resnet18_ke_with_slim(tmp_path):
     _image_tree(tmp_path / "data" / "train")
     _image_tree(tmp_path / "data" / "test", per_class=2)
     summary = ke.train(tiny(tmp_path / "run", dataset="imagefolder", data=str(tmp_path / "data"), per_class=None,
-                            image_size=16, epochs=1, batch_size=4))
+                            image_size=16, epochs=1, batch_size=4, model="resnet18"))
     assert summary["slim_test_accuracy"] is not None and summary["dense"]["params"] > 11_000_000
+
+
+@pytest.mark.parametrize("changes, model", [
+    ({}, "digits_cnn"),                                                       # digits-small
+    ({"dataset": "imagefolder", "data": "x", "image_size": 28}, "digits_cnn"),  # small images: the small CNN
+    ({"dataset": "imagefolder", "data": "x", "image_size": 64}, "digits_cnn"),
+    ({"dataset": "imagefolder", "data": "x", "image_size": 65}, "resnet18"),
+    ({"dataset": "imagefolder", "data": "x"}, "resnet18"),                    # the 224-px recipe
+    ({"dataset": "imagefolder", "data": "x", "image_size": 28, "model": "resnet18"}, "resnet18"),
+])
+def test_auto_model_follows_the_image_size(changes, model):
+    assert ke.Config(**changes).model_name == model
 
 
 def test_dsd_masks_hold_during_the_sparse_phase(tmp_path):

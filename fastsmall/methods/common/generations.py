@@ -52,7 +52,8 @@ class TrainConfig:
     augment: bool = option(True, "training augmentation: +-1 pixel shifts (digits); random-resized crop + "
                                  "horizontal flip (imagefolder)")
     # network
-    model: str = option("auto", "network: digits_cnn for digits-small, resnet18 for imagefolder",
+    model: str = option("auto", "network: digits_cnn (a small CNN, any channels and size) for digits-small and "
+                                "images of --image-size <= 64, resnet18 otherwise",
                         choices=["auto", "digits_cnn", "resnet18"])
     width: int = option(32, "digits_cnn base width (conv widths w, w, 2w, 2w)", min=1)
     # training, per generation
@@ -98,7 +99,13 @@ class TrainConfig:
     def model_name(self) -> str:
         if self.model != "auto":
             return self.model
-        return "digits_cnn" if self.dataset == "digits-small" else "resnet18"
+        # a 4-conv CNN for small images (ResNet-18's stride-32 stem leaves a 28-px image 1 px wide)
+        small = self.dataset == "digits-small" or (self.image_size is not None and self.image_size <= SMALL_IMAGE)
+        return "digits_cnn" if small else "resnet18"
+
+
+#: --model auto picks the small CNN up to this --image-size
+SMALL_IMAGE = 64
 
 
 @dataclass
