@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/demo", help="where the method runs write their run directories")
     parser.add_argument("--step-repeats", type=int, default=5, help="alternating runs per training-step timing")
     args = parser.parse_args(argv)
+    demo_start = time.perf_counter()
     device = torch.device(args.device)
     print(f"fastsmall {fs.__version__} | torch {torch.__version__} | device {device} | "
           f"threads {torch.get_num_threads()}")
@@ -141,6 +142,12 @@ def main(argv=None) -> int:
         run_crest_demo(args.out, precision)
         run_ke_demo(args.out, precision)
         run_poseaug_demo(args.out, precision)
+        plots = sorted(str(p) for p in Path(args.out).rglob("*.png"))
+        print(f"\nRun directories under {args.out}/ (config.json, metrics.jsonl / .csv, summary.json, "
+              f"checkpoints/); {len(plots)} plots:")
+        for path in plots:
+            print(f"  {path}")
+    print(f"\nDemo finished in {(time.perf_counter() - demo_start) / 60:.1f} min.")
     return 1 if failures else 0
 
 
