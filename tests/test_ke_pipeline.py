@@ -277,7 +277,7 @@ def test_dsd_masks_hold_during_the_sparse_phase(tmp_path):
     assert phases["sparse"]["weight_sparsity"] >= 0.5 > phases["re-dense"]["weight_sparsity"]
     lrs = [r["lr"] for r in recs if r["type"] == "epoch"]
     assert lrs[4] == pytest.approx(0.1 * lrs[0])  # re-dense at lr / 10
-    assert (tmp_path / "dsd" / "plots" / "accuracy_by_generation.png").exists()
+    assert (tmp_path / "dsd" / "plots" / "accuracy_by_phase.png").exists()
 
 
 def test_dsd_official_impl_equals_fused(tmp_path):

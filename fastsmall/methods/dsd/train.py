@@ -99,7 +99,8 @@ class DSDTrainer(GenerationTrainer):
 
     def plot(self) -> None:
         from ..ke.plots import plot_run
-        plot_run(self.records, self.run.read_metrics(), "dsd", self.run, xlabel="phase (1 dense, 2 sparse, 3 re-dense)")
+        plot_run(self.records, self.run.read_metrics(), "dsd", self.run, xlabel="DSD phase",
+                 phases=["dense", "sparse", "re-dense"])
 
 
 def train(cfg: Config) -> dict:

@@ -10,20 +10,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..common.plotting import integer_xaxis  # noqa: E402
 
 
-def plot_run(records: list[dict], metrics: list[dict], method: str, run, xlabel: str | None = None) -> None:
+def plot_run(records: list[dict], metrics: list[dict], method: str, run, xlabel: str | None = None,
+             phases: list[str] | None = None) -> None:
+    """Test accuracy per generation and the training loss per epoch. ``phases``: names for the
+    generations (DSD: dense, sparse, re-dense), used as tick labels, line label and file names."""
     gens = [r["generation"] for r in records]
+    unit = "phase" if phases else "generation"
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.plot(gens, [r["test_accuracy"] for r in records], marker="o", label=f"{method}: dense")
+    ax.plot(gens, [r["test_accuracy"] for r in records], marker="o",
+            label=f"{method}: test accuracy" if phases else f"{method}: dense")
     if any(r.get("slim_test_accuracy") is not None for r in records):
         ax.plot(gens, [r["slim_test_accuracy"] for r in records], marker="s", ls="--", label=f"{method}: slim")
     ax.set_xlabel(xlabel or ("generation" if method != "long" else "epochs / E (one schedule)"))
     integer_xaxis(ax)
     ax.set_xticks(gens)
+    if phases:
+        ax.set_xticklabels([phases[g - 1] if 0 < g <= len(phases) else str(g) for g in gens])
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(run.plot_path("accuracy_by_generation.png"), dpi=110)
+    fig.savefig(run.plot_path(f"accuracy_by_{unit}.png"), dpi=110)
     plt.close(fig)
 
     epochs = [m for m in metrics if m["type"] == "epoch"]
@@ -32,7 +39,7 @@ def plot_run(records: list[dict], metrics: list[dict], method: str, run, xlabel:
     per_gen = max((m["epoch"] for m in epochs), default=0) + 1
     for g in gens[:-1]:
         ax.axvline(g * per_gen + 0.5, color="gray", lw=0.5, ls=":")
-    ax.set_xlabel("epoch (dotted: generation boundaries)")
+    ax.set_xlabel(f"epoch (dotted: {unit} boundaries)")
     integer_xaxis(ax)
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
