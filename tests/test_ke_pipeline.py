@@ -331,3 +331,26 @@ def test_config_errors_name_the_field():
     validate_config(ke.Config(epochs=3, generations=2, mode="long"))  # long: one schedule of 6 epochs
     with pytest.raises(ConfigError, match="sparsity must be <= 1.0"):
         dsd.train(dsd.Config(sparsity=2.0))
+
+
+def test_fit_only_zeroes_exactly_the_reset_hypothesis_and_is_reported(tmp_path):
+    """The DSD-style view: the dense network with the reset hypothesis zeroed. For KELS it computes
+    what the slim network computes (cross-connections zero, the reset channels feed nothing)."""
+    from fastsmall import reference
+    from fastsmall.methods.ke.train import fit_only
+    from fastsmall.methods.models import DigitsCNN
+    torch.manual_seed(0)
+    model = DigitsCNN(10, 1, width=8).eval()
+    for mode in ("kels", "wels"):
+        masks = ke.split_masks(model, 0.5, mode=mode, seed=1)
+        net = fit_only(model, masks)
+        params, orig = dict(net.named_parameters()), dict(model.named_parameters())
+        for name, m in masks.items():
+            keep = reference.ke_keep_mask(orig[name].shape, m, orig[name].device)
+            assert torch.equal(params[name][keep], orig[name][keep]) and (params[name][~keep] == 0).all()
+    masks = ke.split_masks(model, 0.5, mode="kels", seed=1)
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(fit_only(model, masks)(x), ke.extract_slim(model, 0.5)(x), atol=1e-5, rtol=1e-4)
+    summary = ke.train(tiny(tmp_path / "run"))
+    assert all(0 <= g["fit_only_test_accuracy"] <= 1 for g in summary["per_generation"])
+    assert summary["fit_only_test_accuracy"] == summary["per_generation"][-1]["fit_only_test_accuracy"]

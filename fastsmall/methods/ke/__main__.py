@@ -9,12 +9,14 @@ from .train import train
 
 
 def result_table(summary: dict) -> str:
-    """The per-generation table of a KE run (dense / slim accuracy) and the sizes."""
-    lines = [f"{'generation':<12}{'epochs':>8}{'dense acc':>11}{'slim acc':>10}"]
+    """The per-generation table of a KE run (dense / slim accuracy; 'fit only': the dense network with
+    the reset hypothesis zeroed, DSD-style) and the sizes."""
+    lines = [f"{'generation':<12}{'epochs':>8}{'dense acc':>11}{'slim acc':>10}{'fit only':>10}"]
     for g in summary["per_generation"]:
-        slim = g["slim_test_accuracy"]
+        slim, fit = g["slim_test_accuracy"], g.get("fit_only_test_accuracy")
         lines.append(f"{g['generation']:<12}{g['epochs_trained']:>8}{g['test_accuracy']:>11.3f}"
-                     f"{(f'{slim:.3f}' if slim is not None else '-'):>10}")
+                     f"{(f'{slim:.3f}' if slim is not None else '-'):>10}"
+                     f"{(f'{fit:.3f}' if fit is not None else '-'):>10}")
     d, s = summary["dense"], summary["slim"]
     sizes = f"dense: {d['params']:,} params, {d['macs']:,} MACs"
     if s:
