@@ -2,6 +2,7 @@
 extraction, DSD's sparse phase, end-to-end runs with a tiny budget, config errors. Resume after
 SIGKILL, torchrun and the CLI: test_pipeline_contract.py."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -354,3 +355,23 @@ def test_fit_only_zeroes_exactly_the_reset_hypothesis_and_is_reported(tmp_path):
     summary = ke.train(tiny(tmp_path / "run"))
     assert all(0 <= g["fit_only_test_accuracy"] <= 1 for g in summary["per_generation"])
     assert summary["fit_only_test_accuracy"] == summary["per_generation"][-1]["fit_only_test_accuracy"]
+
+
+def test_experiment_runner_at_the_papers_split_rates(tmp_path, one_thread):
+    """The documented runner: --kels-rate / --wels-rate reach the runs, the report has the fit-only
+    rows and paired differences with 95 % intervals; without --update-docs the doc is untouched."""
+    from fastsmall.methods.ke import experiment
+    doc = tmp_path / "doc.md"
+    doc.write_text("unchanged")
+    argv = ["--seeds", "0", "1", "--generations", "2", "--epochs", "2", "--per-class", "4",
+            "--kels-rate", "0.8", "--wels-rate", "0.7", "--out", str(tmp_path / "runs"), "--doc", str(doc)]
+    assert experiment.main(argv) == 0
+    assert doc.read_text() == "unchanged"
+    text = (tmp_path / "runs" / "report.md").read_text()
+    assert "--kels-rate 0.8 --wels-rate 0.7" in text and "KE (WELS) at s_r = 0.7" in text
+    assert "| KE (KELS) fit only | " in text and "| KE (WELS) fit only | " in text
+    assert re.search(r"\| KE \(KELS\) N2 − N1 \| [+-]\d\.\d{3} ± \d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\], \d/2 > 0 \|",
+                     text), text
+    results = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert {r["split_rate"] for k, r in results.items() if k.startswith("KE (WELS)")} == {0.7}
+    assert {r["split_rate"] for k, r in results.items() if not k.startswith("KE (WELS)")} == {0.8}

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..common.report import mean_std, publish, report_path
+from ..common.config import validate_config
+from ..common.report import machine_description, mean_std, paired, publish, report_path
 from .config import Config
 from .plots import plot_comparison
 from .train import train
@@ -36,9 +37,14 @@ RUNS = {
 
 
 def _paired(a, b):
-    """mean ± std of a - b over seeds, and how many seeds have a > b."""
-    d = [x - y for x, y in zip(a, b)]
-    return f"{mean_std(d)} ({sum(x > 0 for x in d)}/{len(d)} seeds > 0)"
+    """mean ± std [95 % interval] of a - b over seeds, and how many seeds have a > b."""
+    return paired(a, b)
+
+
+def _changes(name: str, base_changes: dict, kels_rate: float, wels_rate: float) -> dict:
+    """A run's Config changes: its mode and split, at that split's rate (the controls use the KELS
+    rate: their slim numbers are the KELS slices)."""
+    return {**base_changes, "split_rate": wels_rate if base_changes["split"] == "wels" else kels_rate}
 
 
 def _run_dir(name: str, changes: dict) -> str:
@@ -51,13 +57,15 @@ def _say(name, seed, summary, generations):
                                                if summary["slim_test_accuracy"] is not None else ""), flush=True)
 
 
-def run(out: Path, seeds: list[int], base: Config, stacked: bool = True) -> dict:
+def run(out: Path, seeds: list[int], base: Config, stacked: bool = True, wels_rate: float | None = None) -> dict:
     """{(run name, seed): that seed's summary}. ``stacked``: every run's seeds trained together in
     one process (``Config.seeds``: each seed still exactly its own run, out/<run>-seeds/seed-S/);
     else one single-seed run after another (out/<run>-seedS/)."""
     results = {}
+    wels_rate = base.split_rate if wels_rate is None else wels_rate
+    runs = {name: _changes(name, changes, base.split_rate, wels_rate) for name, changes in RUNS.items()}
     if stacked:
-        for name, changes in RUNS.items():
+        for name, changes in runs.items():
             cfg = dataclasses.replace(base, seeds=list(seeds), out=str(out / f"{_run_dir(name, changes)}-seeds"),
                                       quiet=True, **changes)
             start = time.perf_counter()
@@ -68,7 +76,7 @@ def run(out: Path, seeds: list[int], base: Config, stacked: bool = True) -> dict
                 _say(name, seed, results[(name, seed)], base.generations)
         return results
     for seed in seeds:
-        for name, changes in RUNS.items():
+        for name, changes in runs.items():
             cfg = dataclasses.replace(base, seed=seed, out=str(out / f"{_run_dir(name, changes)}-seed{seed}"),
                                       quiet=True, **changes)
             start = time.perf_counter()
@@ -78,19 +86,33 @@ def run(out: Path, seeds: list[int], base: Config, stacked: bool = True) -> dict
     return results
 
 
+def run_seconds(out: Path, seeds: list[int], stacked: bool) -> float:
+    """The runs' own epoch times from their metrics (a resumed experiment's wall time would leave
+    out what earlier calls did); a stacked run's epoch is logged once per seed, so one seed counts."""
+    total = 0.0
+    for name, changes in RUNS.items():
+        dirs = ([out / f"{_run_dir(name, changes)}-seeds" / f"seed-{seeds[0]}"] if stacked
+                else [out / f"{_run_dir(name, changes)}-seed{s}" for s in seeds])
+        for d in dirs:
+            path = d / "metrics.jsonl"
+            if path.exists():
+                total += sum(json.loads(line).get("seconds") or 0.0 for line in path.read_text().splitlines()
+                             if line.strip())
+    return total
+
+
 def _series(results, name, seeds, key):
     return [[g[key] for g in results[(name, s)]["per_generation"]] for s in seeds]
 
 
 def report(results: dict, seeds: list[int], base: Config, command: str, elapsed: float, plot_name: str,
-           stacked: bool = True) -> str:
+           stacked: bool = True, wels_rate: float | None = None) -> str:
     N, E = base.generations, base.epochs
     first = results[("KE (KELS)", seeds[0])]
     d, s = first["dense"], first["slim"]
     lines = [
         "# Knowledge Evolution on digits-small: KE vs N1, slim vs dense, KE vs equal-compute controls", "",
-        f"Reproduce: `{command}` ({elapsed / 60:.1f} min on this machine: {platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"Reproduce: `{command}` ({elapsed / 60:.1f} min on {machine_description()}; "
         + ("every run's seeds stacked in one process, `--seeds`" if stacked else "one run after another") + ").",
         "",
         f"Data: digits-small (scikit-learn's bundled 8×8 digits), {base.per_class or 10} training images per class "
@@ -109,14 +131,17 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
         "Runs: **KE (KELS)** / **KE (WELS)**: re-initialise the reset hypothesis every generation; **restart**: "
         "every generation only restarts the optimizer and the LR schedule; **long**: one optimizer and one LR "
         f"schedule over {N}×{E} epochs, evaluated every {E} epochs. Slim accuracy is the KELS slim network "
-        "(leading slices copied, no fine-tuning) extracted from each run's dense network, controls included.", "",
+        "(leading slices copied, no fine-tuning) extracted from each run's dense network, controls included; "
+        "'fit only' is the dense network with the reset hypothesis zeroed (DSD-style; for KELS the slim "
+        "network's computation)." + (f" KE (WELS) at s_r = {wels_rate:g}." if wels_rate is not None else ""), "",
         f"![accuracy vs generation]({plot_name})", "",
         "## Test accuracy per generation (generation g = g × E epochs of compute)", "",
         "| run | " + " | ".join(f"g{g}" for g in range(1, N + 1)) + " |",
         "|---|" + "---|" * N,
     ]
     for name in RUNS:
-        for key, label in (("test_accuracy", "dense"), ("slim_test_accuracy", "slim")):
+        for key, label in (("test_accuracy", "dense"), ("slim_test_accuracy", "slim"),
+                           ("fit_only_test_accuracy", "fit only")):
             series = _series(results, name, seeds, key)
             if all(v is None for row in series for v in row):
                 continue
@@ -166,16 +191,23 @@ def main(argv=None) -> int:
     parser.add_argument("--generations", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--kels-rate", type=float, default=0.5,
+                        help="split rate s_r of KE (KELS) and of the controls' slim slices (the paper's tables: 0.8)")
+    parser.add_argument("--wels-rate", type=float, default=0.5, help="split rate s_r of KE (WELS) (the paper's: 0.7)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (an 8x8 CNN gains nothing from more)")
     parser.add_argument("--sequential", action="store_true",
                         help="one single-seed run after another instead of each run's seeds stacked in one process")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    base = Config(generations=args.generations, epochs=args.epochs, per_class=args.per_class)
+    base = Config(generations=args.generations, epochs=args.epochs, per_class=args.per_class,
+                  split_rate=args.kels_rate)
+    validate_config(base)
     start = time.perf_counter()
-    results = run(Path(args.out), args.seeds, base, stacked=not args.sequential)
+    results = run(Path(args.out), args.seeds, base, stacked=not args.sequential, wels_rate=args.wels_rate)
     command = ("python -m fastsmall.methods.ke.experiment --seeds " + " ".join(map(str, args.seeds))
                + f" --generations {args.generations} --epochs {args.epochs} --per-class {args.per_class}"
+               + (f" --kels-rate {args.kels_rate:g}" if args.kels_rate != 0.5 else "")
+               + (f" --wels-rate {args.wels_rate:g}" if args.wels_rate != 0.5 else "")
                + (" --sequential" if args.sequential else "") + (" --update-docs" if args.update_docs else ""))
     doc = report_path(args.out, args.doc, args.update_docs)
     doc.parent.mkdir(parents=True, exist_ok=True)
@@ -188,8 +220,9 @@ def main(argv=None) -> int:
     }
     plot_comparison(panels, plot, f"digits-small, {args.per_class} images/class, mean ± std over "
                                   f"{len(args.seeds)} seeds")
-    text = report(results, args.seeds, base, command, time.perf_counter() - start, plot.name,
-                  stacked=not args.sequential)
+    elapsed = max(time.perf_counter() - start, run_seconds(Path(args.out), args.seeds, not args.sequential))
+    text = report(results, args.seeds, base, command, elapsed, plot.name,
+                  stacked=not args.sequential, wels_rate=args.wels_rate)
     publish(args.out, args.doc, args.update_docs, text)
     (Path(args.out) / "results.json").write_text(json.dumps(
         {f"{name}|{seed}": s for (name, seed), s in results.items()}, indent=1))
