@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..common.plotting import integer_xaxis
-from ..common.report import mean_std, publish, report_path
+from ..common.report import machine_description, mean_std, publish, report_path
 from .config import Config
 from .train import train
 
@@ -99,8 +98,7 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
     warm = (f"{base.warmup_iters} G iterations" if base.warmup_iters is not None else f"{base.warmup} epochs")
     lines = [
         "# PoseAug: narrow training poses → broad poses and real motion", "",
-        f"Reproduce: `{command}` ({elapsed / 60:.1f} min of training and evaluation on this machine: "
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"Reproduce: `{command}` ({elapsed / 60:.1f} min of training and evaluation on {machine_description()}; "
         "an interrupted run resumes where it stopped).", "",
         f"Training data: {base.train_size} generated poses, subset `{base.subset}`. Estimator: {base.estimator}"
         + (f" (width {base.estimator_width})" if base.estimator_width else "") +
