@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,9 @@ OPS = {
     "part_kcs_gram": (lambda m, b, **kw: (m.part_kcs_gram(b, SK, **kw),), "bones"),
 }
 
+
+#: progress bars (on stderr) for the method runs when a person watches; none in logs and CI
+QUIET = not sys.stderr.isatty()
 
 def usable_backends(device: torch.device) -> list[str]:
     out = []
@@ -196,7 +200,7 @@ def run_crest_demo(out: str, precision: str = "fp32", **overrides) -> None:
 
     run_dir = f"{out}/crest-plus"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = crest.Config(**{**dict(plus=True, generations=3, epochs=4, eval_last=2, quiet=True, out=run_dir,
+    cfg = crest.Config(**{**dict(plus=True, generations=3, epochs=4, eval_last=2, quiet=QUIET, out=run_dir,
                                  precision=precision), **overrides})
     print(f"\nCReST+ on digits-LT (imbalance {cfg.imbalance:g}, labelled fraction {cfg.labeled_fraction:g}, "
           f"{cfg.generations} generations x {cfg.epochs} epochs), run directory {run_dir}")
@@ -218,7 +222,7 @@ def run_ke_demo(out: str, precision: str = "fp32") -> None:
 
     run_dir = f"{out}/ke-kels"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = ke.Config(split="kels", split_rate=0.5, generations=5, quiet=True, out=run_dir, precision=precision)
+    cfg = ke.Config(split="kels", split_rate=0.5, generations=5, quiet=QUIET, out=run_dir, precision=precision)
     print(f"\nKnowledge Evolution (KELS, s_r = {cfg.split_rate:g}) on digits-small ({cfg.per_class or 10} training "
           f"images per class, {cfg.generations} generations x {cfg.epochs} epochs), run directory {run_dir}")
     threads = torch.get_num_threads()
@@ -248,7 +252,7 @@ def run_poseaug_demo(out: str, precision: str = "fp32", **overrides) -> None:
     # for its diagnostics to move (the released code gives it ~3,000 before the estimator uses it)
     base = poseaug.Config(subset="narrow", train_size=4096, test_size=2048, batch_size=128, baseline_epochs=12,
                           epochs=6, gan_iters_per_epoch=64, warmup_iters=128, estimator="simple_baseline",
-                          estimator_width=512, eval=["synthetic-broad"], quiet=True, precision=precision)
+                          estimator_width=512, eval=["synthetic-broad"], quiet=QUIET, precision=precision)
     base = dataclasses.replace(base, **overrides)
     print(f"\nPoseAug on generated poses: {base.estimator} (width {base.estimator_width}) trained on "
           f"{base.train_size} narrow poses (standing/walking, facing the camera) for {base.baseline_epochs} epochs, "
