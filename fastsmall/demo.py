@@ -36,6 +36,7 @@ OPS = {
 #: progress bars (on stderr) for the method runs when a person watches; none in logs and CI
 QUIET = not sys.stderr.isatty()
 
+
 def usable_backends(device: torch.device) -> list[str]:
     out = []
     if ext.C is not None and device.type == "cpu":
