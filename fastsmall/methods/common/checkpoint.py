@@ -119,7 +119,7 @@ def load_checkpoint(path, *, expect: dict | None = None, map_location="cpu") -> 
     for key, value in (expect or {}).items():
         if state.get(key) != value:
             if key == "config":
-                raise CheckpointError(f"checkpoint {path} was written with another config: "
+                raise CheckpointError(f"checkpoint {path} does not match this run, written with another config: "
                                       f"{config_difference(state.get(key), value)}")
             raise CheckpointError(
                 f"checkpoint {path} does not match this run: {key} is {state.get(key)!r}, expected {value!r}"
