@@ -46,3 +46,9 @@ def test_train_returns_the_summary_the_models_and_the_run_dir(method, tiny, name
     assert list(result.models) == names and result.model is result.models[names[0]]
     assert all(isinstance(m, torch.nn.Module) for m in result.models.values())
     assert os.path.isdir(result.run_dir / "plots")
+    # a finished run resumed gives back the same networks (rebuilt from its last checkpoint)
+    again = module.train(module.Config(out=str(tmp_path / "run"), resume=True, **tiny))
+    assert list(again.models) == names and again == result
+    for name in names:
+        for a, b in zip(result.models[name].state_dict().values(), again.models[name].state_dict().values()):
+            assert torch.equal(a, b), name

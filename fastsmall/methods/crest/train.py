@@ -288,6 +288,12 @@ class CReSTTrainer(Trainer):
         self.generation, self.epoch = state["generation"], state["epoch"]
         self.pseudo_idx, self.pseudo_label = state["pseudo_idx"].cpu(), state["pseudo_label"].cpu()
         self.generation_records = state["generation_records"]
+        if self.generation >= self.G:  # a finished run: its last networks, for TrainResult.models
+            self.model, self.ema = (self.speed.prepare(build_model(self.model_name, self.C, self.in_channels)
+                                                       .to(self.device)) for _ in range(2))
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.ema.eval()
         if self.generation < self.G:
             self._fresh_generation_state()
             self.model.load_state_dict(state["model"])
