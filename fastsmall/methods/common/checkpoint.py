@@ -136,10 +136,10 @@ def config_difference(saved, current) -> str:
         return f"{saved!r} vs {current!r}"
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return f"{saved!r} vs {current!r}"
-    missing = object()
-    parts = [f"--{k.replace('_', '-')} {a.get(k, missing) if k in a else '(absent)'!r} (checkpoint) vs "
-             f"{b.get(k) if k in b else '(absent)'!r} (this run)"
-             for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+    def shown(d, k):
+        return repr(d[k]) if k in d else "'(absent)'"
+    parts = [f"--{k.replace('_', '-')} {shown(a, k)} (checkpoint) vs {shown(b, k)} (this run)"
+             for k in sorted(set(a) | set(b)) if (k in a, a.get(k)) != (k in b, b.get(k))]
     return "; ".join(parts) if parts else "the same fields, other values"
 
 

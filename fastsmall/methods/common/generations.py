@@ -131,9 +131,6 @@ class GenerationTrainer(Trainer):
 
     method = "generations"
 
-    def trained_models(self) -> dict:
-        return {"model": self.model}
-
     def __init__(self, cfg: TrainConfig, dist):
         super().__init__(cfg, dist)
         if cfg.batch_size % dist.world_size:
@@ -149,6 +146,9 @@ class GenerationTrainer(Trainer):
         self.last_epoch: dict = {}  # the stats of the last epoch trained (for the generation record)
 
     # ---- hooks -----------------------------------------------------------------------------
+    def trained_models(self) -> dict:
+        return {"model": self.model}
+
     def num_generations(self) -> int:
         raise NotImplementedError
 

@@ -36,11 +36,6 @@ RUNS = {
 }
 
 
-def _paired(a, b):
-    """mean ± std [95 % interval] of a - b over seeds, and how many seeds have a > b."""
-    return paired(a, b)
-
-
 def _changes(name: str, base_changes: dict, kels_rate: float, wels_rate: float) -> dict:
     """A run's Config changes: its mode and split, at that split's rate (the controls use the KELS
     rate: their slim numbers are the KELS slices)."""
@@ -153,18 +148,18 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
     lines += [
         "", "## Headline comparisons (paired over seeds)", "",
         "| comparison | difference in test accuracy |", "|---|---|",
-        f"| KE (KELS) N{N} − N1 | {_paired(ke_dense, n1)} |",
-        f"| KE (WELS) N{N} − N1 | {_paired([results[('KE (WELS)', s)]['test_accuracy'] for s in seeds], n1)} |",
+        f"| KE (KELS) N{N} − N1 | {paired(ke_dense, n1)} |",
+        f"| KE (WELS) N{N} − N1 | {paired([results[('KE (WELS)', s)]['test_accuracy'] for s in seeds], n1)} |",
         f"| KE (KELS) N{N} − restart N{N} | "
-        f"{_paired(ke_dense, [results[('restart', s)]['test_accuracy'] for s in seeds])} |",
+        f"{paired(ke_dense, [results[('restart', s)]['test_accuracy'] for s in seeds])} |",
         f"| KE (KELS) N{N} − long ({N}×{E} epochs) | "
-        f"{_paired(ke_dense, [results[('long', s)]['test_accuracy'] for s in seeds])} |",
-        f"| KE (KELS) slim N{N} − KE dense N{N} | {_paired(ke_slim, ke_dense)} |",
-        f"| KE (KELS) slim N{N} − N1 dense | {_paired(ke_slim, n1)} |",
+        f"{paired(ke_dense, [results[('long', s)]['test_accuracy'] for s in seeds])} |",
+        f"| KE (KELS) slim N{N} − KE dense N{N} | {paired(ke_slim, ke_dense)} |",
+        f"| KE (KELS) slim N{N} − N1 dense | {paired(ke_slim, n1)} |",
         f"| KE slim N{N} − restart slim N{N} | "
-        f"{_paired(ke_slim, [results[('restart', s)]['slim_test_accuracy'] for s in seeds])} |",
+        f"{paired(ke_slim, [results[('restart', s)]['slim_test_accuracy'] for s in seeds])} |",
         f"| KE slim N{N} − long slim | "
-        f"{_paired(ke_slim, [results[('long', s)]['slim_test_accuracy'] for s in seeds])} |",
+        f"{paired(ke_slim, [results[('long', s)]['slim_test_accuracy'] for s in seeds])} |",
         "", "## Mean |w| of the reset hypothesis / mean |w| of the fit hypothesis (KELS masks), at each "
         "generation's end", "",
         "| run | " + " | ".join(f"g{g}" for g in range(1, N + 1)) + " |", "|---|" + "---|" * N,
