@@ -68,6 +68,14 @@ def cases():
     c["ke_reinit_ kaiming_normal 10M"] = lambda: ops.ke_reinit_(ws, masks, ko, ki, rate, seed, 1, 2, "kaiming_normal")
     c["ke_reinit_ torch_default 10M"] = lambda: ops.ke_reinit_(ws, masks, ko, ki, rate, seed, 1, 2, "torch_default")
     c["masked_mul_ 10M"] = lambda: ops.masked_mul_(ws, masks, ko, ki, rate, seed)
+    # the MLP-block tail at the PoseAug estimator's shape, training mode (batch statistics), p = 0.25
+    y = torch.randn(1024, 1024, generator=g)
+    wb, bb, res = torch.rand(1024, generator=g) + 0.5, torch.randn(1024, generator=g), torch.randn(1024, 1024, generator=g)
+    dseed, gy = torch.tensor([7]), torch.randn(1024, 1024, generator=g)
+    c["bn_act_dropout fwd 1024x1024"] = lambda: ops.bn_act_dropout(y, wb, bb, None, None, res, dseed, 1e-5, 0.0, 0.25)
+    mean, var = y.mean(0), y.var(0, unbiased=False)
+    c["bn_act_dropout bwd 1024x1024"] = lambda: ops.bn_act_dropout_backward(gy, y, wb, bb, mean, var, dseed, True,
+                                                                            1e-5, 0.0, 0.25)
     return c
 
 

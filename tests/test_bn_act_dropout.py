@@ -544,3 +544,39 @@ def test_sequential_fuses_every_bn_act_run_and_keeps_the_modules(momentum):
         torch.testing.assert_close(u, v, msg=k)
     seq.eval(), twin.eval()
     torch.testing.assert_close(fs.ops.bn_act_dropout_sequential(seq, x), twin(x))
+
+
+_SIMD_SCRIPT = r"""
+import sys, torch, fastsmall as fs
+torch.manual_seed(0)
+outs = []
+for N, C in ((300, 70), (64, 1024), (5, 3)):
+    y = torch.randn(N, C, requires_grad=True)
+    w, b = torch.randn(C, requires_grad=True), torch.randn(C, requires_grad=True)
+    rm, rv = torch.zeros(C), torch.ones(C)
+    out = fs.ops.bn_act_dropout(y, rm, rv, w, b, True, p=0.3, negative_slope=0.2, residual=torch.randn(N, C),
+                                seed=torch.tensor([123]), backend="cpp")
+    outs += [out.detach(), *torch.autograd.grad(out, (y, w, b), torch.randn_like(out)), rm, rv]
+torch.save(outs, sys.argv[1])
+"""
+
+
+@needs_ops
+def test_cpu_kernel_gives_the_same_bits_on_every_instruction_set(tmp_path):
+    """FASTSMALL_SIMD_BYTES caps the instruction set (16: SSE2, 32: AVX2, 64: AVX-512 where the CPU has it):
+    without FMA contraction every instantiation computes the same bits, forward, backward and running
+    statistics."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    results = []
+    for simd in (16, 32, 64):
+        path = tmp_path / f"bits_{simd}.pt"
+        env = dict(os.environ, FASTSMALL_SIMD_BYTES=str(simd))
+        out = subprocess.run([sys.executable, "-c", _SIMD_SCRIPT, str(path)], capture_output=True, text=True,
+                             env=env, cwd=ROOT, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results.append(torch.load(path, weights_only=True))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))

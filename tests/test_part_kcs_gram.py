@@ -167,3 +167,78 @@ def test_bad_input(backend, device):
 def test_cpp_kernel_errors(args, message):
     with pytest.raises(RuntimeError, match=message):
         torch.ops.fastsmall.part_kcs_gram(*args)
+
+
+# ---- the C++ kernel's pose tiles: exact bits on every instruction set -------------------------------
+# The kernel runs poses in transposed tiles of 32, vectors across poses, compiled per instruction set.
+# Each lane must compute exactly what a per-pose loop does in float32 (same products and sums, in the
+# same order, no fused multiply-add), so the expected bits are computed here with separate torch
+# float32 operations in that order. Batches cross and miss tile boundaries.
+
+def _entries(part_bones, part_sizes, NB, compact):
+    """(i, j, pos1, pos2) of every Gram entry, in the kernel's order (csrc/parts.h)."""
+    out, start, offset = [], 0, 0
+    for p, n in enumerate(part_sizes):
+        bones = part_bones[start:start + n]
+        for a in range(n):
+            for b in range(a, n):
+                i, j = bones[a], bones[b]
+                if compact:
+                    out.append((i, j, offset + a * n + b, offset + b * n + a))
+                else:
+                    out.append((i, j, p * NB * NB + i * NB + j, p * NB * NB + j * NB + i))
+        start, offset = start + n, offset + n * n
+    return out, (offset if compact else len(part_sizes) * NB * NB)
+
+
+def _exact_forward_backward(u, grad, part_bones, part_sizes, compact):
+    B, NB, D = u.shape
+    entries, S = _entries(part_bones, part_sizes, NB, compact)
+    out = torch.zeros(B, S, dtype=u.dtype)
+    acc = torch.zeros_like(u)
+    for i, j, p1, p2 in entries:
+        dot = u[:, i, 0] * u[:, j, 0] + u[:, i, 1] * u[:, j, 1]
+        if D == 3:
+            dot = dot + u[:, i, 2] * u[:, j, 2]
+        out[:, p1] = dot
+        out[:, p2] = dot
+        g = grad[:, p1] + grad[:, p2]
+        acc[:, i] = acc[:, i] + g[:, None] * u[:, j]
+        if i != j:
+            acc[:, j] = acc[:, j] + g[:, None] * u[:, i]
+    return out, acc
+
+
+_TILE_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, "tests")
+from test_part_kcs_gram import PB, PS, _exact_forward_backward
+torch.manual_seed(0)
+for compact in (False, True):
+    for B in (1, 31, 32, 33, 100):
+        for D in (2, 3):
+            u = torch.randn(B, 15, D)
+            S = 131 if compact else 5 * 225
+            grad = torch.randn(B, S)
+            want, want_grad = _exact_forward_backward(u, grad, PB, PS, compact)
+            got = torch.ops.fastsmall.part_kcs_gram(u, PB, PS, compact)
+            got_grad = torch.ops.fastsmall.part_kcs_gram_backward(grad, u, PB, PS, compact)
+            assert torch.equal(got.reshape(B, -1), want), (compact, B, D)
+            assert torch.equal(got_grad, want_grad), (compact, B, D, (got_grad - want_grad).abs().max())
+print("ok")
+"""
+
+
+@needs_cpp
+@pytest.mark.parametrize("simd_bytes", [16, 32, 64])
+def test_cpp_tiles_give_the_per_pose_bits_on_every_instruction_set(simd_bytes):
+    """FASTSMALL_SIMD_BYTES caps the instruction set (16: SSE2, 32: AVX2, 64: AVX-512 where the CPU
+    has it, else the widest it has): every instantiation gives the per-pose loop's bits."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = dict(os.environ, FASTSMALL_SIMD_BYTES=str(simd_bytes))
+    out = subprocess.run([sys.executable, "-c", "import fastsmall\n" + _TILE_SCRIPT], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

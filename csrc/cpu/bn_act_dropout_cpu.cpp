@@ -1,3 +1,7 @@
+// Before every include, so that it covers this file's functions, the inlined headers and the
+// instruction-set wrappers (isa.h): no a*b+c is fused into an FMA (torch's BuildExtension compiles
+// with -std=gnu++20, whose default contracts), so every instruction set gives the same bits.
+#pragma GCC optimize("fp-contract=off")
 // CPU kernels of the MLP-block family: bn_act_dropout (residual + dropout(leaky_relu(batch_norm(y))))
 // and its backward. Schemas: csrc/fastsmall.cpp. Definition: fastsmall/reference/bn_act_dropout.py.
 //
@@ -14,8 +18,8 @@
 // u < p), in the forward and again in the backward -- the same bits as the Triton kernels and
 // the reference. Inside a block the draws of a row are a run of consecutive counters: plain
 // uint32 loops that the compiler vectorises for each instruction set (isa.h wrappers: SSE2,
-// AVX2, AVX-512, chosen once at load). No FMA contraction (-std=c++17), so every ISA gives the
-// same bits.
+// AVX2, AVX-512, chosen once at load). No FMA contraction (the pragma at the top), so every ISA gives
+// the same bits (tests/test_bn_act_dropout.py checks them with FASTSMALL_SIMD_BYTES = 16, 32, 64).
 //
 // Precision: float32 (and float16 / bfloat16, read as float32) accumulates per chunk of 64 rows
 // in float32 and across chunks in float64, the statistics shifted by the column's first row;

@@ -16,7 +16,7 @@
 //
 // The RNG and the float32 math are exactly those of the Triton kernels and the
 // reference (only +, -, *, correctly rounded / and sqrt, no FMA: the baseline
-// x86-64 target has none and -std=c++17 turns contraction off), so all
+// x86-64 target has none, and the AVX2 clones below are compiled without FMA), so all
 // backends give bit-identical results.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>

@@ -1,10 +1,16 @@
+// Before every include, so that it covers every function of this file, the inlined headers and the
+// instruction-set wrappers (isa.h) alike: no a*b+c is fused into an FMA, and each instruction set
+// gives the bits of the baseline build (torch's BuildExtension compiles with -std=gnu++20, whose
+// default contracts; the tests check the bits with FASTSMALL_SIMD_BYTES = 16, 32, 64).
+#pragma GCC optimize("fp-contract=off")
 // CPU kernels of the part-aware KCS Gram: part_kcs_gram and its backward.
 // Schemas: csrc/fastsmall.cpp. Reference: fastsmall/reference.py.
 //
 // Only the dot products inside each part are computed, each once (the blocks
-// are symmetric); the masked layout's zeros are written with one memset per pose. The cost per
-// pose given to for_each_pose (ns, measured: pose_loop.h) is per dot product (E * D) and per
-// output (S), which covers both layouts.
+// are symmetric); the masked layout's zeros are written with one memset per pose. Poses go
+// through in transposed tiles, vectors across poses, compiled for each instruction set and chosen
+// at run time (isa.h). The cost per pose given to the parallel loop (ns, measured) is per dot
+// product (E * D) and per output (S), which covers both layouts.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
@@ -15,7 +21,9 @@
 
 #include "../checks.h"
 #include "../parts.h"
+#include "isa.h"
 #include "pose_loop.h"
+#include "simd.h"
 
 namespace fastsmall {
 namespace {
@@ -42,11 +50,134 @@ GramInput gram_input(const at::Tensor& bones_, c10::IntArrayRef part_bones, c10:
   return in;
 }
 
+// ---- tiles of poses ----------------------------------------------------------------------------
+// Both kernels run over tiles of kTile poses held transposed ([NB * D][kTile] in the compute
+// type, simd.h), so every vector holds one coordinate of one bone of several poses. A Gram entry's
+// bones (i, j) are the same for every pose, so each entry is a few whole-vector multiply-adds with
+// no indirect indexing inside the vectors; the indices are walked once per tile instead of once per
+// pose. Each lane computes exactly what the per-pose loop did, in the same order and without
+// contracting a*b+c (the pragma at the top), so every instruction set gives the bits of the scalar code.
+
+constexpr int kTile = 32;  // poses per tile: a multiple of every vector width (AVX-512 float32: 16)
+
+// Per-thread scratch: the bones tile, the gradient tile (backward) or the output tile (forward,
+// compact), and the per-entry values of the tile.
+struct GramScratch {
+  AlignedBuffer bones, work, entries;
+  GramScratch(int64_t C, int64_t work_rows, int64_t E, size_t elem)
+      : bones(C * kTile * elem), work(work_rows * kTile * elem), entries(E * kTile * elem) {}
+};
+
+// Forward of poses [p0, p0 + n) of a tile: the entry dots, then the output rows (compact: a
+// transposed tile stored with register transposes; masked: zeroed rows and two stores per entry).
+template <int BYTES, typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void gram_forward_tile(const GramEntries& e, const scalar_t* bones, scalar_t* out, int64_t n,
+                                        int64_t NB, int64_t D, bool compact, const GramScratch& s) {
+  using V = typename Simd<acc_t, BYTES>::V;
+  constexpr int NV = kTile / Simd<acc_t, BYTES>::W;
+  const int64_t E = static_cast<int64_t>(e.i.size()), S = e.out_size;
+  load_rows<kTile, BYTES>(bones, n, NB * D, s.bones.as<acc_t>());
+  const V* __restrict__ b = s.bones.as<V>();
+  V* __restrict__ dots = s.entries.as<V>();
+  for (int64_t k = 0; k < E; ++k) {
+    const V* ui = b + e.i[k] * D * NV;
+    const V* uj = b + e.j[k] * D * NV;
+    for (int v = 0; v < NV; ++v) {
+      V dot = ui[v] * uj[v] + ui[NV + v] * uj[NV + v];
+      if (D == 3) dot += ui[2 * NV + v] * uj[2 * NV + v];
+      dots[k * NV + v] = dot;
+    }
+  }
+  if (compact) {
+    V* __restrict__ o = s.work.as<V>();
+    for (int64_t k = 0; k < E; ++k)
+      for (int v = 0; v < NV; ++v) o[e.pos1[k] * NV + v] = o[e.pos2[k] * NV + v] = dots[k * NV + v];
+    store_rows<kTile, BYTES>(s.work.as<acc_t>(), n, S, out);
+    return;
+  }
+  const acc_t* d = s.entries.as<acc_t>();
+  for (int64_t r = 0; r < n; ++r) {
+    scalar_t* on = out + r * S;
+    std::memset(static_cast<void*>(on), 0, sizeof(scalar_t) * S);
+    for (int64_t k = 0; k < E; ++k) on[e.pos1[k]] = on[e.pos2[k]] = static_cast<scalar_t>(d[k * kTile + r]);
+  }
+}
+
+// d<u_i, u_j>: grad_u_i += g_ij u_j, grad_u_j += g_ij u_i with g_ij = G'[pos1] + G'[pos2]
+// (both mirrored outputs); on the diagonal pos1 == pos2 gives the factor 2 of d|u_i|^2. The g_ij
+// of a tile are gathered per pose (two loads per entry, whichever the layout), the accumulation
+// runs on vectors.
+template <int BYTES, typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void gram_backward_tile(const GramEntries& e, const scalar_t* grad, const scalar_t* bones,
+                                         scalar_t* out, int64_t n, int64_t NB, int64_t D, const GramScratch& s) {
+  using V = typename Simd<acc_t, BYTES>::V;
+  constexpr int NV = kTile / Simd<acc_t, BYTES>::W;
+  const int64_t E = static_cast<int64_t>(e.i.size()), S = e.out_size, C = NB * D;
+  load_rows<kTile, BYTES>(bones, n, C, s.bones.as<acc_t>());
+  acc_t* gs = s.entries.as<acc_t>();
+  for (int64_t r = 0; r < n; ++r) {
+    const scalar_t* g = grad + r * S;
+    for (int64_t k = 0; k < E; ++k) gs[k * kTile + r] = acc_t(g[e.pos1[k]]) + acc_t(g[e.pos2[k]]);
+  }
+  for (int64_t k = 0; k < E; ++k) std::fill(gs + k * kTile + n, gs + (k + 1) * kTile, acc_t(0));
+  const V* __restrict__ b = s.bones.as<V>();
+  const V* __restrict__ gv = s.entries.as<V>();
+  V* __restrict__ acc = s.work.as<V>();
+  std::fill(acc, acc + C * NV, V{});
+  for (int64_t k = 0; k < E; ++k) {
+    const int64_t i = e.i[k] * D * NV, j = e.j[k] * D * NV;
+    for (int64_t c = 0; c < D * NV; c += NV)
+      for (int v = 0; v < NV; ++v) acc[i + c + v] += gv[k * NV + v] * b[j + c + v];
+    if (i != j)
+      for (int64_t c = 0; c < D * NV; c += NV)
+        for (int v = 0; v < NV; ++v) acc[j + c + v] += gv[k * NV + v] * b[i + c + v];
+  }
+  store_rows<kTile, BYTES>(s.work.as<acc_t>(), n, C, out);
+}
+
+template <bool BACKWARD>
+struct GramTileKernel {
+  template <int BYTES, typename scalar_t, typename acc_t, typename... Args>
+  static FASTSMALL_INLINE void run(scalar_t* /*type tag*/, acc_t* /*type tag*/, Args&&... args) {
+    if constexpr (BACKWARD) {
+      gram_backward_tile<BYTES, scalar_t, acc_t>(std::forward<Args>(args)...);
+    } else {
+      gram_forward_tile<BYTES, scalar_t, acc_t>(std::forward<Args>(args)...);
+    }
+  }
+};
+
+// f(kernel, scratch, p0, n) for every tile of poses [p0, p0 + n) of a B-pose batch, in parallel
+// with a grain of ~80 us of ns_per_pose work (parallel.h). kernel(args...) runs the tile kernel
+// compiled for the widest instruction set of this machine (isa.h); the tiles are independent, so
+// the result does not depend on the thread count.
+template <bool BACKWARD, typename scalar_t, typename F>
+void for_each_tile(int64_t B, double ns_per_pose, int64_t C, int64_t work_rows, int64_t E, F&& f) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t tiles = (B + kTile - 1) / kTile;
+  dispatch_simd_bytes([&](auto simd) {
+    constexpr int BYTES = decltype(simd)::value;
+    const auto kernel = [&](auto&&... args) {
+      call_isa<GramTileKernel<BACKWARD>, BYTES>(static_cast<scalar_t*>(nullptr), static_cast<acc_t*>(nullptr),
+                                                std::forward<decltype(args)>(args)...);
+    };
+    at::parallel_for(0, tiles, grain_for(ns_per_pose * kTile), [&](int64_t begin, int64_t end) {
+      const GramScratch scratch(C, work_rows, E, sizeof(acc_t));
+      for (int64_t t = begin; t < end; ++t) f(kernel, scratch, t * kTile, std::min<int64_t>(kTile, B - t * kTile));
+    });
+  });
+}
+
+// ---- the ops ------------------------------------------------------------------------------------
+// The cost per pose given to the parallel loop's grain is linear in the Gram entries (E * D) and
+// the outputs (S). Measured on one thread (bench/bench_small_batch.py --calibrate; AMD EPYC, AVX2;
+// H36M-16, five parts: E = 78, S = 131 compact; float32): forward 59-76 ns, backward 123-164 ns per
+// pose (the per-pose scalar loops before the tiles: 190 and 800-920).
+
 at::Tensor part_kcs_gram_cpu(const at::Tensor& bones_, c10::IntArrayRef part_bones, c10::IntArrayRef part_sizes,
                              bool compact) {
   const GramInput in = gram_input(bones_, part_bones, part_sizes, compact, nullptr);
-  const GramEntries& e = in.e;
-  const int64_t NB = in.NB, D = in.D, E = in.E, S = in.S;
+  const int64_t NB = in.NB, D = in.D, S = in.S;
   std::vector<int64_t> shape = batch_shape(in.bones);
   if (compact) {
     shape.push_back(S);
@@ -57,58 +188,33 @@ at::Tensor part_kcs_gram_cpu(const at::Tensor& bones_, c10::IntArrayRef part_bon
   at::Tensor out = at::empty(shape, in.bones.options());
   dispatch_floating(in.bones.scalar_type(), "part_kcs_gram_cpu", [&](auto tag) {
     using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* bp = in.bones.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    for_each_pose(in.B, 0.8 * E * D + 0.3 * S, [&](int64_t n) {
-      const scalar_t* u = bp + n * NB * D;
-      scalar_t* on = op + n * S;
-      if (!compact) std::memset(static_cast<void*>(on), 0, sizeof(scalar_t) * S);
-      for (int64_t k = 0; k < E; ++k) {
-        const scalar_t* ui = u + e.i[k] * D;
-        const scalar_t* uj = u + e.j[k] * D;
-        acc_t dot = acc_t(ui[0]) * acc_t(uj[0]) + acc_t(ui[1]) * acc_t(uj[1]);
-        if (D == 3) dot += acc_t(ui[2]) * acc_t(uj[2]);
-        on[e.pos1[k]] = static_cast<scalar_t>(dot);
-        on[e.pos2[k]] = static_cast<scalar_t>(dot);
-      }
-    });
+    for_each_tile<false, scalar_t>(in.B, 0.15 * in.E * D + 0.3 * S, NB * D, compact ? S : 0, in.E,
+                                   [&](auto&& kernel, const GramScratch& s, int64_t p0, int64_t n) {
+                                     kernel(in.e, bp + p0 * NB * D, op + p0 * S, n, NB, D, compact, s);
+                                   });
   });
   return out;
 }
 
-// d<u_i, u_j>: grad_u_i += g_ij u_j, grad_u_j += g_ij u_i with g_ij = G'[pos1] + G'[pos2]
-// (both mirrored outputs); on the diagonal pos1 == pos2 gives the factor 2 of d|u_i|^2.
 at::Tensor part_kcs_gram_backward_cpu(const at::Tensor& grad_, const at::Tensor& bones_,
                                       c10::IntArrayRef part_bones, c10::IntArrayRef part_sizes, bool compact) {
   const GramInput in = gram_input(bones_, part_bones, part_sizes, compact, &grad_);
-  const GramEntries& e = in.e;
-  const int64_t NB = in.NB, D = in.D, E = in.E, S = in.S;
+  const int64_t NB = in.NB, D = in.D, S = in.S;
   TORCH_CHECK(grad_.numel() == in.B * S, "fastsmall: grad must have ", S, " entries per pose (the shape of ",
               "part_kcs_gram's output), got shape ", grad_.sizes());
   const at::Tensor grad = grad_.contiguous();
   at::Tensor out = at::empty(in.bones.sizes(), in.bones.options());
   dispatch_floating(in.bones.scalar_type(), "part_kcs_gram_backward_cpu", [&](auto tag) {
     using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* bp = in.bones.const_data_ptr<scalar_t>();
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    auto scratch = [&] { return std::vector<acc_t>(NB * D); };
-    for_each_pose(in.B, 3.5 * E * D + 0.7 * S, scratch, [&](int64_t n, std::vector<acc_t>& acc) {
-      const scalar_t* u = bp + n * NB * D;
-      const scalar_t* g = gp + n * S;
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t k = 0; k < E; ++k) {
-        const int64_t i = e.i[k], j = e.j[k];
-        const acc_t gij = acc_t(g[e.pos1[k]]) + acc_t(g[e.pos2[k]]);
-        for (int64_t d = 0; d < D; ++d) acc[i * D + d] += gij * acc_t(u[j * D + d]);
-        if (i != j)
-          for (int64_t d = 0; d < D; ++d) acc[j * D + d] += gij * acc_t(u[i * D + d]);
-      }
-      scalar_t* on = op + n * NB * D;
-      for (int64_t k = 0; k < NB * D; ++k) on[k] = static_cast<scalar_t>(acc[k]);
-    });
+    for_each_tile<true, scalar_t>(in.B, 0.5 * in.E * D + 0.1 * S, NB * D, NB * D, in.E,
+                                  [&](auto&& kernel, const GramScratch& s, int64_t p0, int64_t n) {
+                                    kernel(in.e, gp + p0 * S, bp + p0 * NB * D, op + p0 * NB * D, n, NB, D, s);
+                                  });
   });
   return out;
 }

@@ -8,10 +8,10 @@
 // unless it takes more than ~80 us on one, and each thread of a parallel region gets > ~40 us.
 // Costs measured on a 2-core AMD EPYC (AVX2), H36M-16 poses, D = 3, float32, ns per pose
 // (bench/bench_small_batch.py --calibrate): kcs_forward 26-37, kcs_forward_backward 57,
-// bone_decompose 87, its backward 255, kcs_inverse 55-80, its backward 74-105, part_kcs_gram
-// compact 190 / masked 320-700, its backward compact 800-920 / masked 1,600. At B = 1,024
-// kcs_forward, its backward and kcs_inverse therefore run on one thread; bone_decompose, the other
-// backwards and the Gram kernels on two (bench/RESULTS.md, "Small batches").
+// bone_decompose 87, its backward 255, kcs_inverse 55-80, its backward 74-105. At B = 1,024
+// kcs_forward, its backward and kcs_inverse therefore run on one thread; bone_decompose and the other
+// backwards on two (bench/RESULTS.md, "Small batches"). The part-Gram kernels run over tiles of
+// poses instead (part_kcs_gram_cpu.cpp), with the same grain rule.
 #pragma once
 
 #include <ATen/ATen.h>
