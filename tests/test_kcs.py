@@ -375,3 +375,88 @@ def test_fakes_check_the_arguments():
     with pytest.raises(ValueError, match=r"grad_length must have shape \(4, 15, 1\)"):
         torch.ops.fastsmall.bone_decompose_backward(None, torch.randn(4, 15, 3, device="meta"),
                                                     torch.randn(4, 16, 3, device="meta"), P, 0.0)
+
+
+# ---- bone_decompose's C++ pose tiles: exact bits on every instruction set ----------------------------
+# The kernel runs poses in transposed tiles of 32 with the arithmetic vectorised across poses and
+# compiled per instruction set. Each lane must compute what a per-pose loop computes in float32 (same
+# operations, same order, true divisions and square roots, no fused multiply-add): the expected bits are
+# computed here with separate torch float32 operations in that order. Batches cross tile edges; the
+# three gradient cases (unit only, length only, both) and eps = 0 / eps > 0 are covered.
+
+def _exact_bone_decompose(x, parents, eps, gu, gl):
+    tree = fs.Skeleton(parents).tree
+    b = x[:, list(tree.bone_parent)] - x[:, list(tree.bone_child)]
+    D = x.shape[-1]
+    sq = b[..., 0] * b[..., 0] + b[..., 1] * b[..., 1]
+    dot = None
+    if gu is not None:
+        dot = b[..., 0] * gu[..., 0] + b[..., 1] * gu[..., 1]
+    if D == 3:
+        sq = sq + b[..., 2] * b[..., 2]
+        if gu is not None:
+            dot = dot + b[..., 2] * gu[..., 2]
+    # correctly rounded: a float64 square root rounded once to float32 (torch's float32 sqrt on CPU is
+    # not always correctly rounded; the kernel's sqrtps / std::sqrt is)
+    length = torch.sqrt(sq.double()).to(sq.dtype)
+    den = torch.where(length < eps, torch.full_like(length, eps), length)
+    unit = b / den[..., None]
+    coef = torch.zeros_like(length)
+    g = torch.zeros_like(b)
+    if gu is not None:
+        scale = 1.0 / den
+        radial = dot / (den * den * length)
+        coef = coef - torch.where(length >= eps, radial, torch.zeros_like(radial))
+        g = gu * scale[..., None]
+    if gl is not None:
+        along = gl[..., 0] / length
+        coef = coef + torch.where(length == 0, torch.zeros_like(along), along)
+    g = g + coef[..., None] * b
+    gx = torch.zeros_like(x)
+    for j in range(tree.num_joints):  # the bones leaving j in the kernel's order (csrc/tree.h)
+        s = -g[:, tree.joint_bone[j]] if tree.joint_bone[j] >= 0 else torch.zeros_like(x[:, j])
+        for k in tree.child_bones[j]:
+            s = s + g[:, k]
+        gx[:, j] = s
+    return unit, length[..., None], gx
+
+
+_BONE_TILE_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, "tests")
+import fastsmall as fs
+from test_kcs import _exact_bone_decompose
+torch.manual_seed(0)
+def same(a, b):  # bit for bit, NaN == NaN (a zero-length bone's unit vector at eps = 0 is 0 / 0)
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+parents = fs.Skeleton.h36m16().parents
+for B in (1, 31, 32, 33, 100):
+    for D in (2, 3):
+        for eps in (0.0, 0.5):
+            x = torch.randn(B, 16, D)
+            x[0, 3] = x[0, 2]  # a zero-length bone
+            gu, gl = torch.randn(B, 15, D), torch.randn(B, 15, 1)
+            unit, length = torch.ops.fastsmall.bone_decompose(x, parents, eps)
+            want_u, want_l, _ = _exact_bone_decompose(x, parents, eps, None, None)
+            assert same(unit, want_u) and same(length, want_l), (B, D, eps)
+            for a, b in ((gu, gl), (gu, None), (None, gl)):
+                got = torch.ops.fastsmall.bone_decompose_backward(a, b, x, parents, eps)
+                want = _exact_bone_decompose(x, parents, eps, a, b)[2]
+                assert same(got, want), (B, D, eps, a is None, b is None, (got - want).abs().max())
+print("ok")
+"""
+
+
+@needs_cpp
+@pytest.mark.parametrize("simd_bytes", [16, 32, 64])
+def test_cpp_bone_decompose_tiles_give_the_per_pose_bits_on_every_instruction_set(simd_bytes):
+    """FASTSMALL_SIMD_BYTES caps the instruction set (16: SSE2, 32: AVX2, 64: AVX-512 where the CPU
+    has it, else the widest it has)."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = dict(os.environ, FASTSMALL_SIMD_BYTES=str(simd_bytes))
+    out = subprocess.run([sys.executable, "-c", _BONE_TILE_SCRIPT], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -1,8 +1,14 @@
+// Before every include, so that it covers this file's functions, the inlined headers and the
+// instruction-set wrappers (isa.h): no a*b+c is fused into an FMA (torch's BuildExtension compiles
+// with -std=gnu++20, whose default contracts), so every instruction set gives the same bits.
+#pragma GCC optimize("fp-contract=off")
 // CPU kernels of the KCS op family: kcs_forward, bone_decompose, kcs_inverse and
 // their backward ops. Schemas: csrc/fastsmall.cpp. Reference: fastsmall/reference.py.
 //
 // Layout: every tensor is viewed as [B, rows, D] (made contiguous), one pose per
-// iteration of the parallel loop over the batch (for_each_pose, pose_loop.h). D (2 or 3)
+// iteration of the parallel loop over the batch (for_each_pose, pose_loop.h), except
+// bone_decompose and its backward, whose square roots and divisions run on tiles of poses
+// vectorised across poses (for_each_pose_tile, compiled per instruction set). D (2 or 3)
 // is a template parameter so the innermost loops unroll. float16/bfloat16 are computed
 // in float32 (at::opmath_type). The second argument of for_each_pose is the kernel's measured
 // single-thread cost per pose in ns, from which the loop's grain is set (pose_loop.h).
@@ -17,7 +23,9 @@
 
 #include "../checks.h"
 #include "../tree.h"
+#include "isa.h"
 #include "pose_loop.h"
+#include "simd.h"
 
 namespace fastsmall {
 namespace {
@@ -106,99 +114,154 @@ at::Tensor kcs_forward_backward_cpu(const at::Tensor& g_, c10::IntArrayRef paren
 
 // ---- bone_decompose -----------------------------------------------------------
 // length = ||b||, unit = b / length (eps == 0, PoseAug) or b / max(length, eps).
+//
+// Tiles of kPoseTile poses, transposed (pose_loop.h): each loop below runs over the poses of a
+// tile for one bone, so the square roots and the true divisions (kept on purpose: eps == 0 is
+// bit-compatible with PoseAug's b / ||b||) vectorise across poses at the instruction set's width
+// (-fno-math-errno). The backward recomputes the bone vectors and lengths from x: saving them
+// would write and read back 4 floats per bone (16 bytes) to spare a subtraction, a square root
+// and a division that the tile does at vector width (measured: the backward's cost is the
+// gradient formula, not the recomputation).
 
-// Per pose: gather the bones into one array per coordinate (structure of arrays),
-// so the sqrt/divide loops over bones vectorise (-O3 -fno-math-errno), then
-// interleave the results back.
+constexpr int R = kPoseTile;
+
+// Per-thread scratch, all [rows][R] tiles: the joints (in), the bones' outputs or gradients (work),
+// the lengths or their gradients (len), and the joints' gradients (out, backward only).
+struct BoneScratch {
+  AlignedBuffer in, work, len, out;
+  BoneScratch(int64_t J, int64_t NB, int64_t D, size_t elem, bool backward)
+      : in(J * D * R * elem), work(NB * D * R * elem), len(NB * R * elem), out(backward ? J * D * R * elem : 0) {}
+};
+
+// The bone vector b = x[parent] - x[child] of bone k for the poses of a tile.
 template <typename acc_t, int Dc>
-struct BoneArrays {
-  std::vector<acc_t> storage;
-  acc_t* b[Dc];
-  acc_t* g[Dc];
-  acc_t* len;
-  acc_t* gl;
-  explicit BoneArrays(int64_t NB) : storage((2 * Dc + 2) * NB) {
-    for (int d = 0; d < Dc; ++d) {
-      b[d] = storage.data() + d * NB;
-      g[d] = storage.data() + (Dc + d) * NB;
+struct TileBone {
+  const acc_t* __restrict__ p;
+  const acc_t* __restrict__ c;
+  TileBone(const acc_t* X, int64_t parent, int64_t child) : p(X + parent * Dc * R), c(X + child * Dc * R) {}
+  FASTSMALL_INLINE acc_t operator()(int d, int r) const { return p[d * R + r] - c[d * R + r]; }
+};
+
+template <int BYTES, typename scalar_t, typename acc_t, int Dc>
+FASTSMALL_INLINE void bone_decompose_tile(std::integral_constant<int, Dc>, const scalar_t* x, scalar_t* unit,
+                                          scalar_t* length, int64_t n, const Tree& t, acc_t e,
+                                          const BoneScratch& s) {
+  const int64_t J = t.num_joints, NB = t.num_bones();
+  acc_t* X = s.in.as<acc_t>();
+  load_rows<R, BYTES>(x, n, J * Dc, X);
+  for (int64_t k = 0; k < NB; ++k) {
+    const TileBone<acc_t, Dc> b(X, t.bone_parent[k], t.bone_child[k]);
+    acc_t* __restrict__ u = s.work.as<acc_t>() + k * Dc * R;
+    acc_t* __restrict__ len = s.len.as<acc_t>() + k * R;
+    for (int r = 0; r < R; ++r) {
+      const acc_t b0 = b(0, r), b1 = b(1, r), b2 = Dc == 3 ? b(Dc - 1, r) : acc_t(0);
+      acc_t sq = b0 * b0 + b1 * b1;
+      if constexpr (Dc == 3) sq += b2 * b2;
+      const acc_t l = std::sqrt(sq);
+      // max(len, 0) == len: eps == 0 is PoseAug's b / ||b|| (a true division, bit-exact).
+      // std::max(l, e) is (l < e ? e : l): a NaN length stays NaN, so a bone touching a NaN
+      // coordinate gets a NaN unit vector, as the reference (README "Non-finite input").
+      const acc_t den = std::max(l, e);
+      len[r] = l;
+      u[r] = b0 / den;
+      u[R + r] = b1 / den;
+      if constexpr (Dc == 3) u[2 * R + r] = b2 / den;
     }
-    len = storage.data() + 2 * Dc * NB;
-    gl = len + NB;
+  }
+  store_rows<R, BYTES>(s.work.as<acc_t>(), n, NB * Dc, unit);
+  store_rows<R, BYTES>(s.len.as<acc_t>(), n, NB, length);
+}
+
+// Gradient w.r.t. each bone vector, then chained to the joints:
+//   unit = b / den, den = max(len, eps): g / den - (b.g) b / (den^2 len), the radial
+//   term where the clamp passes the gradient (len >= eps, as torch.clamp_min);
+//   length = ||b||: gl b / len, 0 at b = 0 (as torch.linalg.vector_norm);
+//   grad_x[j] = sum of the gradients of the bones leaving j - the gradient of the bone ending at j.
+template <bool HAS_GU, bool HAS_GL, int BYTES, typename scalar_t, typename acc_t, int Dc>
+FASTSMALL_INLINE void bone_decompose_backward_tile(std::integral_constant<int, Dc>, const scalar_t* gu,
+                                                   const scalar_t* gl, const scalar_t* x, scalar_t* out, int64_t n,
+                                                   const Tree& t, acc_t e, const BoneScratch& s) {
+  const int64_t J = t.num_joints, NB = t.num_bones();
+  acc_t* X = s.in.as<acc_t>();
+  acc_t* G = s.work.as<acc_t>();  // grad_unit in, grad of the bone vectors out
+  acc_t* GL = s.len.as<acc_t>();
+  load_rows<R, BYTES>(x, n, J * Dc, X);
+  if constexpr (HAS_GU) load_rows<R, BYTES>(gu, n, NB * Dc, G);
+  if constexpr (HAS_GL) load_rows<R, BYTES>(gl, n, NB, GL);
+  for (int64_t k = 0; k < NB; ++k) {
+    const TileBone<acc_t, Dc> b(X, t.bone_parent[k], t.bone_child[k]);
+    acc_t* __restrict__ g = G + k * Dc * R;
+    const acc_t* __restrict__ glk = GL + k * R;
+    for (int r = 0; r < R; ++r) {
+      const acc_t b0 = b(0, r), b1 = b(1, r), b2 = Dc == 3 ? b(Dc - 1, r) : acc_t(0);
+      const acc_t g0 = HAS_GU ? g[r] : acc_t(0), g1 = HAS_GU ? g[R + r] : acc_t(0);
+      const acc_t g2 = HAS_GU && Dc == 3 ? g[(Dc - 1) * R + r] : acc_t(0);
+      acc_t sq = b0 * b0 + b1 * b1;
+      acc_t dot = b0 * g0 + b1 * g1;
+      if constexpr (Dc == 3) {
+        sq += b2 * b2;
+        dot += b2 * g2;
+      }
+      const acc_t len = std::sqrt(sq);
+      const acc_t den = std::max(len, e);
+      // Divisions are computed unconditionally and then selected, so the loop has no branches
+      // and vectorises; a discarded inf/NaN is harmless.
+      acc_t coef = 0;   // multiplies b
+      acc_t scale = 0;  // multiplies g
+      if constexpr (HAS_GU) {
+        scale = acc_t(1) / den;
+        const acc_t radial = dot / (den * den * len);
+        coef -= len >= e ? radial : acc_t(0);
+      }
+      if constexpr (HAS_GL) {
+        // "== 0", not "> 0": a NaN length keeps its NaN gradient in every coordinate of the bone
+        // (as the reference's autograd), instead of 0 * b, NaN only in the NaN coordinates.
+        const acc_t along = glk[r] / len;
+        coef += len == acc_t(0) ? acc_t(0) : along;
+      }
+      g[r] = (HAS_GU ? g0 * scale : acc_t(0)) + coef * b0;
+      g[R + r] = (HAS_GU ? g1 * scale : acc_t(0)) + coef * b1;
+      if constexpr (Dc == 3) g[2 * R + r] = (HAS_GU ? g2 * scale : acc_t(0)) + coef * b2;
+    }
+  }
+  acc_t* O = s.out.as<acc_t>();
+  const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
+  for (int64_t j = 0; j < J; ++j) {
+    for (int d = 0; d < Dc; ++d) {
+      acc_t* __restrict__ o = O + (j * Dc + d) * R;
+      if (own[j] >= 0) {
+        const acc_t* __restrict__ mine = G + (own[j] * Dc + d) * R;
+        for (int r = 0; r < R; ++r) o[r] = -mine[r];
+      } else {
+        std::fill(o, o + R, acc_t(0));
+      }
+      for (int64_t i = co[j]; i < co[j + 1]; ++i) {
+        const acc_t* __restrict__ child = G + (cb[i] * Dc + d) * R;
+        for (int r = 0; r < R; ++r) o[r] += child[r];
+      }
+    }
+  }
+  store_rows<R, BYTES>(O, n, J * Dc, out);
+}
+
+struct BoneDecomposeTile {
+  template <int BYTES, typename... Args>
+  static FASTSMALL_INLINE void run(Args&&... args) {
+    bone_decompose_tile<BYTES>(std::forward<Args>(args)...);
   }
 };
 
-template <typename scalar_t, typename acc_t, int Dc>
-inline void gather_bones(const scalar_t* xn, const int64_t* bp, const int64_t* bc, int64_t NB,
-                         BoneArrays<acc_t, Dc>& a) {
-  for (int64_t k = 0; k < NB; ++k)
-    for (int d = 0; d < Dc; ++d) a.b[d][k] = acc_t(xn[bp[k] * Dc + d]) - acc_t(xn[bc[k] * Dc + d]);
-}
-
-// The loops below run over bones with one restrict pointer per coordinate, so
-// GCC vectorises them (sqrt needs -fno-math-errno). Coordinate 2 exists for D == 3.
-template <typename acc_t, int Dc>
-inline void normalize_bones(BoneArrays<acc_t, Dc>& a, int64_t NB, acc_t e) {
-  acc_t* __restrict__ b0 = a.b[0];
-  acc_t* __restrict__ b1 = a.b[1];
-  acc_t* __restrict__ b2 = a.b[Dc - 1];
-  acc_t* __restrict__ len = a.len;
-  for (int64_t k = 0; k < NB; ++k) {
-    acc_t sq = b0[k] * b0[k] + b1[k] * b1[k];
-    if constexpr (Dc == 3) sq += b2[k] * b2[k];
-    const acc_t l = std::sqrt(sq);
-    // max(len, 0) == len: eps == 0 is PoseAug's b / ||b|| (a true division, bit-exact).
-    // std::max(l, e) is (l < e ? e : l): a NaN length stays NaN, so a bone touching a NaN
-    // coordinate gets a NaN unit vector, as the reference (README "Non-finite input").
-    const acc_t den = std::max(l, e);
-    len[k] = l;
-    b0[k] = b0[k] / den;
-    b1[k] = b1[k] / den;
-    if constexpr (Dc == 3) b2[k] = b2[k] / den;
+template <bool HAS_GU, bool HAS_GL>
+struct BoneDecomposeBackwardTile {
+  template <int BYTES, typename... Args>
+  static FASTSMALL_INLINE void run(Args&&... args) {
+    bone_decompose_backward_tile<HAS_GU, HAS_GL, BYTES>(std::forward<Args>(args)...);
   }
-}
+};
 
-// Gradient w.r.t. each bone vector, written over a.g:
-//   unit = b / den, den = max(len, eps): g / den - (b.g) b / (den^2 len), the radial
-//   term where the clamp passes the gradient (len >= eps, as torch.clamp_min);
-//   length = ||b||: gl b / len, 0 at b = 0 (as torch.linalg.vector_norm).
-template <typename acc_t, int Dc, bool HAS_GU, bool HAS_GL>
-inline void bone_gradients(BoneArrays<acc_t, Dc>& a, int64_t NB, acc_t e) {
-  const acc_t* __restrict__ b0 = a.b[0];
-  const acc_t* __restrict__ b1 = a.b[1];
-  const acc_t* __restrict__ b2 = a.b[Dc - 1];
-  acc_t* __restrict__ g0 = a.g[0];
-  acc_t* __restrict__ g1 = a.g[1];
-  acc_t* __restrict__ g2 = a.g[Dc - 1];
-  const acc_t* __restrict__ gl = a.gl;
-  for (int64_t k = 0; k < NB; ++k) {
-    acc_t sq = b0[k] * b0[k] + b1[k] * b1[k];
-    acc_t dot = b0[k] * g0[k] + b1[k] * g1[k];
-    if constexpr (Dc == 3) {
-      sq += b2[k] * b2[k];
-      dot += b2[k] * g2[k];
-    }
-    const acc_t len = std::sqrt(sq);
-    const acc_t den = std::max(len, e);
-    // Divisions are computed unconditionally and then selected, so the loop has
-    // no branches and vectorises; a discarded inf/NaN is harmless.
-    acc_t coef = 0;  // multiplies b
-    acc_t scale = 0;  // multiplies g
-    if constexpr (HAS_GU) {
-      scale = acc_t(1) / den;
-      const acc_t radial = dot / (den * den * len);
-      coef -= len >= e ? radial : acc_t(0);
-    }
-    if constexpr (HAS_GL) {
-      // "== 0", not "> 0": a NaN length keeps its NaN gradient in every coordinate of the bone
-      // (as the reference's autograd), instead of 0 * b, NaN only in the NaN coordinates.
-      const acc_t along = gl[k] / len;
-      coef += len == acc_t(0) ? acc_t(0) : along;
-    }
-    g0[k] = (HAS_GU ? g0[k] * scale : acc_t(0)) + coef * b0[k];
-    g1[k] = (HAS_GU ? g1[k] * scale : acc_t(0)) + coef * b1[k];
-    if constexpr (Dc == 3) g2[k] = (HAS_GU ? g2[k] * scale : acc_t(0)) + coef * b2[k];
-  }
-}
+// Costs per pose for the grain (ns, one thread; bench/bench_small_batch.py --calibrate, AMD EPYC,
+// AVX2, H36M-16, D = 3, float32, 1,024-4,096 poses): forward 31-48 (the per-pose loop before the
+// tiles: 87-116), backward 49-65 (255-389); written below per joint coordinate (J * D = 48).
 
 std::tuple<at::Tensor, at::Tensor> bone_decompose_cpu(const at::Tensor& x_, c10::IntArrayRef parents,
                                                        double eps) {
@@ -214,18 +277,12 @@ std::tuple<at::Tensor, at::Tensor> bone_decompose_cpu(const at::Tensor& x_, c10:
     const scalar_t* xp = in.data.const_data_ptr<scalar_t>();
     scalar_t* up = unit.mutable_data_ptr<scalar_t>();
     scalar_t* lp = length.mutable_data_ptr<scalar_t>();
-    const int64_t *bp = in.tree.bone_parent.data(), *bc = in.tree.bone_child.data();
     const acc_t e = static_cast<acc_t>(eps);
-    auto scratch = [&] { return BoneArrays<acc_t, Dc>(NB); };
-    for_each_pose(in.B, 1.8 * J * Dc, scratch, [&](int64_t n, BoneArrays<acc_t, Dc>& a) {
-      gather_bones<scalar_t, acc_t, Dc>(xp + n * J * Dc, bp, bc, NB, a);
-      normalize_bones<acc_t, Dc>(a, NB, e);
-      scalar_t* un = up + n * NB * Dc;
-      for (int64_t k = 0; k < NB; ++k) {
-        for (int d = 0; d < Dc; ++d) un[k * Dc + d] = static_cast<scalar_t>(a.b[d][k]);
-        lp[n * NB + k] = static_cast<scalar_t>(a.len[k]);
-      }
-    });
+    const auto scratch = [&] { return BoneScratch(J, NB, Dc, sizeof(acc_t), false); };
+    for_each_pose_tile<BoneDecomposeTile>(
+        in.B, 0.8 * J * Dc, scratch, [&](auto&& kernel, const BoneScratch& s, int64_t p0, int64_t n) {
+          kernel(dim, xp + p0 * J * Dc, up + p0 * NB * Dc, lp + p0 * NB, n, in.tree, e, s);
+        });
   });
   return {unit, length};
 }
@@ -247,34 +304,23 @@ at::Tensor bone_decompose_backward_cpu(const std::optional<at::Tensor>& grad_uni
     const scalar_t* gup = gu.defined() ? gu.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* glp = gl.defined() ? gl.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const Tree& t = in.tree;
-    const int64_t *bp = t.bone_parent.data(), *bc = t.bone_child.data();
-    const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
     const acc_t e = static_cast<acc_t>(eps);
-    auto scratch = [&] { return BoneArrays<acc_t, Dc>(NB); };
-    for_each_pose(in.B, 5.3 * J * Dc, scratch, [&](int64_t n, BoneArrays<acc_t, Dc>& a) {
-      gather_bones<scalar_t, acc_t, Dc>(xp + n * J * Dc, bp, bc, NB, a);
-      for (int64_t k = 0; k < NB; ++k) {
-        for (int d = 0; d < Dc; ++d) a.g[d][k] = gup ? acc_t(gup[(n * NB + k) * Dc + d]) : acc_t(0);
-        a.gl[k] = glp ? acc_t(glp[n * NB + k]) : acc_t(0);
-      }
-      if (gup && glp) {
-        bone_gradients<acc_t, Dc, true, true>(a, NB, e);
-      } else if (gup) {
-        bone_gradients<acc_t, Dc, true, false>(a, NB, e);
-      } else {
-        bone_gradients<acc_t, Dc, false, true>(a, NB, e);
-      }
-      // Chain through the bone vectors as kcs_forward_backward does (a gather per joint).
-      scalar_t* on = op + n * J * Dc;
-      for (int64_t j = 0; j < J; ++j) {
-        for (int d = 0; d < Dc; ++d) {
-          acc_t s = own[j] >= 0 ? -a.g[d][own[j]] : acc_t(0);
-          for (int64_t i = co[j]; i < co[j + 1]; ++i) s += a.g[d][cb[i]];
-          on[j * Dc + d] = static_cast<scalar_t>(s);
-        }
-      }
-    });
+    const auto scratch = [&] { return BoneScratch(J, NB, Dc, sizeof(acc_t), true); };
+    auto run = [&](auto kernel_tag) {
+      using Kernel = decltype(kernel_tag);
+      for_each_pose_tile<Kernel>(
+          in.B, 1.2 * J * Dc, scratch, [&](auto&& kernel, const BoneScratch& s, int64_t p0, int64_t n) {
+            kernel(dim, gup ? gup + p0 * NB * Dc : gup, glp ? glp + p0 * NB : glp, xp + p0 * J * Dc,
+                   op + p0 * J * Dc, n, in.tree, e, s);
+          });
+    };
+    if (gup && glp) {
+      run(BoneDecomposeBackwardTile<true, true>{});
+    } else if (gup) {
+      run(BoneDecomposeBackwardTile<true, false>{});
+    } else {
+      run(BoneDecomposeBackwardTile<false, true>{});
+    }
   });
   return out;
 }

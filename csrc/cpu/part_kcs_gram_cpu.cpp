@@ -50,15 +50,11 @@ GramInput gram_input(const at::Tensor& bones_, c10::IntArrayRef part_bones, c10:
   return in;
 }
 
-// ---- tiles of poses ----------------------------------------------------------------------------
-// Both kernels run over tiles of kTile poses held transposed ([NB * D][kTile] in the compute
-// type, simd.h), so every vector holds one coordinate of one bone of several poses. A Gram entry's
-// bones (i, j) are the same for every pose, so each entry is a few whole-vector multiply-adds with
-// no indirect indexing inside the vectors; the indices are walked once per tile instead of once per
-// pose. Each lane computes exactly what the per-pose loop did, in the same order and without
-// contracting a*b+c (the pragma at the top), so every instruction set gives the bits of the scalar code.
+// ---- tiles of poses (pose_loop.h) ------------------------------------------------------------
+// A Gram entry's bones (i, j) are the same for every pose, so each entry is a few whole-vector
+// multiply-adds with no indirect indexing inside the vectors.
 
-constexpr int kTile = 32;  // poses per tile: a multiple of every vector width (AVX-512 float32: 16)
+constexpr int kTile = kPoseTile;
 
 // Per-thread scratch: the bones tile, the gradient tile (backward) or the output tile (forward,
 // compact), and the per-entry values of the tile.
@@ -147,27 +143,6 @@ struct GramTileKernel {
   }
 };
 
-// f(kernel, scratch, p0, n) for every tile of poses [p0, p0 + n) of a B-pose batch, in parallel
-// with a grain of ~80 us of ns_per_pose work (parallel.h). kernel(args...) runs the tile kernel
-// compiled for the widest instruction set of this machine (isa.h); the tiles are independent, so
-// the result does not depend on the thread count.
-template <bool BACKWARD, typename scalar_t, typename F>
-void for_each_tile(int64_t B, double ns_per_pose, int64_t C, int64_t work_rows, int64_t E, F&& f) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t tiles = (B + kTile - 1) / kTile;
-  dispatch_simd_bytes([&](auto simd) {
-    constexpr int BYTES = decltype(simd)::value;
-    const auto kernel = [&](auto&&... args) {
-      call_isa<GramTileKernel<BACKWARD>, BYTES>(static_cast<scalar_t*>(nullptr), static_cast<acc_t*>(nullptr),
-                                                std::forward<decltype(args)>(args)...);
-    };
-    at::parallel_for(0, tiles, grain_for(ns_per_pose * kTile), [&](int64_t begin, int64_t end) {
-      const GramScratch scratch(C, work_rows, E, sizeof(acc_t));
-      for (int64_t t = begin; t < end; ++t) f(kernel, scratch, t * kTile, std::min<int64_t>(kTile, B - t * kTile));
-    });
-  });
-}
-
 // ---- the ops ------------------------------------------------------------------------------------
 // The cost per pose given to the parallel loop's grain is linear in the Gram entries (E * D) and
 // the outputs (S). Measured on one thread (bench/bench_small_batch.py --calibrate; AMD EPYC, AVX2;
@@ -190,10 +165,12 @@ at::Tensor part_kcs_gram_cpu(const at::Tensor& bones_, c10::IntArrayRef part_bon
     using scalar_t = decltype(tag);
     const scalar_t* bp = in.bones.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    for_each_tile<false, scalar_t>(in.B, 0.15 * in.E * D + 0.3 * S, NB * D, compact ? S : 0, in.E,
-                                   [&](auto&& kernel, const GramScratch& s, int64_t p0, int64_t n) {
-                                     kernel(in.e, bp + p0 * NB * D, op + p0 * S, n, NB, D, compact, s);
-                                   });
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto scratch = [&] { return GramScratch(NB * D, compact ? S : 0, in.E, sizeof(acc_t)); };
+    for_each_pose_tile<GramTileKernel<false>>(
+        in.B, 0.15 * in.E * D + 0.3 * S, scratch, [&](auto&& kernel, const GramScratch& s, int64_t p0, int64_t n) {
+          kernel(tag_ptr<scalar_t>(), tag_ptr<acc_t>(), in.e, bp + p0 * NB * D, op + p0 * S, n, NB, D, compact, s);
+        });
   });
   return out;
 }
@@ -211,10 +188,13 @@ at::Tensor part_kcs_gram_backward_cpu(const at::Tensor& grad_, const at::Tensor&
     const scalar_t* bp = in.bones.const_data_ptr<scalar_t>();
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    for_each_tile<true, scalar_t>(in.B, 0.5 * in.E * D + 0.1 * S, NB * D, NB * D, in.E,
-                                  [&](auto&& kernel, const GramScratch& s, int64_t p0, int64_t n) {
-                                    kernel(in.e, gp + p0 * S, bp + p0 * NB * D, op + p0 * NB * D, n, NB, D, s);
-                                  });
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto scratch = [&] { return GramScratch(NB * D, NB * D, in.E, sizeof(acc_t)); };
+    for_each_pose_tile<GramTileKernel<true>>(
+        in.B, 0.5 * in.E * D + 0.1 * S, scratch, [&](auto&& kernel, const GramScratch& s, int64_t p0, int64_t n) {
+          kernel(tag_ptr<scalar_t>(), tag_ptr<acc_t>(), in.e, gp + p0 * S, bp + p0 * NB * D, op + p0 * NB * D, n, NB,
+                 D, s);
+        });
   });
   return out;
 }

@@ -8,10 +8,10 @@
 // unless it takes more than ~80 us on one, and each thread of a parallel region gets > ~40 us.
 // Costs measured on a 2-core AMD EPYC (AVX2), H36M-16 poses, D = 3, float32, ns per pose
 // (bench/bench_small_batch.py --calibrate): kcs_forward 26-37, kcs_forward_backward 57,
-// bone_decompose 87, its backward 255, kcs_inverse 55-80, its backward 74-105. At B = 1,024
-// kcs_forward, its backward and kcs_inverse therefore run on one thread; bone_decompose and the other
-// backwards on two (bench/RESULTS.md, "Small batches"). The part-Gram kernels run over tiles of
-// poses instead (part_kcs_gram_cpu.cpp), with the same grain rule.
+// kcs_inverse 55-80, its backward 74-105. At B = 1,024 kcs_forward, its backward and kcs_inverse
+// therefore run on one thread, the other backwards on two (bench/RESULTS.md, "Small batches").
+// bone_decompose and the part-Gram kernels run over tiles of poses instead (below), with the same
+// grain rule and their costs at their call sites.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,6 +25,7 @@
 
 #include "../macros.h"
 #include "dtypes.h"
+#include "isa.h"
 #include "parallel.h"
 
 namespace fastsmall {
@@ -80,6 +81,40 @@ template <typename Body>
 FASTSMALL_INLINE void for_each_pose(int64_t B, double ns_per_pose, Body&& body) {
   at::parallel_for(0, B, grain_for(ns_per_pose), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) body(n);
+  });
+}
+
+// ---- tiles of poses ----------------------------------------------------------------------------
+// Kernels whose per-pose work is arithmetic (bone_decompose, the part-Gram) run over tiles of
+// kPoseTile poses held transposed ([rows * D][kPoseTile] in the compute type, simd.h load_rows /
+// store_rows), so that a vector holds one coordinate of several poses: the skeleton's indices are
+// the same for every pose, so they are walked once per tile and every operation is a whole-vector
+// one. Each lane computes exactly what a per-pose loop computes, in the same order (no FMA
+// contraction: the kernels' files turn it off), so every instruction set gives the same bits.
+
+constexpr int kPoseTile = 32;  // a multiple of every vector width (AVX-512 float32: 16 lanes)
+
+// A null pointer of type T*: passed to a tile kernel so that it deduces its element types.
+template <typename T>
+constexpr T* tag_ptr() {
+  return nullptr;
+}
+
+// f(kernel, scratch, p0, n) for every tile of poses [p0, p0 + n) of a B-pose batch, in parallel
+// with a grain of ~80 us of ns_per_pose work (parallel.h); each chunk makes its scratch once.
+// kernel(args...) is Kernel::run<BYTES>(args...) compiled for the widest instruction set of this
+// machine (isa.h call_isa). Tiles are independent: the result does not depend on the thread count.
+template <typename Kernel, typename MakeScratch, typename F>
+void for_each_pose_tile(int64_t B, double ns_per_pose, MakeScratch&& make_scratch, F&& f) {
+  const int64_t tiles = (B + kPoseTile - 1) / kPoseTile;
+  dispatch_simd_bytes([&](auto simd) {
+    constexpr int BYTES = decltype(simd)::value;
+    const auto kernel = [](auto&&... args) { call_isa<Kernel, BYTES>(std::forward<decltype(args)>(args)...); };
+    at::parallel_for(0, tiles, grain_for(ns_per_pose * kPoseTile), [&](int64_t begin, int64_t end) {
+      auto scratch = make_scratch();
+      for (int64_t t = begin; t < end; ++t)
+        f(kernel, scratch, t * kPoseTile, std::min<int64_t>(kPoseTile, B - t * kPoseTile));
+    });
   });
 }
 
