@@ -8,9 +8,15 @@
   the state is a :class:`CheckpointError` naming the file, never a silently different run.
 * **Safe to load**: checkpoints hold only tensors and plain containers; both layers load with
   ``torch.load(weights_only=True)``, which executes no code from the file.
-* **The previous one is kept** (``keep_previous=True``): ``last.pt`` becomes ``prev.pt``
-  before the new ``last.pt`` is renamed into place, so a corrupted latest checkpoint can be
-  resumed from the one before (:func:`load_latest_checkpoint`).
+* **The latest ``keep`` are kept** (``keep=N``; a run's ``--keep``, default 2): ``last.pt`` is
+  the newest, ``prev.pt`` the one written before it, ``prev-2.pt`` the one before that, ... up
+  to ``prev-<N-1>.pt`` -- by recency of writing, whatever the method writes (epoch and
+  generation-end checkpoints alike). A save renames each kept one a place older (the oldest
+  drops out), then renames the new file into place, then deletes any kept beyond ``N`` (a run
+  resumed with a smaller ``--keep``); every step is an atomic rename or unlink, so a kill at any
+  moment leaves complete checkpoints only. ``keep=1`` keeps ``last.pt`` alone. A corrupted latest
+  checkpoint is resumed from the newest earlier one that is intact (:func:`load_latest_checkpoint`).
+  ``keep_previous=True`` is the old spelling of ``keep=2``.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -36,10 +43,39 @@ class CorruptCheckpointError(CheckpointError):
     """The file is unreadable or its contents do not match the stored checksum."""
 
 
-def previous_path(path) -> Path:
-    """Where ``save_checkpoint(..., keep_previous=True)`` keeps the checkpoint before ``path``."""
+def previous_path(path, back: int = 1) -> Path:
+    """Where ``save_checkpoint(path, ..., keep=N)`` keeps the checkpoint written ``back`` saves
+    before ``path`` (``back`` < N): ``prev.pt``, ``prev-2.pt``, ... beside ``last.pt``;
+    ``NAME.prev.pt``, ``NAME.prev-2.pt``, ... beside any other ``NAME.pt``."""
     path = Path(path)
-    return path.with_name(("prev" if path.stem == "last" else path.stem + ".prev") + path.suffix)
+    if back < 1:
+        raise ValueError(f"back must be >= 1, got {back}")
+    prev = "prev" if back == 1 else f"prev-{back}"
+    return path.with_name((prev if path.stem == "last" else f"{path.stem}.{prev}") + path.suffix)
+
+
+def earlier_checkpoints(path) -> list[tuple[int, Path]]:
+    """``(back, file)`` of every earlier checkpoint kept beside ``path`` (:func:`previous_path`'s
+    names that exist), newest first."""
+    path = Path(path)
+    stem = "" if path.stem == "last" else re.escape(path.stem) + r"\."
+    pattern = re.compile(rf"{stem}prev(?:-([0-9]+))?{re.escape(path.suffix)}")
+    found = []
+    if path.parent.is_dir():
+        for p in path.parent.iterdir():
+            m = pattern.fullmatch(p.name)
+            if m and p.is_file():
+                back = int(m.group(1)) if m.group(1) else 1
+                if back >= 1 and p == previous_path(path, back):  # (prev-01.pt is not a name this writes)
+                    found.append((back, p))
+    return sorted(found)
+
+
+def check_keep(keep) -> int:
+    """``keep`` as an int >= 1 (a bool or a float is refused), else a ValueError."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be an int >= 1 (how many checkpoints to keep), got {keep!r}")
+    return keep
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -58,8 +94,17 @@ def user_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def save_checkpoint(path, state: dict, *, keep_previous: bool = False) -> None:
+def save_checkpoint(path, state: dict, *, keep: int | None = None, keep_previous: bool = False) -> None:
+    """Write ``state`` to ``path`` atomically, verified on load (see the module docstring).
+
+    ``keep=N``: ``path`` and the N-1 checkpoints written before it are kept beside it
+    (:func:`previous_path`), any older one is deleted. ``keep=None`` (the default) replaces
+    ``path`` and leaves whatever else is there alone -- ``keep_previous=True``: as ``keep=2``."""
     path = Path(path)
+    if keep is None and keep_previous:
+        keep = 2
+    if keep is not None:
+        check_keep(keep)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -73,9 +118,17 @@ def save_checkpoint(path, state: dict, *, keep_previous: bool = False) -> None:
             torch.save(wrapper, f)
             f.flush()
             os.fsync(f.fileno())
-        if keep_previous and path.exists():
-            os.replace(path, previous_path(path))
+        if keep is not None and keep >= 2:  # each kept one a place older (oldest first), the oldest drops out
+            for back, older in reversed(earlier_checkpoints(path)):
+                if back < keep - 1:
+                    os.replace(older, previous_path(path, back + 1))
+            if path.exists():
+                os.replace(path, previous_path(path))
         os.replace(tmp, path)
+        if keep is not None:  # beyond keep: left by a run with a larger --keep (the new last.pt is in place)
+            for back, older in earlier_checkpoints(path):
+                if back >= keep:
+                    older.unlink()
         _fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
@@ -145,26 +198,33 @@ def config_difference(saved, current) -> str:
 
 def load_latest_checkpoint(path, *, expect: dict | None = None, map_location="cpu") -> tuple[dict, Path, str | None]:
     """``(state, the file it came from, a note)``: ``path``, or -- when ``path`` is missing or
-    corrupt -- the previous checkpoint kept beside it, with a note saying so. A checkpoint of
-    another run (``expect`` mismatch) is never skipped over: that is an error."""
+    corrupt -- the newest intact earlier checkpoint kept beside it (``prev.pt``, then ``prev-2.pt``,
+    ...), with a note saying so. A checkpoint of another run (``expect`` mismatch) is never skipped
+    over: that is an error; so is every kept checkpoint being corrupt."""
     path = Path(path)
     try:
         return load_checkpoint(path, expect=expect, map_location=map_location), path, None
     except CheckpointError as exc:
-        if isinstance(exc, CorruptCheckpointError) or not path.exists():
-            prev = previous_path(path)
-            if prev.is_file():
-                try:
-                    state = load_checkpoint(prev, expect=expect, map_location=map_location)
-                except CorruptCheckpointError as prev_exc:
-                    raise CorruptCheckpointError(f"{exc}; the previous checkpoint is unusable too: {prev_exc}") from None
-                return state, prev, f"{exc}; resuming from the previous checkpoint {prev} instead"
-        raise
+        earlier = earlier_checkpoints(path)
+        if not earlier or not (isinstance(exc, CorruptCheckpointError) or not path.exists()):
+            raise
+        unusable = []
+        for back, prev in earlier:
+            try:
+                state = load_checkpoint(prev, expect=expect, map_location=map_location)
+            except CorruptCheckpointError as prev_exc:
+                unusable.append(str(prev_exc))
+                continue
+            skipped = "".join(f"; {u}" for u in unusable)
+            which = "previous" if back == 1 else "earlier"
+            return state, prev, f"{exc}{skipped}; resuming from the {which} checkpoint {prev} instead"
+        which = "the previous checkpoint is" if len(unusable) == 1 else "the earlier checkpoints are"
+        raise CorruptCheckpointError(f"{exc}; {which} unusable too: {'; '.join(unusable)}") from None
 
 
 def has_checkpoint(path) -> bool:
-    """Whether ``path`` or the previous checkpoint kept beside it exists."""
-    return Path(path).is_file() or previous_path(path).is_file()
+    """Whether ``path`` or an earlier checkpoint kept beside it exists."""
+    return Path(path).is_file() or bool(earlier_checkpoints(path))
 
 
 def remove_stale_temporaries(folder) -> list[Path]:

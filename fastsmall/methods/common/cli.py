@@ -5,6 +5,7 @@ and prints the method's result; each method's ``__main__`` only says what is its
 description, the result table, extra flags). User errors end the command the way argparse's
 own do: one line on stderr, ``fastsmall <m>: error: <message>``, exit status 2, no traceback:
 
+* argparse's own: a value of the wrong type (``--keep 1.5``), an unknown flag;
 * :class:`ConfigError`: a bad value, or a rule across fields (each Config's ``validate``), an
   ``--out`` that is not a directory, a ``--device`` this machine does not have -- all checked
   before anything is written; the message names the flags (``--epochs must be >= 1, got 0``);
@@ -62,10 +63,19 @@ class _EscapePercent:
         return getattr(self._parser, name)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse's own errors -- a value of the wrong type (``--keep 1.5``: ``argument --keep: invalid
+    int value: '1.5'``), an unknown flag -- in the one-line form every other user error takes
+    (argparse would print its usage block first); ``--help`` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def build_parser(prog: str, description: str, config_cls,
                  add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
     """One ``--field-name`` option per Config field (help-safe), then the method's own flags."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = _OneLineErrors(prog=prog, description=description)
     add_config_arguments(_EscapePercent(parser), config_cls)
     if add_arguments is not None:
         add_arguments(parser)

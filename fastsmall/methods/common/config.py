@@ -150,6 +150,13 @@ def resume_option():
     return option(False, "continue the run in --out from its last checkpoint")
 
 
+def keep_option():
+    """``--keep N``: checkpoints kept in OUT/checkpoints/ (``checkpoint.save_checkpoint``'s ``keep``)."""
+    return option(2, "checkpoints kept in OUT/checkpoints/, newest first: last.pt, prev.pt, prev-2.pt, ... (this "
+                     "many in all; the oldest is deleted as a new one is written); 1: last.pt only. A resume "
+                     "falls back to the newest intact one when last.pt is corrupt", min=1)
+
+
 def tensorboard_option():
     return option(False, "also write TensorBoard event files to OUT/tensorboard/ (needs the tensorboard package)")
 

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import build as build_model
-from .config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option, option,
-                     quiet_option, tensorboard_option, resume_option, seeds_option, soft_default)
+from .config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option, keep_option,
+                     option, quiet_option, tensorboard_option, resume_option, seeds_option, soft_default)
 from .speed import (StepSpeed, channels_last_option, compile_option, loss_precision, precision_option, restart_sgd_,
                     set_lr)
 from .image_data import load_data
@@ -76,6 +76,7 @@ class TrainConfig:
     channels_last: bool = channels_last_option()
     impl: str = impl_option("masked ops (ke/ and dsd/ kernels.py, official.py: the official per-tensor loops)")
     out: str = option("runs/ke", "run directory")
+    keep: int = keep_option()
     dist_timeout: float = dist_timeout_option()
     resume: bool = resume_option()
     quiet: bool = quiet_option()

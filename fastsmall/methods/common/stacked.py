@@ -111,7 +111,7 @@ class StackedRun:
         replicas = [_cloned({**t.state(), "metrics_lines": t.metrics_lines}) for t in self.trainers]
         save_checkpoint(self.checkpoint_path, {
             "method": f"{self.method}-seeds", "config": self.fingerprint(), "world_size": self.dist.world_size,
-            "seeds": self.my_seeds, "replicas": replicas, "rng": get_rng_state()}, keep_previous=True)
+            "seeds": self.my_seeds, "replicas": replicas, "rng": get_rng_state()}, keep=self.cfg.keep)
 
     def restore(self) -> None:
         state, _, note = load_latest_checkpoint(self.checkpoint_path, map_location=self.trainers[0].device,

@@ -38,7 +38,7 @@ from .rundir import RunDir
 
 # config fields that may change between a run and its resumption
 VOLATILE_FIELDS = ("resume", "quiet", "out", "device", "compile", "dist_timeout", "tensorboard",
-                   "check_counts")  # (check_counts admits or refuses data, never changes it)
+                   "check_counts", "keep")  # (check_counts admits or refuses data, never changes it)
 
 
 def check_tensorboard(cfg) -> bool:
@@ -139,15 +139,15 @@ class Trainer:
         return config_fingerprint(self.cfg, VOLATILE_FIELDS, **self.fingerprint_extra())
 
     def checkpoint(self) -> None:
-        """Write the resumable state atomically (main process only)."""
+        """Write the resumable state atomically (main process only), keeping the ``cfg.keep`` latest."""
         if not self.dist.is_main:
             return
         save_checkpoint(self.run.checkpoint_path, {
             "method": self.method, "config": self.fingerprint(), "world_size": self.dist.world_size,
-            "metrics_lines": self.metrics_lines, "rng": get_rng_state(), **self.state()}, keep_previous=True)
+            "metrics_lines": self.metrics_lines, "rng": get_rng_state(), **self.state()}, keep=self.cfg.keep)
 
     def restore(self) -> None:
-        """Resume from the latest verified checkpoint (the previous one when the latest is corrupt)."""
+        """Resume from the latest verified checkpoint (the newest intact earlier one when the latest is corrupt)."""
         state, path, note = load_latest_checkpoint(self.run.checkpoint_path, map_location=self.device,
                                                    expect={"method": self.method, "config": self.fingerprint(),
                                                            "world_size": self.dist.world_size})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..common.config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option, option,
-                             quiet_option, tensorboard_option, resume_option, seeds_option, soft_default)
+from ..common.config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option,
+                             keep_option, option, quiet_option, tensorboard_option, resume_option, seeds_option,
+                             soft_default)
 from ..common.speed import channels_last_option, compile_option, precision_option
 
 
@@ -65,6 +66,7 @@ class Config:
     channels_last: bool = channels_last_option()
     impl: str = impl_option("pseudo-label path (crest/kernels.py, crest/official.py)")
     out: str = option("runs/crest", "run directory")
+    keep: int = keep_option()
     dist_timeout: float = dist_timeout_option()
     resume: bool = resume_option()
     quiet: bool = quiet_option()

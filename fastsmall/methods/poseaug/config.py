@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..common.config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option,
-                             list_option, option, quiet_option, tensorboard_option, resume_option, soft_default)
+                             keep_option, list_option, option, quiet_option, tensorboard_option, resume_option,
+                             soft_default)
 from ..common.speed import compile_option, precision_option
 from .data.h36m import KEYPOINT_NAME
 from .losses import FEEDBACKS
@@ -98,6 +99,7 @@ class Config:
     seed: int = option(0, "seed (data, initialisation, noise)")
     device: str = device_option()
     out: str = option("runs/poseaug", "run directory")
+    keep: int = keep_option()
     dist_timeout: float = dist_timeout_option()
     resume: bool = resume_option()
     quiet: bool = quiet_option()
