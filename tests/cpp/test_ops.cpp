@@ -19,6 +19,8 @@
 #include <tuple>
 #include <vector>
 
+#include "../../csrc/cpu/rng.h"
+
 namespace {
 
 int g_passed = 0;
@@ -203,6 +205,23 @@ void test_invalid_parents(const Ops& ops) {
 
 }  // namespace
 
+// The counter-based RNG's run of draws (csrc/cpu/rng.h draw_bits: 32-bit lanes while the high word of
+// the counter is fixed, the 64-bit counter across a multiple of 2^32) against draw_bit element by
+// element, at runs that end before, at and across 2^32 and 2^33 (no tensor of the tests is that large).
+void test_rng_runs() {
+  run_check("draw_bits == draw_bit around 2^32", [](std::string& why) {
+    const fastsmall::Key key = fastsmall::stream_key({1u, 2u, 3u});
+    uint32_t run[300];
+    for (const int64_t e0 : {int64_t(0), (int64_t(1) << 32) - 300, (int64_t(1) << 32) - 100, int64_t(1) << 32,
+                             (int64_t(1) << 33) - 7, (int64_t(5) << 32) + 11}) {
+      fastsmall::draw_bits(key, e0, 300, run);
+      for (int64_t i = 0; i < 300 && why.empty(); ++i)
+        if (run[i] != fastsmall::draw_bit(key, static_cast<uint64_t>(e0 + i)))
+          why = "element " + std::to_string(e0 + i) + " differs";
+    }
+  });
+}
+
 int main() {
   std::cout << "fastsmall C++ tests: ATen threads = " << at::get_num_threads() << std::endl;
   try {
@@ -214,6 +233,7 @@ int main() {
       test_dtype(ops, dtype, {2048}, 3);  // several at::parallel_for chunks
     }
     test_invalid_parents(ops);
+    test_rng_runs();
   } catch (const c10::Error& e) {
     fail("set-up", std::string("c10::Error: ") + e.what_without_backtrace() +
                        " (is libfastsmall.so linked with --no-as-needed, so that its ops are registered?)");
