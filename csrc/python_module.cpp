@@ -7,6 +7,8 @@
 #include <torch/extension.h>
 #include <torch/version.h>
 
+#include "cpu/isa.h"
+
 #ifndef FASTSMALL_CXX_FLAGS
 #define FASTSMALL_CXX_FLAGS "unknown"
 #endif
@@ -26,6 +28,12 @@ pybind11::dict build_info() {
   info["compiler"] = std::string(__VERSION__);
   info["cxx_flags"] = std::string(FASTSMALL_CXX_FLAGS);
   info["num_threads"] = at::get_num_threads();
+  // The instruction set the CPU kernels written on vectors run with (isa.h: the widest this CPU has,
+  // chosen once, capped by FASTSMALL_SIMD_BYTES); the auto-vectorised re-initialisation kernels pick
+  // AVX2 or the baseline the same way (GCC target_clones).
+  const int bytes = fastsmall::simd_bytes();
+  info["cpu_kernel_isa"] = bytes == 64 ? "AVX-512" : bytes == 32 ? "AVX2+FMA" : "baseline (SSE2)";
+  info["cpu_kernel_vector_bytes"] = bytes;
   return info;
 }
 

@@ -31,6 +31,29 @@ def test_info_command_reports_versions_and_backends():
 
 
 @pytest.mark.skipif(ext.C is None, reason="needs the built extension")
+def test_info_reports_the_instruction_set_of_the_cpu_kernels():
+    """The widest instruction set this CPU has (from /proc/cpuinfo), capped by FASTSMALL_SIMD_BYTES."""
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags to compare with")
+    widest = (64 if {"avx512f", "avx512dq", "avx512vl", "avx512bw", "avx2", "fma"} <= flags
+              else 32 if {"avx2", "fma"} <= flags else 16)
+    code = "import json, fastsmall._C as C; print(json.dumps(C.build_info()))"
+    names = {64: "AVX-512", 32: "AVX2+FMA", 16: "baseline (SSE2)"}
+    for cap, want in ((None, widest), ("32", min(widest, 32)), ("16", 16)):
+        env = {"FASTSMALL_SIMD_BYTES": cap} if cap else {}
+        proc = _python(code, **env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert info["cpu_kernel_vector_bytes"] == want and info["cpu_kernel_isa"] == names[want], (cap, info)
+
+
+@pytest.mark.skipif(ext.C is None, reason="needs the built extension")
 def test_build_record_matches_installed_torch():
     import torch
     record = ext.build_info()
