@@ -28,6 +28,7 @@ from .config import Config
 from .plots import plot_comparison
 from .train import train
 
+DEFAULT_DOC = "docs/ke_digits_small.md"
 RUNS = {
     "KE (KELS)": dict(mode="ke", split="kels"),
     "KE (WELS)": dict(mode="ke", split="wels"),
@@ -145,15 +146,20 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
     ke_dense = [results[("KE (KELS)", s)]["test_accuracy"] for s in seeds]
     ke_slim = [results[("KE (KELS)", s)]["slim_test_accuracy"] for s in seeds]
     n1 = [results[("KE (KELS)", s)]["n1_test_accuracy"] for s in seeds]
+    we_dense = [results[("KE (WELS)", s)]["test_accuracy"] for s in seeds]
     lines += [
         "", "## Headline comparisons (paired over seeds)", "",
         "| comparison | difference in test accuracy |", "|---|---|",
         f"| KE (KELS) N{N} − N1 | {paired(ke_dense, n1)} |",
-        f"| KE (WELS) N{N} − N1 | {paired([results[('KE (WELS)', s)]['test_accuracy'] for s in seeds], n1)} |",
+        f"| KE (WELS) N{N} − N1 | {paired(we_dense, n1)} |",
         f"| KE (KELS) N{N} − restart N{N} | "
         f"{paired(ke_dense, [results[('restart', s)]['test_accuracy'] for s in seeds])} |",
         f"| KE (KELS) N{N} − long ({N}×{E} epochs) | "
         f"{paired(ke_dense, [results[('long', s)]['test_accuracy'] for s in seeds])} |",
+        f"| KE (WELS) N{N} − restart N{N} | "
+        f"{paired(we_dense, [results[('restart', s)]['test_accuracy'] for s in seeds])} |",
+        f"| KE (WELS) N{N} − long ({N}×{E} epochs) | "
+        f"{paired(we_dense, [results[('long', s)]['test_accuracy'] for s in seeds])} |",
         f"| KE (KELS) slim N{N} − KE dense N{N} | {paired(ke_slim, ke_dense)} |",
         f"| KE (KELS) slim N{N} − N1 dense | {paired(ke_slim, n1)} |",
         f"| KE slim N{N} − restart slim N{N} | "
@@ -179,7 +185,7 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/ke-experiment")
-    parser.add_argument("--doc", default="docs/ke_digits_small.md")
+    parser.add_argument("--doc", default=DEFAULT_DOC)
     parser.add_argument("--update-docs", action="store_true",
                         help="rewrite --doc (tables and figure); without it the report goes to OUT/report.md")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
@@ -203,7 +209,10 @@ def main(argv=None) -> int:
                + f" --generations {args.generations} --epochs {args.epochs} --per-class {args.per_class}"
                + (f" --kels-rate {args.kels_rate:g}" if args.kels_rate != 0.5 else "")
                + (f" --wels-rate {args.wels_rate:g}" if args.wels_rate != 0.5 else "")
-               + (" --sequential" if args.sequential else "") + (" --update-docs" if args.update_docs else ""))
+               + (" --sequential" if args.sequential else "")
+               # without --doc the command would rewrite the default doc, not this one
+               + (f" --doc {args.doc}" if args.update_docs and args.doc != DEFAULT_DOC else "")
+               + (" --update-docs" if args.update_docs else ""))
     doc = report_path(args.out, args.doc, args.update_docs)
     doc.parent.mkdir(parents=True, exist_ok=True)
     plot = doc.with_suffix(".png")
