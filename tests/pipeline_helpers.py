@@ -74,6 +74,26 @@ def as_args(fields: dict) -> list[str]:
     return args
 
 
+def main_of(method: str):
+    """The ``main`` of a method's CLI module (``fastsmall.cli.COMMANDS``), called in this process."""
+    import importlib
+
+    from fastsmall.cli import COMMANDS
+
+    return importlib.import_module(COMMANDS[method][1]).main
+
+
+def run_main(method: str, argv, capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a method's CLI run in this process."""
+    capsys.readouterr()
+    try:
+        code = main_of(method)([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 CREST_TINY_ARGS = as_args(CREST_TINY)
 KE_TINY_ARGS = as_args(KE_TINY)
 DSD_TINY_ARGS = as_args(DSD_TINY)

@@ -9,7 +9,6 @@ uninterrupted run; ``--keep`` may change on resume (it changes no result).
 """
 from __future__ import annotations
 
-import importlib
 
 import pytest
 
@@ -19,7 +18,7 @@ from fastsmall.methods.common.checkpoint import (earlier_checkpoints, has_checkp
                                                  previous_path)
 from fastsmall.methods.common.generations import GenerationTrainer
 from pipeline_helpers import (CREST_TINY, DSD_TINY, KE_TINY, POSEAUG_TINY, as_args, dies_on_call,  # noqa: F401
-                              one_thread, records, strip_times)
+                              one_thread, records, run_main, strip_times)
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_plots")
 
@@ -169,20 +168,6 @@ def test_load_latest_falls_back_to_the_newest_intact_one(tmp_path):
 
 
 # ---- every method: the option in the CLI, the config file and the Python API ---------------------
-def main_of(method: str):
-    from fastsmall.cli import COMMANDS
-
-    return importlib.import_module(COMMANDS[method][1]).main
-
-
-def run_main(method: str, argv, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main_of(method)([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("method", list(MODULES))

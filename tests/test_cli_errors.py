@@ -16,7 +16,6 @@ Every CLI runs in process through its ``main(argv)`` at the tiniest budgets (pip
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 
@@ -30,7 +29,8 @@ from fastsmall.methods.common.finite import NonFiniteLossError
 from fastsmall.methods.common.generations import GenerationTrainer
 from fastsmall.methods.crest.train import CReSTTrainer
 from fastsmall.methods.poseaug.train import PoseAugTrainer
-from pipeline_helpers import CREST_TINY, DSD_TINY, KE_TINY, POSEAUG_TINY, as_args, one_thread  # noqa: F401
+from pipeline_helpers import (CREST_TINY, DSD_TINY, KE_TINY, POSEAUG_TINY, as_args,  # noqa: F401
+                              one_thread, run_main)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,26 +40,12 @@ FLOAT_FLAG = {"crest": "--lr", "ke": "--lr", "dsd": "--redense-lr-scale", "posea
               "poseaug-baseline": "--lr-p"}
 
 
-def main_of(method: str):
-    from fastsmall.cli import COMMANDS
-
-    return importlib.import_module(COMMANDS[method][1]).main
-
 
 def tiny_args(method: str, **changes) -> list[str]:
     """The method's tiny budget as flags; ``name=None`` leaves a flag out (its default applies)."""
     fields = {k: v for k, v in {**TINY[method], **changes}.items() if v is not None}
     return as_args(fields) + (["--json"] if method.startswith("poseaug") else [])
 
-
-def run_main(method: str, argv, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main_of(method)([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_error_line(err: str, method: str, expected: str) -> None:
