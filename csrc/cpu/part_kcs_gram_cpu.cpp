@@ -56,8 +56,8 @@ GramInput gram_input(const at::Tensor& bones_, c10::IntArrayRef part_bones, c10:
 
 constexpr int kTile = kPoseTile;
 
-// Per-thread scratch: the bones tile, the gradient tile (backward) or the output tile (forward,
-// compact), and the per-entry values of the tile.
+// Per-thread scratch: the bones tile; work, the output tile (forward, compact layout) or the bones'
+// gradient accumulators (backward); and one value per Gram entry and pose (the dots, or g_ij).
 struct GramScratch {
   AlignedBuffer bones, work, entries;
   GramScratch(int64_t C, int64_t work_rows, int64_t E, size_t elem)
