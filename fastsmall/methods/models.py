@@ -11,13 +11,28 @@ the CPU torch of the development machine).
   masks and state dicts line up with code written for torchvision's model; layers keep
   PyTorch's default initialisation. ``widths`` (default ``(64, 128, 256, 512)``, the stem
   has ``widths[0]`` channels) gives narrower variants with the same parameter names.
+* ``vgg11_bn``: torchvision's VGG11-BN (the KE paper's CUB-200 network) -- layout and
+  parameter names exactly (``features`` = 8 x (3x3 conv with bias, BatchNorm, ReLU) and 5
+  max-pools where torchvision's ``cfgs["A"]`` has them, ``avgpool`` = AdaptiveAvgPool2d((7, 7)),
+  ``classifier`` = Linear(512*7*7, 4096), ReLU, Dropout, Linear(4096, 4096), ReLU, Dropout,
+  Linear(4096, classes)): 132,868,840 parameters at 1000 classes, as torchvision's. The
+  adaptive pool takes any input of at least 32x32 (five 2x2 pools). ``widths`` (the 8 conv
+  widths, default ``(64, 128, 256, 256, 512, 512, 512, 512)``) and ``hidden`` (4096) give
+  narrower variants with the same parameter names (KE's slim network). Layers keep
+  PyTorch's default initialisation (the pipelines re-initialise the weights).
 """
 from __future__ import annotations
+
+import math
 
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DigitsCNN", "WideResNet", "BasicBlock", "ResNet", "resnet18", "build"]
+__all__ = ["DigitsCNN", "WideResNet", "BasicBlock", "ResNet", "resnet18", "VGG", "VGG11_CFG", "vgg11_bn", "build",
+           "MODELS"]
+
+#: the networks ``build`` knows
+MODELS = ("digits_cnn", "wrn28_2", "resnet18", "vgg11_bn")
 
 
 class DigitsCNN(nn.Module):
@@ -155,6 +170,73 @@ def resnet18(num_classes: int = 1000, in_channels: int = 3,
     return ResNet((2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, widths=widths)
 
 
+#: torchvision's VGG11 layout (its ``cfgs["A"]``): conv widths, "M" = 2x2 max-pool
+VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG(nn.Module):
+    """torchvision's VGG with BatchNorm (``make_layers(cfg, batch_norm=True)``): ``features``,
+    ``avgpool`` (AdaptiveAvgPool2d((7, 7))), ``classifier``; the same parameter names.
+
+    ``cfg`` is the layout (conv widths and "M"); ``widths``, if given, replaces its conv widths in
+    order (same pools), ``hidden`` is the classifier's hidden width (4096). The first linear
+    layer's input is the 7x7 pooled feature map flattened channel-major: 49 columns per channel
+    of the last conv, which ``kels_inner`` declares (KE's KELS split keeps whole channels of it).
+    """
+
+    pool_size = (7, 7)
+
+    def __init__(self, cfg=VGG11_CFG, num_classes: int = 1000, in_channels: int = 3,
+                 widths: tuple[int, ...] | None = None, hidden: int = 4096, dropout: float = 0.5):
+        super().__init__()
+        cfg = tuple(cfg)
+        n_convs = sum(1 for v in cfg if v != "M")
+        widths = tuple(int(v) for v in cfg if v != "M") if widths is None else tuple(int(w) for w in widths)
+        if len(widths) != n_convs or min(widths) < 1:
+            raise ValueError(f"widths must be {n_convs} positive ints (one per conv of the layout), got {widths}")
+        if int(hidden) < 1:
+            raise ValueError(f"hidden must be a positive int, got {hidden}")
+        self.cfg, self.num_classes, self.in_channels = cfg, num_classes, in_channels
+        self.widths, self.hidden, self.dropout = widths, int(hidden), float(dropout)
+        layers, cin, it = [], in_channels, iter(widths)
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                w = next(it)
+                layers += [nn.Conv2d(cin, w, kernel_size=3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+                cin = w
+        self.features = nn.Sequential(*layers)
+        self.n_pools = cfg.count("M")
+        self.avgpool = nn.AdaptiveAvgPool2d(self.pool_size)
+        cells = math.prod(self.pool_size)
+        self.classifier = nn.Sequential(
+            nn.Linear(cin * cells, self.hidden), nn.ReLU(True), nn.Dropout(p=self.dropout),
+            nn.Linear(self.hidden, self.hidden), nn.ReLU(True), nn.Dropout(p=self.dropout),
+            nn.Linear(self.hidden, num_classes))
+        #: input columns per input channel of a layer whose input is a flattened feature map
+        self.kels_inner = {"classifier.0": cells}
+
+    @property
+    def min_size(self) -> int:
+        """The smallest input side the max-pools accept."""
+        return 2 ** self.n_pools
+
+    def forward(self, x):
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(f"VGG needs inputs of at least {self.min_size}x{self.min_size} ({self.n_pools} 2x2 "
+                             f"max-pools), got {tuple(x.shape[-2:])}")
+        x = self.avgpool(self.features(x))
+        return self.classifier(x.flatten(1))
+
+
+def vgg11_bn(num_classes: int = 1000, in_channels: int = 3, widths: tuple[int, ...] | None = None,
+             hidden: int = 4096, dropout: float = 0.5) -> VGG:
+    """VGG11-BN (132.9 M parameters at 1000 classes), torchvision's layout and names."""
+    return VGG(VGG11_CFG, num_classes=num_classes, in_channels=in_channels, widths=widths, hidden=hidden,
+               dropout=dropout)
+
+
 def build(name: str, num_classes: int, in_channels: int, *, width: int | None = None) -> nn.Module:
     """A network by name; ``width`` is DigitsCNN's base width (default 32; ignored by the others)."""
     if name == "digits_cnn":
@@ -163,4 +245,6 @@ def build(name: str, num_classes: int, in_channels: int, *, width: int | None = 
         return WideResNet(num_classes, 28, 2, in_channels)
     if name == "resnet18":
         return resnet18(num_classes, in_channels)
-    raise ValueError(f"unknown model {name!r}; expected 'digits_cnn', 'wrn28_2' or 'resnet18'")
+    if name == "vgg11_bn":
+        return vgg11_bn(num_classes, in_channels)
+    raise ValueError(f"unknown model {name!r}; expected one of {', '.join(map(repr, MODELS))}")

@@ -53,8 +53,9 @@ class TrainConfig:
                                  "horizontal flip (imagefolder)")
     # network
     model: str = option("auto", "network: digits_cnn (a small CNN, any channels and size) for digits-small and "
-                                "images of --image-size <= 64, resnet18 otherwise",
-                        choices=["auto", "digits_cnn", "resnet18"])
+                                "images of --image-size <= 64, resnet18 otherwise; vgg11_bn (VGG11-BN, the KE "
+                                "paper's CUB-200 network, images of at least 32 px) only when named",
+                        choices=["auto", "digits_cnn", "resnet18", "vgg11_bn"])
     width: int = option(32, "digits_cnn base width (conv widths w, w, 2w, 2w)", min=1)
     # training, per generation
     epochs: int = option(40, "E: epochs per generation", min=1)
@@ -86,6 +87,16 @@ class TrainConfig:
         if self.dataset == "imagefolder" and not self.data:
             raise ConfigError("data must be set for dataset 'imagefolder' (an ImageFolder root)",
                               fields=("data", "dataset"))
+        if self.model == "vgg11_bn":
+            if self.dataset == "digits-small" or self.image_size < VGG_MIN_IMAGE:
+                got = ("dataset 'digits-small' (8x8 images)" if self.dataset == "digits-small"
+                       else f"image_size {self.image_size}")
+                raise ConfigError(f"model 'vgg11_bn' needs images of at least {VGG_MIN_IMAGE} px (five 2x2 "
+                                  f"max-pools), got {got}", fields=("model", "image_size", "dataset"))
+            if self.seeds:  # (the stacked step is one vmap, where a random op is an error)
+                raise ConfigError("model 'vgg11_bn' has dropout, which draws from torch's generator: seeds cannot "
+                                  "stack its replicas in one step; give one seed per run",
+                                  fields=("model", "seeds", "seed"))
         total = self.schedule_epochs()
         schedule = "epochs" if total == self.epochs else "epochs x generations"
         fit_soft_default(self, "warmup_epochs", total - 1, f"must be < {schedule} ({total})")
@@ -107,6 +118,8 @@ class TrainConfig:
 
 #: --model auto picks the small CNN up to this --image-size
 SMALL_IMAGE = 64
+#: the smallest image side vgg11_bn takes (2 ** its five max-pools)
+VGG_MIN_IMAGE = 32
 
 
 @dataclass

@@ -15,8 +15,9 @@ seed, stacked into one step, each replica exactly its own single-seed run::
     out/seed-s/: config, metrics, summary, plots as a single-seed run; out/summary.json: mean, std,
     95 % interval over seeds; out/plots/seeds.png: one line per seed
 
-Nothing in a KE / DSD step draws from torch's global generator (the networks have no dropout; the
-augmentation and batch order have their own generators), so K replicas can share one process.
+Nothing in a KE / DSD step draws from torch's global generator (the networks have no dropout --
+vgg11_bn, which has, is refused with seeds --; the augmentation and batch order have their own
+generators), so K replicas can share one process.
 The checkpoint holds every replica (out/checkpoints/last.pt, atomic, verified on load); a resumed
 run restores all of them and continues as an uninterrupted one.
 

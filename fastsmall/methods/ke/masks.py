@@ -41,6 +41,16 @@ def split_masks(model: nn.Module, split_rate: float, mode: str = "kels", seed: i
     like any conv. For ResNet-18 at s = 0.5: conv1 keeps 32x3x7x7, layer1 convs
     32x32x3x3, fc ``[:, :256]``.
 
+    A linear layer fed a flattened ``C x H x W`` feature map (VGG's first classifier layer:
+    512 x 7 x 7, channel-major) splits its input by channels: the model names it in its
+    ``kels_inner`` attribute, ``{module name: H * W}``, and the layer keeps the leading
+    ``ceil(s C)`` channels' ``H * W`` columns each, ``k_in = ceil(s C) * H * W`` -- the input
+    the slim network's narrower feature map gives it. For VGG11-BN at s = 0.5:
+    ``features.0`` keeps 32x3x3x3, ``classifier.0`` ``[:2048, :256*49]``, ``classifier.3``
+    ``[:2048, :2048]``, ``classifier.6`` ``[:, :2048]``. (The official linear layer without
+    ``in_channels_order`` would keep ``ceil(s * 25088)`` columns: the same whenever
+    ``s * 512`` is a whole number, as at s = 0.5, otherwise part of a channel's cells.)
+
     ``mode="wels"`` (weight-level): every conv/linear weight keeps each weight with
     probability ``split_rate``: ``WELS(split_rate, s_l)`` with a per-layer seed ``s_l``
     derived from ``seed`` and the layer's index, fixed for all generations.
@@ -55,16 +65,31 @@ def split_masks(model: nn.Module, split_rate: float, mode: str = "kels", seed: i
     linears = [m for _, m in layers if isinstance(m, nn.Linear)]
     stem = convs[0] if convs else None
     last = linears[-1] if linears else None
+    inner = _kels_inner(model, {name for name, _ in layers})
     masks = {}
     for index, (name, m) in enumerate(layers):
         if mode == "wels":
             masks[weight_name(name)] = WELS(float(split_rate), _layer_seed(seed, index))
             continue
         c_out, c_in = m.weight.shape[0], m.weight.shape[1]
+        cells = inner.get(name, 1)
+        if c_in % cells:
+            raise ValueError(f"kels_inner[{name!r}] = {cells} does not divide the layer's {c_in} inputs")
         k_out = c_out if m is last else math.ceil(split_rate * c_out)
-        k_in = c_in if m is stem else math.ceil(split_rate * c_in)
+        k_in = c_in if m is stem else math.ceil(split_rate * (c_in // cells)) * cells
         masks[weight_name(name)] = KELS(k_out, k_in)
     return masks
+
+
+def _kels_inner(model: nn.Module, layer_names: set) -> dict:
+    """``model.kels_inner``: {layer name: input columns per input channel} (default 1 everywhere)."""
+    inner = dict(getattr(model, "kels_inner", None) or {})
+    for name, cells in inner.items():
+        if name not in layer_names:
+            raise ValueError(f"kels_inner names {name!r}, which is not a conv or linear layer of the model")
+        if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:
+            raise ValueError(f"kels_inner[{name!r}] must be a positive int, got {cells!r}")
+    return inner
 
 
 def reinitialize_(model: nn.Module, masks: dict, seed: int, generation: int, init: str = "torch_default", *,

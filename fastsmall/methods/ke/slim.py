@@ -3,7 +3,9 @@
 With KELS at split rate s_r, every conv keeps its first ``ceil(s_r * C_out)`` filters over
 its first ``ceil(s_r * C_in)`` input channels (the stem all input channels, the last
 linear layer all outputs). Those leading slices form a network of widths
-``ceil(s_r * w)``: :func:`extract_slim` builds it and copies the leading slices of every
+``ceil(s_r * w)`` (VGG: its conv widths and the classifier's hidden width; its first linear
+layer then reads ``ceil(s_r * 512)`` channels x 7 x 7, the leading columns of the dense
+one's channel-major input): :func:`extract_slim` builds it and copies the leading slices of every
 parameter and buffer (conv and linear weights, biases, BatchNorm affine parameters and
 running statistics) -- no fine-tuning, as the official ``extract_slim``. The slim network
 computes exactly the dense network's fit channels whenever the reset hypothesis's
@@ -18,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from ..models import DigitsCNN, ResNet
+from ..models import VGG, DigitsCNN, ResNet
 from .masks import split_masks
 
 __all__ = ["slim_architecture", "extract_slim", "count_params", "count_macs"]
@@ -34,6 +36,9 @@ def slim_architecture(model: nn.Module, split_rate: float) -> nn.Module:
         return DigitsCNN(model.num_classes, model.in_channels, widths=_narrow(model.widths, split_rate))
     if isinstance(model, ResNet):
         return ResNet(model.layers, model.num_classes, model.in_channels, widths=_narrow(model.widths, split_rate))
+    if isinstance(model, VGG):  # conv widths and the classifier's hidden width; the 7x7 pool stays
+        return VGG(model.cfg, model.num_classes, model.in_channels, widths=_narrow(model.widths, split_rate),
+                   hidden=math.ceil(split_rate * model.hidden), dropout=model.dropout)
     if hasattr(model, "slim_architecture"):
         return model.slim_architecture(split_rate)
     raise TypeError(f"no slim architecture for {type(model).__name__}: give it a slim_architecture(split_rate) "
