@@ -216,6 +216,18 @@ class VGG(nn.Module):
             nn.Linear(self.hidden, num_classes))
         #: input columns per input channel of a layer whose input is a flattened feature map
         self.kels_inner = {"classifier.0": cells}
+        # torchvision's VGG initialisation (init_weights=True): with PyTorch's defaults the 4096-wide
+        # classifier starts with large logits, and SGD at KE's learning rate diverged in a trial run
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
 
     @property
     def min_size(self) -> int:
