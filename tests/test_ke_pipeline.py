@@ -15,7 +15,7 @@ from fastsmall.methods.common import CheckpointError, ConfigError, Distributed, 
 from fastsmall.methods.dsd.train import DSDTrainer
 from fastsmall.methods.ke.data import digits_small, image_folder
 from fastsmall.methods.ke.train import KETrainer
-from fastsmall.methods.models import DigitsCNN, resnet18
+from fastsmall.methods.models import DigitsCNN, resnet18, vgg11_bn
 from fastsmall.ops import KELS, WELS
 from pipeline_helpers import DSD_TINY, KE_TINY, one_thread, records, strip_times  # noqa: F401 (fixture)
 
@@ -80,15 +80,19 @@ def test_count_macs_by_hand():
 @pytest.mark.parametrize("make, shape", [
     (lambda: DigitsCNN(10, 1, width=6), (1, 8, 8)),
     (lambda: resnet18(num_classes=7, widths=(10, 14, 18, 22)), (3, 32, 32)),
-])
+    # eval mode: no dropout; 64 px: 2x2 maps before the adaptive pool
+    (lambda: vgg11_bn(num_classes=7, widths=(6, 8, 10, 10, 12, 12, 12, 12), hidden=20), (3, 64, 64)),
+], ids=["digits_cnn", "resnet18", "vgg11_bn"])
 @pytest.mark.parametrize("split_rate", [0.5, 0.3])
 def test_slim_output_equals_dense_when_cross_connections_are_zero(make, shape, split_rate):
+    torch.manual_seed(0)
     model = make().double().eval()
     with torch.no_grad():
-        for m in model.modules():  # non-trivial BatchNorm affine parameters and running statistics
+        for m in model.modules():  # non-trivial BatchNorm affine parameters and running statistics, biases
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.uniform_(0.5, 1.5); m.bias.normal_(); m.running_mean.normal_(); m.running_var.uniform_(0.5, 2)
-        model.fc.bias.normal_()
+            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.normal_(0, 0.1)
     x = torch.randn(3, *shape, dtype=torch.float64)
     masks = ke.split_masks(model, split_rate)
     slim = ke.extract_slim(model, split_rate)
