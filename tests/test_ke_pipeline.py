@@ -113,11 +113,17 @@ def test_extract_slim_rejects_unknown_architectures():
 
 # ---- the generation boundary ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("make, shape, layer", [
+    (lambda: DigitsCNN(10, 1, width=8), (1, 8, 8), "conv2.weight"),
+    (lambda: vgg11_bn(num_classes=5, widths=(6, 8, 10, 10, 12, 12, 12, 12), hidden=20), (3, 32, 32),
+     "classifier.0.weight"),
+], ids=["digits_cnn", "vgg11_bn"])
 @pytest.mark.parametrize("impl", ["fused", "official"])
 @pytest.mark.parametrize("split", ["kels", "wels"])
-def test_generation_boundary_keeps_fit_bits_and_never_touches_batchnorm_or_biases(impl, split):
-    model = DigitsCNN(10, 1, width=8)
-    model(torch.rand(16, 1, 8, 8))  # BatchNorm running statistics away from their defaults
+def test_generation_boundary_keeps_fit_bits_and_never_touches_batchnorm_or_biases(make, shape, layer, impl, split):
+    torch.manual_seed(0)
+    model = make()
+    model(torch.rand(16, *shape))  # BatchNorm running statistics away from their defaults
     masks = ke.split_masks(model, 0.5, mode=split, seed=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ke.reset_hypothesis_(model, masks, seed=4, generation=2, impl=impl)
@@ -129,11 +135,11 @@ def test_generation_boundary_keeps_fit_bits_and_never_touches_batchnorm_or_biase
             assert (after[name][~keep] != old[~keep]).all()
             bound = 1 / np.sqrt(old[0].numel())  # PyTorch's default layer init: U(-1/sqrt(fan_in), ..)
             assert after[name][~keep].abs().max() <= bound
-        else:  # BatchNorm weights, biases, running statistics, fc bias
+        else:  # BatchNorm weights, biases, running statistics, conv and linear biases
             assert torch.equal(after[name], old), name
     second = {k: v.clone() for k, v in after.items()}
     ke.reset_hypothesis_(model, masks, seed=4, generation=3, impl=impl)
-    name = "conv2.weight"
+    name = layer
     keep = fs.reference.ke_keep_mask(second[name].shape, masks[name])
     assert (model.state_dict()[name][~keep] != second[name][~keep]).all()  # a new draw every generation
 
