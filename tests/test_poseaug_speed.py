@@ -7,6 +7,7 @@ matrix units says so once, bf16 with them keeps parameters, geometry and losses 
 The compiled-step tests run torch.compile's ``aot_eager`` backend (``StepSpeed.backend``): the same
 Dynamo graphs and AOTAutograd forward/backward split as inductor, without code generation, which
 takes minutes on a small shared CPU. Inductor runs are measured in ``bench/`` (see README)."""
+import copy
 import os
 import tempfile
 
@@ -50,26 +51,32 @@ def test_cli_accepts_compile_and_precision():
 
 
 def test_compiled_steps_match_eager_without_graph_breaks_or_recompiles(monkeypatch):
-    """27 G iterations (14 D iterations) and the estimator's steps on each epoch's kept poses:
-    compiled (fullgraph=True: one graph per step function, a break raises) = eager to float
-    tolerance, and after the first epoch that trains the estimator no new graph is compiled
-    although the kept-pose count, hence the estimator's last batch, changes every epoch."""
+    """Four epochs of G and D iterations (9 G iterations each) and the estimator's steps on each
+    epoch's kept poses, every epoch started by both from the same state: compiled (fullgraph=True:
+    one graph per step function, a break raises) = eager to float tolerance, and after the first
+    epoch that trains the estimator no new graph is compiled although the kept-pose count, hence
+    the estimator's last batch, changes between epochs."""
     monkeypatch.setattr(sp.StepSpeed, "backend", BACKEND)
     torch._dynamo.reset()
     counters.clear()
     eager, compiled = trainer(), trainer(compile=True)
     assert compiled.speed.compiled and compiled.gan.speed is compiled.speed
     graphs, kept = [], []
-    for e in range(3):
+    for e in range(4):
         a, b = epoch(eager, e), epoch(compiled, e)
         graphs.append(counters["stats"]["unique_graphs"])
         kept.append(a["augmented_kept"])
         assert a.keys() == b.keys()
         for k in a:  # accuracies are fractions of 16 scores: one may flip at a 0.5 boundary
             assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1.5 / 16 if k.endswith("_acc") else 1e-5), (e, k)
+        # Each epoch starts both from eager's state (epochs are seeded by their number): the GAN is
+        # chaotic, and float-level differences between the two (~1e-6 after an epoch) can grow to
+        # several % within two more epochs on one trajectory and stay at 1e-5 on another
+        # (measured). What is tested is the step, one epoch at a time, not the chaos.
+        compiled.load_state(copy.deepcopy(eager.state()))
     # epoch 0: G full + partial, D 3d / 2d full + partial; epoch 1 adds the estimator's two graphs
-    assert graphs[0] == 6 and graphs[1] == graphs[2] == 8, graphs
-    assert len({k % 16 for k in kept[1:]}) > 1 or kept[1] != kept[2], kept  # the last batch size did vary
+    assert graphs[0] == 6 and graphs[1] == graphs[2] == graphs[3] == 8, graphs
+    assert len({k % 16 for k in kept[1:]}) > 1, kept  # the estimator's last batch size did vary
     # the models compute the same functions (Adam moves near-zero-gradient coordinates, e.g. the
     # biases in front of BatchNorm, by up to lr per step either way: compare outputs, not weights;
     # in train mode, where BatchNorm's batch statistics cancel those biases; same noise and dropout)
