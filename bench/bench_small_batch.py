@@ -6,6 +6,7 @@ against its eager reference (``fastsmall.reference``), interleaved in one proces
     python bench/bench_small_batch.py --load          # with a competing load (see below)
     python bench/bench_small_batch.py --both          # quiet, then loaded, one table each
     python bench/bench_small_batch.py --calibrate     # single-thread cost per item of each C++ kernel
+    python bench/bench_small_batch.py --overhead      # fs.ops fwd+bwd over the bare kernels (issue #17)
 
 Cases (float32), fwd and fwd+bwd (``torch.autograd.grad`` of every output against random
 cotangents) where the op has a gradient, at B = 256, 1,024, 4,096 (``--sizes``): the KCS family on
@@ -27,6 +28,14 @@ cores are all busy, as when other jobs share it. The ops run with ``--threads`` 
 ``--calibrate`` times the registered C++ kernels (``torch.ops.fastsmall.*``) on one thread and
 prints nanoseconds per pose / row / element: the per-item costs the grain sizes of
 ``csrc/cpu/pose_loop.h`` (and of the distribution-align and ke_reinit kernels) are chosen from.
+``--overhead`` times, on one thread at B = 1,024 (``--sizes``), each differentiable op's forward+backward
+four ways, interleaved: the bare kernels (``torch.ops.fastsmall.<op>`` and its ``<op>_backward``
+called directly under ``no_grad``: no autograd at all), ``fastsmall.ops`` (the public wrapper and
+the C++ autograd kernels of csrc/autograd.cpp), the same formulas as a Python
+``torch.autograd.Function`` around the op (what ``torch.library.register_autograd`` registered
+before the C++ kernels), and the eager reference; "overhead" is fastsmall.ops minus the bare
+kernels (target: <= 10 us), "eager / fastsmall" the speed-up (target: >= 3x).
+
 To compare builds, run the script with ``PYTHONPATH`` pointing at a copy of the package built from
 the old sources; the header names the ``fastsmall`` it imported.
 """
@@ -269,20 +278,119 @@ def calibrate(args) -> None:
         print(f"| {name} | {numel:,} weights | {us:.1f} | {us * 1e3 / numel:.2f} per weight |", flush=True)
 
 
+# ---- overhead of the autograd layer ----------------------------------------------------------------
+
+def overhead_cases(B: int):
+    """(op, bare, python_layer, make(ops)) per differentiable op at batch B: ``bare`` calls the forward and
+    backward kernels directly, ``python_layer`` runs the op's formulas as a Python autograd.Function."""
+    import importlib
+
+    from fastsmall.ops._dispatch import autograd_function
+
+    # the modules (fastsmall.ops.part_kcs_gram etc. are the public functions)
+    da_mod, kcs_mod, gram_mod = (importlib.import_module(f"fastsmall.ops.{m}")
+                                 for m in ("distribution_align", "kcs", "part_kcs_gram"))
+
+    F = torch.ops.fastsmall
+    P = list(SK.parents)
+    pb, ps = SK.op_parts
+    g = torch.Generator().manual_seed(B)
+    x, bones = torch.randn(B, J, 3, generator=g), torch.randn(B, NB, 3, generator=g)
+    root = torch.randn(B, 1, 3, generator=g)
+    unit = torch.nn.functional.normalize(torch.randn(B, NB, 3, generator=g), dim=-1)
+    logits = torch.randn(B, 10, generator=g) * 3
+    target, mask = torch.randint(0, 10, (B,), generator=g), torch.rand(B, generator=g) < 0.75
+
+    def python_layer(family, name):
+        d = family.defs[name]
+        return autograd_function(f"_Py_{name}", getattr(F, name), d.formulas(F)).apply
+
+    def bare(fwd, bwd):
+        def run():
+            with torch.no_grad():
+                outs = fwd()
+                return bwd(outs)
+        return run
+
+    cot = {}
+
+    def cot_of(key, like):
+        if key not in cot:
+            cot[key] = torch.randn_like(like)
+        return cot[key]
+
+    py_kcs = python_layer(kcs_mod._KCS, "kcs_forward")
+    py_bone = python_layer(kcs_mod._KCS, "bone_decompose")
+    py_inv = python_layer(kcs_mod._KCS, "kcs_inverse")
+    py_gram = python_layer(gram_mod._GRAM, "part_kcs_gram")
+    py_mce = python_layer(da_mod._ALIGN, "masked_cross_entropy")
+    one = torch.ones(())
+    yield ("kcs_forward", (x,),
+           bare(lambda: F.kcs_forward(x, P), lambda o: F.kcs_forward_backward(cot_of("kf", o), P)),
+           lambda t: py_kcs(t, P), lambda ops: (lambda t: ops.kcs_forward(t, SK)))
+    yield ("bone_decompose", (x,),
+           bare(lambda: F.bone_decompose(x, P, 0.0),
+                lambda o: F.bone_decompose_backward(cot_of("bu", o[0]), cot_of("bl", o[1]), x, P, 0.0)),
+           lambda t: py_bone(t, P, 0.0), lambda ops: (lambda t: ops.bone_decompose(t, SK)))
+    yield ("kcs_inverse", (bones, root),
+           bare(lambda: F.kcs_inverse(bones, P, root), lambda o: F.kcs_inverse_backward(cot_of("ki", o), P)),
+           lambda b, r: py_inv(b, P, r), lambda ops: (lambda b, r: ops.kcs_inverse(b, SK, r)))
+    yield ("part_kcs_gram compact", (unit,),
+           bare(lambda: F.part_kcs_gram(unit, pb, ps, True),
+                lambda o: F.part_kcs_gram_backward(cot_of("pg", o), unit, pb, ps, True)),
+           lambda u: py_gram(u, pb, ps, True), lambda ops: (lambda u: ops.part_kcs_gram(u, SK, "compact")))
+    yield ("masked_cross_entropy C=10", (logits,),
+           bare(lambda: F.masked_cross_entropy(logits, target, mask),
+                lambda o: F.masked_cross_entropy_backward(cot_of("mc", o), logits, target, mask)),
+           lambda z: py_mce(z, target, mask), lambda ops: (lambda z: ops.masked_cross_entropy(z, target, mask)))
+
+
+def overhead(args) -> None:
+    torch.set_num_threads(1)
+    print("\n| op | B | bare kernels µs | fastsmall.ops µs | Python autograd layer µs | eager µs | "
+          "overhead µs | eager / fastsmall |")
+    print("|---|---|---|---|---|---|---|---|")
+    for B in args.sizes:
+        for name, inputs, bare, py_op, op_of in overhead_cases(B):
+            runs = {"bare": bare, "fastsmall": _grad_run(op_of(fs.ops), inputs),
+                    "python": _grad_run(py_op, inputs), "eager": _grad_run(op_of(fs.reference), inputs)}
+            calls = {}
+            for label, fn in runs.items():
+                _sample(fn, 3, 1)
+                once = min(_sample(fn, 1, 1) for _ in range(3))
+                calls[label] = max(1, int(args.sample_ms * 1e3 / max(once, 1.0)))
+            times = {label: [] for label in runs}
+            labels = list(runs)
+            for r in range(args.repeats):
+                for label in labels[r % 4:] + labels[:r % 4]:
+                    times[label].append(_sample(runs[label], calls[label], 1))
+            med = {label: statistics.median(v) for label, v in times.items()}
+            print(f"| {name} | {B:,} | {med['bare']:.1f} | {med['fastsmall']:.1f} | {med['python']:.1f} | "
+                  f"{med['eager']:.1f} | {med['fastsmall'] - med['bare']:.1f} | "
+                  f"{med['eager'] / med['fastsmall']:.2f}x |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--load", action="store_true", help="measure under a competing 2-thread matmul load")
     ap.add_argument("--both", action="store_true", help="measure quiet, then under the load")
     ap.add_argument("--calibrate", action="store_true", help="single-thread cost per item of the C++ kernels")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
+    ap.add_argument("--overhead", action="store_true", help="fs.ops fwd+bwd against the bare kernels, 1 thread")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="batch sizes (default 256 1024 4096; "
+                    "--overhead: 1024)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--sample-ms", type=float, default=10.0, help="target length of one timing sample")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
+    if args.sizes is None:
+        args.sizes = [1024] if args.overhead else [256, 1024, 4096]
     if args.calibrate:
         calibrate(args)
+        return
+    if args.overhead:
+        overhead(args)
         return
     args.loaded = False
     if not args.load or args.both:

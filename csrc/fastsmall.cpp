@@ -4,7 +4,8 @@
 //   CPU   -> csrc/cpu/<op family>_cpu.cpp (TORCH_LIBRARY_IMPL(fastsmall, CPU, m))
 //   CUDA  -> Triton launchers in fastsmall/kernels/<op family>.py (torch.library.register_kernel)
 //   Meta  -> fakes in fastsmall/ops/<op family>.py (torch.library.register_fake)
-// and autograd formulas are registered from Python with torch.library.register_autograd,
+// and autograd kernels in csrc/autograd.cpp (C++, the ops called at small batches) or, for the
+// others, registered from Python with torch.library.register_autograd,
 // calling the dedicated *_backward ops below (never the reference).
 //
 // A skeleton is passed as its parent list (`int[] parents`): the op is

@@ -377,8 +377,8 @@ def test_fakes_check_the_arguments():
                                                     torch.randn(4, 16, 3, device="meta"), P, 0.0)
 
 
-# ---- bone_decompose's C++ pose tiles: exact bits on every instruction set ----------------------------
-# The kernel runs poses in transposed tiles of 32 with the arithmetic vectorised across poses and
+# ---- the KCS C++ pose tiles: exact bits on every instruction set ----------------------------------
+# bone_decompose (and, below it, the linear kernels: kcs_forward, kcs_inverse and their adjoints) runs poses in transposed tiles of 32 with the arithmetic vectorised across poses and
 # compiled per instruction set. Each lane must compute what a per-pose loop computes in float32 (same
 # operations, same order, true divisions and square roots, no fused multiply-add): the expected bits are
 # computed here with separate torch float32 operations in that order. Batches cross tile edges; the
@@ -421,11 +421,35 @@ def _exact_bone_decompose(x, parents, eps, gu, gl):
     return unit, length[..., None], gx
 
 
+def _exact_kcs_linear(x, bones, root, grad_bones, grad_x, parents):
+    """kcs_forward, its adjoint, kcs_inverse and its adjoint as the per-pose loops compute them, in
+    float32 (the compute type of float16 too), summing in the kernels' order."""
+    tree = fs.Skeleton(parents).tree
+    dtype = x.dtype
+    x, bones, root, grad_bones, grad_x = (t.float() for t in (x, bones, root, grad_bones, grad_x))
+    fwd = x[:, list(tree.bone_parent)] - x[:, list(tree.bone_child)]
+    adj = torch.zeros_like(x)
+    for j in range(tree.num_joints):  # the bones leaving j in the kernel's order (csrc/tree.h)
+        s = -grad_bones[:, tree.joint_bone[j]] if tree.joint_bone[j] >= 0 else torch.zeros_like(x[:, j])
+        for k in tree.child_bones[j]:
+            s = s + grad_bones[:, k]
+        adj[:, j] = s
+    inv = torch.zeros_like(x)
+    inv[:, tree.root] = root[:, 0]
+    for k in tree.topo_bones:
+        inv[:, tree.bone_child[k]] = inv[:, tree.bone_parent[k]] - bones[:, k]
+    acc, inv_adj = grad_x.clone(), torch.zeros_like(bones)
+    for k in reversed(tree.topo_bones):
+        inv_adj[:, k] = -acc[:, tree.bone_child[k]]
+        acc[:, tree.bone_parent[k]] = acc[:, tree.bone_parent[k]] + acc[:, tree.bone_child[k]]
+    return tuple(t.to(dtype) for t in (fwd, adj, inv, inv_adj, acc[:, tree.root:tree.root + 1]))
+
+
 _BONE_TILE_SCRIPT = r"""
 import sys, torch
 sys.path.insert(0, "tests")
 import fastsmall as fs
-from test_kcs import _exact_bone_decompose
+from test_kcs import _exact_bone_decompose, _exact_kcs_linear
 torch.manual_seed(0)
 def same(a, b):  # bit for bit, NaN == NaN (a zero-length bone's unit vector at eps = 0 is 0 / 0)
     return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
@@ -443,13 +467,28 @@ for B in (1, 31, 32, 33, 100):
                 got = torch.ops.fastsmall.bone_decompose_backward(a, b, x, parents, eps)
                 want = _exact_bone_decompose(x, parents, eps, a, b)[2]
                 assert same(got, want), (B, D, eps, a is None, b is None, (got - want).abs().max())
+F = torch.ops.fastsmall
+for B in (1, 31, 32, 33, 100):
+    for D in (2, 3):
+        for dtype in (torch.float32, torch.float16):
+            x, gx = torch.randn(B, 16, D).to(dtype), torch.randn(B, 16, D).to(dtype)
+            bones, gb = torch.randn(B, 15, D).to(dtype), torch.randn(B, 15, D).to(dtype)
+            root = torch.randn(B, 1, D).to(dtype)
+            want = _exact_kcs_linear(x, bones, root, gb, gx, parents)
+            got = (F.kcs_forward(x, parents), F.kcs_forward_backward(gb, parents), F.kcs_inverse(bones, parents, root),
+                   *F.kcs_inverse_backward(gx, parents))
+            for name, a, b in zip(("forward", "forward_backward", "inverse", "inverse_backward", "grad_root"),
+                                  got, want):
+                assert same(a, b), (name, B, D, dtype, (a.float() - b.float()).abs().max())
+            no_root = _exact_kcs_linear(x, bones, torch.zeros_like(root), gb, gx, parents)[2]
+            assert same(F.kcs_inverse(bones, parents, None), no_root), ("inverse without root", B, D, dtype)
 print("ok")
 """
 
 
 @needs_cpp
 @pytest.mark.parametrize("simd_bytes", [16, 32, 64])
-def test_cpp_bone_decompose_tiles_give_the_per_pose_bits_on_every_instruction_set(simd_bytes):
+def test_cpp_kcs_tiles_give_the_per_pose_bits_on_every_instruction_set(simd_bytes):
     """FASTSMALL_SIMD_BYTES caps the instruction set (16: SSE2, 32: AVX2, 64: AVX-512 where the CPU
     has it, else the widest it has)."""
     import os

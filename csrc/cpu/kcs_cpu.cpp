@@ -5,13 +5,12 @@
 // CPU kernels of the KCS op family: kcs_forward, bone_decompose, kcs_inverse and
 // their backward ops. Schemas: csrc/fastsmall.cpp. Reference: fastsmall/reference.py.
 //
-// Layout: every tensor is viewed as [B, rows, D] (made contiguous), one pose per
-// iteration of the parallel loop over the batch (for_each_pose, pose_loop.h), except
-// bone_decompose and its backward, whose square roots and divisions run on tiles of poses
-// vectorised across poses (for_each_pose_tile, compiled per instruction set). D (2 or 3)
-// is a template parameter so the innermost loops unroll. float16/bfloat16 are computed
-// in float32 (at::opmath_type). The second argument of for_each_pose is the kernel's measured
-// single-thread cost per pose in ns, from which the loop's grain is set (pose_loop.h).
+// Layout: every tensor is viewed as [B, rows, D] (made contiguous), and every kernel runs over
+// tiles of kPoseTile poses held transposed (for_each_pose_tile, pose_loop.h), so that each
+// operation is a whole vector over the poses of a tile, compiled per instruction set (isa.h).
+// D (2 or 3) is a template parameter so the per-coordinate loops unroll. float16/bfloat16 are
+// computed in float32 (at::opmath_type). The grain of the parallel loop over tiles comes from
+// each kernel's measured single-thread cost per pose (ns, at its call site; pose_loop.h).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
@@ -57,61 +56,6 @@ KcsInput kcs_input(const at::Tensor& t, const char* name, c10::IntArrayRef paren
   return in;
 }
 
-// ---- kcs_forward --------------------------------------------------------------
-
-at::Tensor kcs_forward_cpu(const at::Tensor& x_, c10::IntArrayRef parents) {
-  const KcsInput in = kcs_input(x_, "x", parents, Rows::Joints);
-  const int64_t J = in.J, NB = in.NB;
-  at::Tensor out = in.empty(NB, in.D);
-  dispatch_points(in.data, "kcs_forward_cpu", [&](auto tag, auto dim) {
-    using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
-    constexpr int Dc = decltype(dim)::value;
-    const scalar_t* xp = in.data.const_data_ptr<scalar_t>();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const int64_t *bp = in.tree.bone_parent.data(), *bc = in.tree.bone_child.data();
-    for_each_pose(in.B, 0.6 * J * Dc, [&](int64_t n) {
-      const scalar_t* xn = xp + n * J * Dc;
-      scalar_t* on = op + n * NB * Dc;
-      for (int64_t k = 0; k < NB; ++k) {
-        const scalar_t* a = xn + bp[k] * Dc;
-        const scalar_t* c = xn + bc[k] * Dc;
-        for (int d = 0; d < Dc; ++d) on[k * Dc + d] = static_cast<scalar_t>(acc_t(a[d]) - acc_t(c[d]));
-      }
-    });
-  });
-  return out;
-}
-
-// Adjoint as a gather, so every output is written once: grad_x[j] = sum of the
-// gradients of the bones leaving j - the gradient of the bone ending at j.
-at::Tensor kcs_forward_backward_cpu(const at::Tensor& g_, c10::IntArrayRef parents) {
-  const KcsInput in = kcs_input(g_, "grad_bones", parents, Rows::Bones);
-  const int64_t J = in.J, NB = in.NB;
-  at::Tensor out = in.empty(J, in.D);
-  dispatch_points(in.data, "kcs_forward_backward_cpu", [&](auto tag, auto dim) {
-    using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
-    constexpr int Dc = decltype(dim)::value;
-    const scalar_t* gp = in.data.const_data_ptr<scalar_t>();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const Tree& t = in.tree;
-    const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
-    for_each_pose(in.B, 1.2 * J * Dc, [&](int64_t n) {
-      const scalar_t* gn = gp + n * NB * Dc;
-      scalar_t* on = op + n * J * Dc;
-      for (int64_t j = 0; j < J; ++j) {
-        acc_t s[Dc];
-        for (int d = 0; d < Dc; ++d) s[d] = own[j] >= 0 ? -acc_t(gn[own[j] * Dc + d]) : acc_t(0);
-        for (int64_t i = co[j]; i < co[j + 1]; ++i)
-          for (int d = 0; d < Dc; ++d) s[d] += acc_t(gn[cb[i] * Dc + d]);
-        for (int d = 0; d < Dc; ++d) on[j * Dc + d] = static_cast<scalar_t>(s[d]);
-      }
-    });
-  });
-  return out;
-}
-
 // ---- bone_decompose -----------------------------------------------------------
 // length = ||b||, unit = b / length (eps == 0, PoseAug) or b / max(length, eps).
 //
@@ -124,6 +68,29 @@ at::Tensor kcs_forward_backward_cpu(const at::Tensor& g_, c10::IntArrayRef paren
 // gradient formula, not the recomputation).
 
 constexpr int R = kPoseTile;
+
+// O[j] = sum of G over the bones leaving joint j - G[the bone ending at j], rows of R lanes
+// ([NB * D][R] -> [J * D][R]): the adjoint of kcs_forward, as a gather so every row is written once.
+template <typename acc_t, int Dc>
+FASTSMALL_INLINE void kcs_adjoint_tile(const acc_t* G, acc_t* O, const Tree& t) {
+  const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
+  for (int64_t j = 0; j < t.num_joints; ++j) {
+    for (int d = 0; d < Dc; ++d) {
+      acc_t* __restrict__ o = O + (j * Dc + d) * R;
+      if (own[j] >= 0) {
+        const acc_t* __restrict__ mine = G + (own[j] * Dc + d) * R;
+        for (int r = 0; r < R; ++r) o[r] = -mine[r];
+      } else {
+        std::fill(o, o + R, acc_t(0));
+      }
+      for (int64_t i = co[j]; i < co[j + 1]; ++i) {
+        const acc_t* __restrict__ child = G + (cb[i] * Dc + d) * R;
+        for (int r = 0; r < R; ++r) o[r] += child[r];
+      }
+    }
+  }
+}
+
 
 // Per-thread scratch, all [rows][R] tiles: the joints (in), the bones' outputs or gradients (work),
 // the lengths or their gradients (len), and the joints' gradients (out, backward only).
@@ -225,22 +192,7 @@ FASTSMALL_INLINE void bone_decompose_backward_tile(std::integral_constant<int, D
     }
   }
   acc_t* O = s.out.as<acc_t>();
-  const int64_t *own = t.joint_bone.data(), *co = t.child_offset.data(), *cb = t.child_bone.data();
-  for (int64_t j = 0; j < J; ++j) {
-    for (int d = 0; d < Dc; ++d) {
-      acc_t* __restrict__ o = O + (j * Dc + d) * R;
-      if (own[j] >= 0) {
-        const acc_t* __restrict__ mine = G + (own[j] * Dc + d) * R;
-        for (int r = 0; r < R; ++r) o[r] = -mine[r];
-      } else {
-        std::fill(o, o + R, acc_t(0));
-      }
-      for (int64_t i = co[j]; i < co[j + 1]; ++i) {
-        const acc_t* __restrict__ child = G + (cb[i] * Dc + d) * R;
-        for (int r = 0; r < R; ++r) o[r] += child[r];
-      }
-    }
-  }
+  kcs_adjoint_tile<acc_t, Dc>(G, O, t);
   store_rows<R, BYTES>(O, n, J * Dc, out);
 }
 
@@ -325,21 +277,149 @@ at::Tensor bone_decompose_backward_cpu(const std::optional<at::Tensor>& grad_uni
   return out;
 }
 
-// Bones in topological order as flat offsets (joint * D, bone * D), so the
-// sequential sweeps of kcs_inverse and its backward read three arrays in order.
-struct TopoOffsets {
-  std::vector<int64_t> child, parent, bone;
-  TopoOffsets(const Tree& t, int64_t D) {
-    for (const int64_t k : t.topo_bones) {
-      child.push_back(t.bone_child[k] * D);
-      parent.push_back(t.bone_parent[k] * D);
-      bone.push_back(k * D);
-    }
-  }
+// ---- the linear kernels: kcs_forward, kcs_inverse and their adjoints ----------------------------
+// Also on tiles of poses (a per-pose loop spent ~30-100 ns per pose on indirect scalar indexing;
+// bench/RESULTS.md): each statement below is one whole-vector operation over the R poses of a
+// tile, in the per-pose loop's order, so the bits are those of the per-pose loop on every
+// instruction set (the sums of the adjoints keep their order).
+
+// The scratch of a linear kernel: its input tile, its output tile and (kcs_inverse) the root tile.
+struct LinearScratch {
+  AlignedBuffer in, out, root;
+  LinearScratch(int64_t in_rows, int64_t out_rows, int64_t root_rows, size_t elem)
+      : in(in_rows * R * elem), out(out_rows * R * elem), root(root_rows * R * elem) {}
 };
 
-// ---- kcs_inverse ----------------------------------------------------------------
-// x[root] = root (or 0), then x[child] = x[parent] - bone in topological order.
+// bones[k] = x[parent(k)] - x[child(k)].
+template <int BYTES, typename scalar_t, typename acc_t, int Dc>
+FASTSMALL_INLINE void kcs_forward_tile(std::integral_constant<int, Dc>, const acc_t*, const scalar_t* x,
+                                       scalar_t* bones, int64_t n, const Tree& t, const LinearScratch& s) {
+  const int64_t J = t.num_joints, NB = t.num_bones();
+  acc_t* X = s.in.as<acc_t>();
+  acc_t* O = s.out.as<acc_t>();
+  load_rows<R, BYTES>(x, n, J * Dc, X);
+  for (int64_t k = 0; k < NB; ++k) {
+    const acc_t* __restrict__ p = X + t.bone_parent[k] * Dc * R;
+    const acc_t* __restrict__ c = X + t.bone_child[k] * Dc * R;
+    acc_t* __restrict__ o = O + k * Dc * R;
+    for (int r = 0; r < Dc * R; ++r) o[r] = p[r] - c[r];
+  }
+  store_rows<R, BYTES>(O, n, NB * Dc, bones);
+}
+
+template <int BYTES, typename scalar_t, typename acc_t, int Dc>
+FASTSMALL_INLINE void kcs_forward_backward_tile(std::integral_constant<int, Dc>, const acc_t*,
+                                                const scalar_t* grad_bones, scalar_t* grad_x, int64_t n,
+                                                const Tree& t, const LinearScratch& s) {
+  load_rows<R, BYTES>(grad_bones, n, t.num_bones() * Dc, s.in.as<acc_t>());
+  kcs_adjoint_tile<acc_t, Dc>(s.in.as<acc_t>(), s.out.as<acc_t>(), t);
+  store_rows<R, BYTES>(s.out.as<acc_t>(), n, t.num_joints * Dc, grad_x);
+}
+
+// x[root] = root (or 0), then x[child(k)] = x[parent(k)] - bones[k] in topological order.
+template <int BYTES, typename scalar_t, typename acc_t, int Dc>
+FASTSMALL_INLINE void kcs_inverse_tile(std::integral_constant<int, Dc>, const acc_t*, const scalar_t* bones,
+                                       const scalar_t* root, scalar_t* x, int64_t n, const Tree& t,
+                                       const LinearScratch& s) {
+  const int64_t J = t.num_joints, NB = t.num_bones();
+  acc_t* Bt = s.in.as<acc_t>();
+  acc_t* X = s.out.as<acc_t>();
+  load_rows<R, BYTES>(bones, n, NB * Dc, Bt);
+  acc_t* xr = X + t.root * Dc * R;
+  if (root) {
+    load_rows<R, BYTES>(root, n, Dc, s.root.as<acc_t>());
+    std::copy(s.root.as<acc_t>(), s.root.as<acc_t>() + Dc * R, xr);
+  } else {
+    std::fill(xr, xr + Dc * R, acc_t(0));
+  }
+  for (const int64_t k : t.topo_bones) {
+    const acc_t* __restrict__ p = X + t.bone_parent[k] * Dc * R;
+    const acc_t* __restrict__ b = Bt + k * Dc * R;
+    acc_t* __restrict__ c = X + t.bone_child[k] * Dc * R;
+    for (int r = 0; r < Dc * R; ++r) c[r] = p[r] - b[r];
+  }
+  store_rows<R, BYTES>(X, n, J * Dc, x);
+}
+
+// Adjoint: grad_bones[k] = -(sum of grad_x over the subtree below bone k), grad_root = sum of
+// grad_x over all joints; one reverse-topological sweep accumulating into the parents.
+template <int BYTES, typename scalar_t, typename acc_t, int Dc>
+FASTSMALL_INLINE void kcs_inverse_backward_tile(std::integral_constant<int, Dc>, const acc_t*, const scalar_t* grad_x,
+                                                scalar_t* grad_bones, scalar_t* grad_root, int64_t n, const Tree& t,
+                                                const LinearScratch& s) {
+  const int64_t J = t.num_joints, NB = t.num_bones();
+  acc_t* A = s.in.as<acc_t>();
+  acc_t* GB = s.out.as<acc_t>();
+  load_rows<R, BYTES>(grad_x, n, J * Dc, A);
+  for (auto k_it = t.topo_bones.rbegin(); k_it != t.topo_bones.rend(); ++k_it) {
+    const int64_t k = *k_it;
+    const acc_t* __restrict__ sub = A + t.bone_child[k] * Dc * R;
+    acc_t* __restrict__ p = A + t.bone_parent[k] * Dc * R;
+    acc_t* __restrict__ gb = GB + k * Dc * R;
+    for (int r = 0; r < Dc * R; ++r) {
+      gb[r] = -sub[r];
+      p[r] += sub[r];
+    }
+  }
+  store_rows<R, BYTES>(GB, n, NB * Dc, grad_bones);
+  store_rows<R, BYTES>(A + t.root * Dc * R, n, Dc, grad_root);
+}
+
+#define FASTSMALL_TILE_KERNEL(NAME, FN)                          \
+  struct NAME {                                                  \
+    template <int BYTES, typename... Args>                       \
+    static FASTSMALL_INLINE void run(Args&&... args) {           \
+      FN<BYTES>(std::forward<Args>(args)...);                    \
+    }                                                            \
+  };
+FASTSMALL_TILE_KERNEL(KcsForwardTile, kcs_forward_tile)
+FASTSMALL_TILE_KERNEL(KcsForwardBackwardTile, kcs_forward_backward_tile)
+FASTSMALL_TILE_KERNEL(KcsInverseTile, kcs_inverse_tile)
+FASTSMALL_TILE_KERNEL(KcsInverseBackwardTile, kcs_inverse_backward_tile)
+#undef FASTSMALL_TILE_KERNEL
+
+// Costs per pose for the grain (ns, one thread, see bone_decompose's): written per joint coordinate.
+constexpr double KCS_FORWARD_NS = 0.2, KCS_FORWARD_BACKWARD_NS = 0.3, KCS_INVERSE_NS = 0.3,
+                 KCS_INVERSE_BACKWARD_NS = 0.4;
+
+at::Tensor kcs_forward_cpu(const at::Tensor& x_, c10::IntArrayRef parents) {
+  const KcsInput in = kcs_input(x_, "x", parents, Rows::Joints);
+  const int64_t J = in.J, NB = in.NB;
+  at::Tensor out = in.empty(NB, in.D);
+  dispatch_points(in.data, "kcs_forward_cpu", [&](auto tag, auto dim) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int Dc = decltype(dim)::value;
+    const scalar_t* xp = in.data.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const auto scratch = [&] { return LinearScratch(J * Dc, NB * Dc, 0, sizeof(acc_t)); };
+    for_each_pose_tile<KcsForwardTile>(
+        in.B, KCS_FORWARD_NS * J * Dc, scratch, [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n) {
+          kernel(dim, tag_ptr<acc_t>(), xp + p0 * J * Dc, op + p0 * NB * Dc, n, in.tree, s);
+        });
+  });
+  return out;
+}
+
+at::Tensor kcs_forward_backward_cpu(const at::Tensor& g_, c10::IntArrayRef parents) {
+  const KcsInput in = kcs_input(g_, "grad_bones", parents, Rows::Bones);
+  const int64_t J = in.J, NB = in.NB;
+  at::Tensor out = in.empty(J, in.D);
+  dispatch_points(in.data, "kcs_forward_backward_cpu", [&](auto tag, auto dim) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int Dc = decltype(dim)::value;
+    const scalar_t* gp = in.data.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const auto scratch = [&] { return LinearScratch(NB * Dc, J * Dc, 0, sizeof(acc_t)); };
+    for_each_pose_tile<KcsForwardBackwardTile>(
+        in.B, KCS_FORWARD_BACKWARD_NS * J * Dc, scratch,
+        [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n) {
+          kernel(dim, tag_ptr<acc_t>(), gp + p0 * NB * Dc, op + p0 * J * Dc, n, in.tree, s);
+        });
+  });
+  return out;
+}
 
 at::Tensor kcs_inverse_cpu(const at::Tensor& bones_, c10::IntArrayRef parents,
                            const std::optional<at::Tensor>& root_) {
@@ -355,24 +435,16 @@ at::Tensor kcs_inverse_cpu(const at::Tensor& bones_, c10::IntArrayRef parents,
     const scalar_t* bptr = in.data.const_data_ptr<scalar_t>();
     const scalar_t* rptr = root.defined() ? root.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const TopoOffsets topo(in.tree, Dc);
-    const int64_t r = in.tree.root;
-    auto scratch = [&] { return std::vector<acc_t>(J * Dc); };
-    for_each_pose(in.B, 1.4 * J * Dc, scratch, [&](int64_t n, std::vector<acc_t>& acc) {
-      const scalar_t* bn = bptr + n * NB * Dc;
-      for (int d = 0; d < Dc; ++d) acc[r * Dc + d] = rptr ? acc_t(rptr[n * Dc + d]) : acc_t(0);
-      for (int64_t i = 0; i < NB; ++i) {
-        const int64_t c = topo.child[i], p = topo.parent[i], k = topo.bone[i];
-        for (int d = 0; d < Dc; ++d) acc[c + d] = acc[p + d] - acc_t(bn[k + d]);
-      }
-      std::copy(acc.begin(), acc.end(), op + n * J * Dc);
-    });
+    const auto scratch = [&] { return LinearScratch(NB * Dc, J * Dc, Dc, sizeof(acc_t)); };
+    for_each_pose_tile<KcsInverseTile>(
+        in.B, KCS_INVERSE_NS * J * Dc, scratch, [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n) {
+          kernel(dim, tag_ptr<acc_t>(), bptr + p0 * NB * Dc, rptr ? rptr + p0 * Dc : rptr, op + p0 * J * Dc, n,
+                 in.tree, s);
+        });
   });
   return out;
 }
 
-// Adjoint: grad_bones[k] = -(sum of grad_x over the subtree below bone k),
-// grad_root = sum of grad_x over all joints; one reverse-topological sweep.
 std::tuple<at::Tensor, at::Tensor> kcs_inverse_backward_cpu(const at::Tensor& g_, c10::IntArrayRef parents) {
   const KcsInput in = kcs_input(g_, "grad_x", parents, Rows::Joints);
   const int64_t J = in.J, NB = in.NB;
@@ -385,23 +457,12 @@ std::tuple<at::Tensor, at::Tensor> kcs_inverse_backward_cpu(const at::Tensor& g_
     const scalar_t* gp = in.data.const_data_ptr<scalar_t>();
     scalar_t* gbp = grad_bones.mutable_data_ptr<scalar_t>();
     scalar_t* grp = grad_root.mutable_data_ptr<scalar_t>();
-    const TopoOffsets topo(in.tree, Dc);
-    const int64_t r = in.tree.root;
-    auto scratch = [&] { return std::vector<acc_t>(J * Dc); };
-    for_each_pose(in.B, 1.8 * J * Dc, scratch, [&](int64_t n, std::vector<acc_t>& acc) {
-      const scalar_t* gn = gp + n * J * Dc;
-      scalar_t* gbn = gbp + n * NB * Dc;
-      for (int64_t i = 0; i < J * Dc; ++i) acc[i] = acc_t(gn[i]);
-      for (int64_t i = NB - 1; i >= 0; --i) {
-        const int64_t c = topo.child[i], p = topo.parent[i], k = topo.bone[i];
-        for (int d = 0; d < Dc; ++d) {
-          const acc_t sub = acc[c + d];
-          gbn[k + d] = static_cast<scalar_t>(-sub);
-          acc[p + d] += sub;
-        }
-      }
-      for (int d = 0; d < Dc; ++d) grp[n * Dc + d] = static_cast<scalar_t>(acc[r * Dc + d]);
-    });
+    const auto scratch = [&] { return LinearScratch(J * Dc, NB * Dc, 0, sizeof(acc_t)); };
+    for_each_pose_tile<KcsInverseBackwardTile>(
+        in.B, KCS_INVERSE_BACKWARD_NS * J * Dc, scratch,
+        [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n) {
+          kernel(dim, tag_ptr<acc_t>(), gp + p0 * J * Dc, gbp + p0 * NB * Dc, grp + p0 * Dc, n, in.tree, s);
+        });
   });
   return {grad_bones, grad_root};
 }

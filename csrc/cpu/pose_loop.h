@@ -1,17 +1,11 @@
-// The per-pose loop of the KCS and part-Gram kernels: a tensor [..., rows, D] is a batch of B
-// poses, viewed as [B, rows, D] (contiguous), and each kernel is one OpenMP-parallel loop over
-// the poses (at::parallel_for, built with -fopenmp). Written once here so that every kernel
-// splits the batch the same way; the kernels themselves only say what one pose does.
+// The pose loop of the KCS and part-Gram kernels: a tensor [..., rows, D] is a batch of B poses,
+// viewed as [B, rows, D] (contiguous), and each kernel is one OpenMP-parallel loop (at::parallel_for,
+// built with -fopenmp) over tiles of poses. Written once here so that every kernel splits the batch
+// the same way; the kernels themselves only say what one tile does.
 //
-// Each kernel passes its measured single-thread cost of one pose (ns_per_pose); the grain is
-// kParallelGrainNs (80 us) of that work (parallel.h), so a batch runs on the calling thread
-// unless it takes more than ~80 us on one, and each thread of a parallel region gets > ~40 us.
-// Costs measured on a 2-core AMD EPYC (AVX2), H36M-16 poses, D = 3, float32, ns per pose
-// (bench/bench_small_batch.py --calibrate): kcs_forward 26-37, kcs_forward_backward 57,
-// kcs_inverse 55-80, its backward 74-105. At B = 1,024 kcs_forward, its backward and kcs_inverse
-// therefore run on one thread, the other backwards on two (bench/RESULTS.md, "Small batches").
-// bone_decompose and the part-Gram kernels run over tiles of poses instead (below), with the same
-// grain rule and their costs at their call sites.
+// Each kernel passes its measured single-thread cost of one pose (ns_per_pose, at its call site);
+// the grain is kParallelGrainNs (80 us) of that work (parallel.h), so a batch runs on the calling
+// thread unless it takes more than ~80 us on one, and each thread of a parallel region gets > ~40 us.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -65,29 +59,9 @@ FASTSMALL_INLINE void dispatch_points(const at::Tensor& t, const char* name, F&&
   dispatch_floating(t.scalar_type(), name, [&](auto tag) { dispatch_dim(t.size(-1), [&](auto dim) { f(tag, dim); }); });
 }
 
-// body(n, scratch) for every pose n in [0, B), in parallel chunks of grain_for(ns_per_pose) poses
-// or more; each chunk makes its own scratch once (make_scratch()), so per-pose work allocates
-// nothing.
-template <typename MakeScratch, typename Body>
-FASTSMALL_INLINE void for_each_pose(int64_t B, double ns_per_pose, MakeScratch&& make_scratch, Body&& body) {
-  at::parallel_for(0, B, grain_for(ns_per_pose), [&](int64_t begin, int64_t end) {
-    auto scratch = make_scratch();
-    for (int64_t n = begin; n < end; ++n) body(n, scratch);
-  });
-}
-
-// body(n) for every pose n in [0, B), for kernels without scratch.
-template <typename Body>
-FASTSMALL_INLINE void for_each_pose(int64_t B, double ns_per_pose, Body&& body) {
-  at::parallel_for(0, B, grain_for(ns_per_pose), [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) body(n);
-  });
-}
-
 // ---- tiles of poses ----------------------------------------------------------------------------
-// Kernels whose per-pose work is arithmetic (bone_decompose, the part-Gram) run over tiles of
-// kPoseTile poses held transposed ([rows * D][kPoseTile] in the compute type, simd.h load_rows /
-// store_rows), so that a vector holds one coordinate of several poses: the skeleton's indices are
+// Every kernel (the KCS family, the part-Gram) runs over tiles of kPoseTile poses held transposed
+// ([rows * D][kPoseTile] in the compute type, simd.h load_rows / store_rows), so that a vector holds one coordinate of several poses: the skeleton's indices are
 // the same for every pose, so they are walked once per tile and every operation is a whole-vector
 // one. Each lane computes exactly what a per-pose loop computes, in the same order (no FMA
 // contraction: the kernels' files turn it off), so every instruction set gives the same bits.

@@ -3,9 +3,10 @@
 An ``OpDef`` describes one registered op (``torch.ops.fastsmall.<name>``, schema in
 csrc/fastsmall.cpp) by its check, its fake outputs, its autograd formulas and its reference,
 all with the op's own signature. ``Family(defs, triton_module)`` registers the fakes, the
-autograd formulas (bound to the op's dedicated backward ops), the ADInplaceOrView kernels of
-in-place ops and the Triton launchers as CUDA kernels, and builds three routes per public op,
-each a callable with the op's signature:
+autograd formulas (bound to the op's dedicated backward ops) of the ops whose autograd kernel is
+not in C++ (csrc/autograd.cpp, same formulas), the ADInplaceOrView kernels of in-place ops and
+the Triton launchers as CUDA kernels, and builds three routes per public op, each a callable with
+the op's signature:
 
 * ``OPS``: the registered op; the dispatcher picks the device kernel (C++ on CPU, Triton on CUDA);
 * ``TRITON_DIRECT``: the Triton launchers bound to the same formulas, called without the
@@ -203,6 +204,14 @@ def no_double_backward(op: str, why: str = "for higher-order gradients"):
 _impl_lib = None  # holds the ADInplaceOrView kernels of the in-place ops
 
 
+def has_cpp_autograd(name: str) -> bool:
+    """Whether the extension registers op ``name``'s autograd kernel in C++ (csrc/autograd.cpp: the
+    ops called at small batches, where the Python layer of register_autograd costs more than the
+    kernel); the other ops get their formulas registered from Python."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastsmall::{name}", "Autograd")
+
+
+
 def _register(d: OpDef, triton_module) -> None:
     global _impl_lib
     qualname = f"fastsmall::{d.name}"
@@ -213,7 +222,7 @@ def _register(d: OpDef, triton_module) -> None:
         return d.outputs(*args) if d.outputs is not None else None
 
     torch.library.register_fake(qualname)(fake)
-    if d.formulas is not None:
+    if d.formulas is not None and not has_cpp_autograd(d.name):
         setup_context, backward = d.formulas(torch.ops.fastsmall)
         torch.library.register_autograd(qualname, backward, setup_context=setup_context)
     if d.mutates:

@@ -1,0 +1,284 @@
+// Autograd kernels of the differentiable ops, in C++ (the `Autograd` dispatch key: every device).
+//
+// Why C++: at the batch sizes the methods use (PoseAug: 1,024 poses) a kernel takes a few
+// microseconds, and torch.library.register_autograd's Python layer (an autograd.Function built per
+// call, its setup_context and backward in Python) added 10-60 us per op -- more than the kernel.
+// These kernels are what torchvision does for its C++ ops: a torch::autograd::Function whose
+// forward redispatches below autograd to the device kernel (C++ on CPU, the Triton launcher on
+// CUDA) and whose backward calls the op's dedicated *_backward op through the dispatcher, so
+// that with create_graph=True the backward op's own autograd kernel records it: double backward
+// of the linear ops is their adjoint, and the others raise the error the Python formulas raise.
+//
+// The formulas are those of fastsmall/ops/<family>.py (OpDef.formulas), which stay the formulas
+// of the Triton-direct route (Triton under TRITON_INTERPRET=1, or CUDA without this extension);
+// tests/test_autograd_kernels.py checks both against the reference. fastsmall/ops/_dispatch.py
+// registers a Python formula only for an op that has no kernel here.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace fastsmall {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// NAME_op(): the typed handle of the registered op fastsmall::NAME, looked up once.
+#define FASTSMALL_OP(NAME, ...)                                                            \
+  const c10::TypedOperatorHandle<__VA_ARGS__>& NAME##_op() {                             \
+    static const auto handle =                                                            \
+        c10::Dispatcher::singleton().findSchemaOrThrow("fastsmall::" #NAME, "").typed<__VA_ARGS__>(); \
+    return handle;                                                                        \
+  }
+
+FASTSMALL_OP(kcs_forward, Tensor(const Tensor&, c10::IntArrayRef))
+FASTSMALL_OP(kcs_forward_backward, Tensor(const Tensor&, c10::IntArrayRef))
+FASTSMALL_OP(bone_decompose, std::tuple<Tensor, Tensor>(const Tensor&, c10::IntArrayRef, double))
+FASTSMALL_OP(bone_decompose_backward,
+             Tensor(const OptTensor&, const OptTensor&, const Tensor&, c10::IntArrayRef, double))
+FASTSMALL_OP(kcs_inverse, Tensor(const Tensor&, c10::IntArrayRef, const OptTensor&))
+FASTSMALL_OP(kcs_inverse_backward, std::tuple<Tensor, Tensor>(const Tensor&, c10::IntArrayRef))
+FASTSMALL_OP(part_kcs_gram, Tensor(const Tensor&, c10::IntArrayRef, c10::IntArrayRef, bool))
+FASTSMALL_OP(part_kcs_gram_backward,
+             Tensor(const Tensor&, const Tensor&, c10::IntArrayRef, c10::IntArrayRef, bool))
+FASTSMALL_OP(masked_cross_entropy, Tensor(const Tensor&, const Tensor&, const Tensor&))
+FASTSMALL_OP(masked_cross_entropy_backward, Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&))
+#undef FASTSMALL_OP
+
+OptTensor defined_or_none(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+// The error of a backward op without a derivative of its own, word for word that of
+// fastsmall.ops._dispatch.no_double_backward (the tests match it on every backend).
+[[noreturn]] void no_double_backward(const char* op, const char* why) {
+  TORCH_CHECK_NOT_IMPLEMENTED(false, "double backward through fastsmall.ops.", op,
+                              " is not implemented; use backend='reference' ", why);
+}
+
+// A backward op's autograd kernel when it has no derivative: the first backward records it,
+// differentiating it (double backward) raises.
+template <class Self>
+struct NotTwiceDifferentiable : torch::autograd::Function<Self> {
+  static variable_list backward(AutogradContext*, variable_list) {
+    no_double_backward(Self::kOp, Self::kWhy);
+  }
+};
+
+// ---- KCS family (fastsmall/ops/kcs.py) -------------------------------------------------------
+
+struct KcsForward : torch::autograd::Function<KcsForward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, c10::IntArrayRef parents);
+  static variable_list backward(AutogradContext* ctx, variable_list grads);
+};
+
+// The adjoint of kcs_forward; its derivative is kcs_forward again (both are linear).
+struct KcsForwardBackward : torch::autograd::Function<KcsForwardBackward> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& grad_bones, c10::IntArrayRef parents) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["parents"] = parents.vec();
+    return kcs_forward_backward_op().call(grad_bones, parents);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {KcsForward::apply(grads[0], ctx->saved_data["parents"].toIntVector()), Tensor()};
+  }
+};
+
+Tensor KcsForward::forward(AutogradContext* ctx, const Tensor& x, c10::IntArrayRef parents) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  ctx->saved_data["parents"] = parents.vec();
+  return kcs_forward_op().call(x, parents);
+}
+
+variable_list KcsForward::backward(AutogradContext* ctx, variable_list grads) {
+  return {KcsForwardBackward::apply(grads[0], ctx->saved_data["parents"].toIntVector()), Tensor()};
+}
+
+struct BoneDecomposeBackward : NotTwiceDifferentiable<BoneDecomposeBackward> {
+  static constexpr const char* kOp = "bone_decompose";
+  static constexpr const char* kWhy = "for higher-order gradients";
+  static Tensor forward(AutogradContext*, const OptTensor& grad_unit, const OptTensor& grad_length, const Tensor& x,
+                        c10::IntArrayRef parents, double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return bone_decompose_backward_op().call(grad_unit, grad_length, x, parents, eps);
+  }
+};
+
+struct BoneDecompose : torch::autograd::Function<BoneDecompose> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, c10::IntArrayRef parents, double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["parents"] = parents.vec();
+    ctx->saved_data["eps"] = eps;
+    ctx->save_for_backward({x});
+    ctx->set_materialize_grads(false);  // an unused output costs no zeros tensor
+    auto [unit, length] = bone_decompose_op().call(x, parents, eps);
+    return {unit, length};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor& grad_unit = grads[0];
+    const Tensor& grad_length = grads[1];
+    if (!ctx->needs_input_grad(0) || (!grad_unit.defined() && !grad_length.defined())) {
+      return {Tensor(), Tensor(), Tensor()};
+    }
+    Tensor x = ctx->get_saved_variables()[0];
+    return {BoneDecomposeBackward::apply(defined_or_none(grad_unit), defined_or_none(grad_length), x,
+                                         ctx->saved_data["parents"].toIntVector(),
+                                         ctx->saved_data["eps"].toDouble()),
+            Tensor(), Tensor()};
+  }
+};
+
+struct KcsInverse : torch::autograd::Function<KcsInverse> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& bones, c10::IntArrayRef parents, const OptTensor& root);
+  static variable_list backward(AutogradContext* ctx, variable_list grads);
+};
+
+// The adjoint of kcs_inverse: (grad_bones, grad_root); its derivative is kcs_inverse again.
+struct KcsInverseBackward : torch::autograd::Function<KcsInverseBackward> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& grad_x, c10::IntArrayRef parents) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["parents"] = parents.vec();
+    auto [grad_bones, grad_root] = kcs_inverse_backward_op().call(grad_x, parents);
+    return {grad_bones, grad_root};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {KcsInverse::apply(grads[0], ctx->saved_data["parents"].toIntVector(), OptTensor(grads[1])), Tensor()};
+  }
+};
+
+Tensor KcsInverse::forward(AutogradContext* ctx, const Tensor& bones, c10::IntArrayRef parents,
+                           const OptTensor& root) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  ctx->saved_data["parents"] = parents.vec();
+  ctx->saved_data["has_root"] = root.has_value() && root->defined();
+  return kcs_inverse_op().call(bones, parents, root);
+}
+
+variable_list KcsInverse::backward(AutogradContext* ctx, variable_list grads) {
+  variable_list g = KcsInverseBackward::apply(grads[0], ctx->saved_data["parents"].toIntVector());
+  return {g[0], Tensor(), ctx->saved_data["has_root"].toBool() ? g[1] : Tensor()};
+}
+
+// ---- part-aware KCS Gram (fastsmall/ops/part_kcs_gram.py) -------------------------------------
+
+struct PartKcsGramBackward : NotTwiceDifferentiable<PartKcsGramBackward> {
+  static constexpr const char* kOp = "part_kcs_gram";
+  static constexpr const char* kWhy = "for higher-order gradients (e.g. a gradient penalty)";
+  static Tensor forward(AutogradContext*, const Tensor& grad, const Tensor& bones, c10::IntArrayRef part_bones,
+                        c10::IntArrayRef part_sizes, bool compact) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return part_kcs_gram_backward_op().call(grad, bones, part_bones, part_sizes, compact);
+  }
+};
+
+struct PartKcsGram : torch::autograd::Function<PartKcsGram> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& bones, c10::IntArrayRef part_bones,
+                        c10::IntArrayRef part_sizes, bool compact) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["part_bones"] = part_bones.vec();
+    ctx->saved_data["part_sizes"] = part_sizes.vec();
+    ctx->saved_data["compact"] = compact;
+    ctx->save_for_backward({bones});
+    return part_kcs_gram_op().call(bones, part_bones, part_sizes, compact);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    Tensor bones = ctx->get_saved_variables()[0];
+    return {PartKcsGramBackward::apply(grads[0], bones, ctx->saved_data["part_bones"].toIntVector(),
+                                       ctx->saved_data["part_sizes"].toIntVector(),
+                                       ctx->saved_data["compact"].toBool()),
+            Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// ---- masked cross-entropy (fastsmall/ops/distribution_align.py) --------------------------------
+
+struct MaskedCrossEntropyBackward : NotTwiceDifferentiable<MaskedCrossEntropyBackward> {
+  static constexpr const char* kOp = "masked_cross_entropy";
+  static constexpr const char* kWhy = "for higher-order gradients";
+  static Tensor forward(AutogradContext*, const Tensor& grad, const Tensor& logits, const Tensor& target,
+                        const Tensor& mask) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return masked_cross_entropy_backward_op().call(grad, logits, target, mask);
+  }
+};
+
+struct MaskedCrossEntropy : torch::autograd::Function<MaskedCrossEntropy> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& logits, const Tensor& target, const Tensor& mask) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({logits, target, mask});
+    return masked_cross_entropy_op().call(logits, target, mask);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!ctx->needs_input_grad(0)) return {Tensor(), Tensor(), Tensor()};
+    auto saved = ctx->get_saved_variables();
+    // target and mask are the pseudo-label path: no gradient flows into them
+    return {MaskedCrossEntropyBackward::apply(grads[0], saved[0], saved[1], saved[2]), Tensor(), Tensor()};
+  }
+};
+
+// ---- the kernels: the ops' signatures, tuples where the schema returns several tensors ----------
+
+Tensor kcs_forward_autograd(const Tensor& x, c10::IntArrayRef parents) { return KcsForward::apply(x, parents); }
+
+Tensor kcs_forward_backward_autograd(const Tensor& grad_bones, c10::IntArrayRef parents) {
+  return KcsForwardBackward::apply(grad_bones, parents);
+}
+
+std::tuple<Tensor, Tensor> bone_decompose_autograd(const Tensor& x, c10::IntArrayRef parents, double eps) {
+  auto out = BoneDecompose::apply(x, parents, eps);
+  return {out[0], out[1]};
+}
+
+Tensor bone_decompose_backward_autograd(const OptTensor& grad_unit, const OptTensor& grad_length, const Tensor& x,
+                                        c10::IntArrayRef parents, double eps) {
+  return BoneDecomposeBackward::apply(grad_unit, grad_length, x, parents, eps);
+}
+
+Tensor kcs_inverse_autograd(const Tensor& bones, c10::IntArrayRef parents, const OptTensor& root) {
+  return KcsInverse::apply(bones, parents, root);
+}
+
+std::tuple<Tensor, Tensor> kcs_inverse_backward_autograd(const Tensor& grad_x, c10::IntArrayRef parents) {
+  auto out = KcsInverseBackward::apply(grad_x, parents);
+  return {out[0], out[1]};
+}
+
+Tensor part_kcs_gram_autograd(const Tensor& bones, c10::IntArrayRef part_bones, c10::IntArrayRef part_sizes,
+                              bool compact) {
+  return PartKcsGram::apply(bones, part_bones, part_sizes, compact);
+}
+
+Tensor part_kcs_gram_backward_autograd(const Tensor& grad, const Tensor& bones, c10::IntArrayRef part_bones,
+                                       c10::IntArrayRef part_sizes, bool compact) {
+  return PartKcsGramBackward::apply(grad, bones, part_bones, part_sizes, compact);
+}
+
+Tensor masked_cross_entropy_autograd(const Tensor& logits, const Tensor& target, const Tensor& mask) {
+  return MaskedCrossEntropy::apply(logits, target, mask);
+}
+
+Tensor masked_cross_entropy_backward_autograd(const Tensor& grad, const Tensor& logits, const Tensor& target,
+                                              const Tensor& mask) {
+  return MaskedCrossEntropyBackward::apply(grad, logits, target, mask);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastsmall, Autograd, m) {
+  m.impl("kcs_forward", kcs_forward_autograd);
+  m.impl("kcs_forward_backward", kcs_forward_backward_autograd);
+  m.impl("bone_decompose", bone_decompose_autograd);
+  m.impl("bone_decompose_backward", bone_decompose_backward_autograd);
+  m.impl("kcs_inverse", kcs_inverse_autograd);
+  m.impl("kcs_inverse_backward", kcs_inverse_backward_autograd);
+  m.impl("part_kcs_gram", part_kcs_gram_autograd);
+  m.impl("part_kcs_gram_backward", part_kcs_gram_backward_autograd);
+  m.impl("masked_cross_entropy", masked_cross_entropy_autograd);
+  m.impl("masked_cross_entropy_backward", masked_cross_entropy_backward_autograd);
+}
+
+}  // namespace fastsmall
