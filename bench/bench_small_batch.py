@@ -281,8 +281,9 @@ def calibrate(args) -> None:
 # ---- overhead of the autograd layer ----------------------------------------------------------------
 
 def overhead_cases(B: int):
-    """(op, bare, python_layer, make(ops)) per differentiable op at batch B: ``bare`` calls the forward and
-    backward kernels directly, ``python_layer`` runs the op's formulas as a Python autograd.Function."""
+    """(op, inputs, bare_fwd, bare, python_layer, make(ops)) per differentiable op at batch B: ``bare_fwd``
+    calls the forward op directly, ``bare`` the forward and backward ops (no autograd), ``python_layer``
+    runs the op's formulas as a Python autograd.Function around the op."""
     import importlib
 
     from fastsmall.ops._dispatch import autograd_function
@@ -310,7 +311,7 @@ def overhead_cases(B: int):
             with torch.no_grad():
                 outs = fwd()
                 return bwd(outs)
-        return run
+        return fwd, run
 
     cot = {}
 
@@ -326,34 +327,54 @@ def overhead_cases(B: int):
     py_mce = python_layer(da_mod._ALIGN, "masked_cross_entropy")
     one = torch.ones(())
     yield ("kcs_forward", (x,),
-           bare(lambda: F.kcs_forward(x, P), lambda o: F.kcs_forward_backward(cot_of("kf", o), P)),
+           *bare(lambda: F.kcs_forward(x, P), lambda o: F.kcs_forward_backward(cot_of("kf", o), P)),
            lambda t: py_kcs(t, P), lambda ops: (lambda t: ops.kcs_forward(t, SK)))
     yield ("bone_decompose", (x,),
-           bare(lambda: F.bone_decompose(x, P, 0.0),
+           *bare(lambda: F.bone_decompose(x, P, 0.0),
                 lambda o: F.bone_decompose_backward(cot_of("bu", o[0]), cot_of("bl", o[1]), x, P, 0.0)),
            lambda t: py_bone(t, P, 0.0), lambda ops: (lambda t: ops.bone_decompose(t, SK)))
     yield ("kcs_inverse", (bones, root),
-           bare(lambda: F.kcs_inverse(bones, P, root), lambda o: F.kcs_inverse_backward(cot_of("ki", o), P)),
+           *bare(lambda: F.kcs_inverse(bones, P, root), lambda o: F.kcs_inverse_backward(cot_of("ki", o), P)),
            lambda b, r: py_inv(b, P, r), lambda ops: (lambda b, r: ops.kcs_inverse(b, SK, r)))
     yield ("part_kcs_gram compact", (unit,),
-           bare(lambda: F.part_kcs_gram(unit, pb, ps, True),
+           *bare(lambda: F.part_kcs_gram(unit, pb, ps, True),
                 lambda o: F.part_kcs_gram_backward(cot_of("pg", o), unit, pb, ps, True)),
            lambda u: py_gram(u, pb, ps, True), lambda ops: (lambda u: ops.part_kcs_gram(u, SK, "compact")))
     yield ("masked_cross_entropy C=10", (logits,),
-           bare(lambda: F.masked_cross_entropy(logits, target, mask),
+           *bare(lambda: F.masked_cross_entropy(logits, target, mask),
                 lambda o: F.masked_cross_entropy_backward(cot_of("mc", o), logits, target, mask)),
            lambda z: py_mce(z, target, mask), lambda ops: (lambda z: ops.masked_cross_entropy(z, target, mask)))
 
 
+def _engine_reference(B: int):
+    """aten.neg (a one-kernel aten op with a C++ autograd formula) timed like the fastsmall ops: the
+    cost every differentiable op pays for recording a node and for torch.autograd.grad."""
+    x = torch.randn(B, J, 3)
+    cot = torch.randn_like(x)
+    bare_fwd = lambda: torch.neg(x)  # noqa: E731
+
+    def bare():
+        with torch.no_grad():
+            torch.neg(x)
+            return torch.neg(cot)
+    return "aten.neg (engine reference)", (x,), bare_fwd, bare, None, lambda ops: torch.neg
+
+
 def overhead(args) -> None:
     torch.set_num_threads(1)
-    print("\n| op | B | bare kernels µs | fastsmall.ops µs | Python autograd layer µs | eager µs | "
-          "overhead µs | eager / fastsmall |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| op | B | bare fwd µs | fastsmall.ops fwd µs (recording) | fwd overhead µs | bare fwd+bwd µs | "
+          "fastsmall.ops fwd+bwd µs | fwd+bwd overhead µs | Python autograd layer fwd+bwd µs | eager fwd+bwd µs | "
+          "eager / fastsmall |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for B in args.sizes:
-        for name, inputs, bare, py_op, op_of in overhead_cases(B):
-            runs = {"bare": bare, "fastsmall": _grad_run(op_of(fs.ops), inputs),
-                    "python": _grad_run(py_op, inputs), "eager": _grad_run(op_of(fs.reference), inputs)}
+        for name, inputs, bare_fwd, bare, py_op, op_of in [*overhead_cases(B), _engine_reference(B)]:
+            ins = [t.detach().clone().requires_grad_() for t in inputs]
+            fwd = op_of(fs.ops)
+            runs = {"bare fwd": bare_fwd, "fwd": (lambda f=fwd: f(*ins)), "bare": bare,
+                    "fastsmall": _grad_run(fwd, inputs)}
+            if py_op is not None:
+                runs["python"] = _grad_run(py_op, inputs)
+                runs["eager"] = _grad_run(op_of(fs.reference), inputs)
             calls = {}
             for label, fn in runs.items():
                 _sample(fn, 3, 1)
@@ -362,12 +383,18 @@ def overhead(args) -> None:
             times = {label: [] for label in runs}
             labels = list(runs)
             for r in range(args.repeats):
-                for label in labels[r % 4:] + labels[:r % 4]:
+                k = r % len(labels)
+                for label in labels[k:] + labels[:k]:
                     times[label].append(_sample(runs[label], calls[label], 1))
             med = {label: statistics.median(v) for label, v in times.items()}
-            print(f"| {name} | {B:,} | {med['bare']:.1f} | {med['fastsmall']:.1f} | {med['python']:.1f} | "
-                  f"{med['eager']:.1f} | {med['fastsmall'] - med['bare']:.1f} | "
-                  f"{med['eager'] / med['fastsmall']:.2f}x |", flush=True)
+            na = "–"
+            print(f"| {name} | {B:,} | {med['bare fwd']:.1f} | {med['fwd']:.1f} | {med['fwd'] - med['bare fwd']:.1f} | "
+                  f"{med['bare']:.1f} | {med['fastsmall']:.1f} | {med['fastsmall'] - med['bare']:.1f} | "
+                  f"{med['python']:.1f} | {med['eager']:.1f} | {med['eager'] / med['fastsmall']:.2f}x |"
+                  if py_op is not None else
+                  f"| {name} | {B:,} | {med['bare fwd']:.1f} | {med['fwd']:.1f} | {med['fwd'] - med['bare fwd']:.1f} | "
+                  f"{med['bare']:.1f} | {med['fastsmall']:.1f} | {med['fastsmall'] - med['bare']:.1f} | {na} | {na} | "
+                  f"{na} |", flush=True)
 
 
 def main():

@@ -53,6 +53,17 @@ FASTSMALL_OP(masked_cross_entropy_backward, Tensor(const Tensor&, const Tensor&,
 
 OptTensor defined_or_none(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
+// A backward formula's call of a backward op: through the op's autograd kernel (Function::apply,
+// which records it) only when the backward itself is differentiated (create_graph=True: grad mode
+// on); otherwise straight to the device kernel below autograd, without building a node.
+// (Single-output ops: Function::apply and the op return a Tensor alike.)
+template <class BackwardFunction, class Op, class... Args>
+Tensor call_backward(const Op& op, const Args&... args) {
+  if (at::GradMode::is_enabled()) return BackwardFunction::apply(args...);
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(args...);
+}
+
 // The error of a backward op without a derivative of its own, word for word that of
 // fastsmall.ops._dispatch.no_double_backward (the tests match it on every backend).
 [[noreturn]] void no_double_backward(const char* op, const char* why) {
@@ -84,7 +95,8 @@ struct KcsForwardBackward : torch::autograd::Function<KcsForwardBackward> {
     return kcs_forward_backward_op().call(grad_bones, parents);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {KcsForward::apply(grads[0], ctx->saved_data["parents"].toIntVector()), Tensor()};
+    const auto parents = ctx->saved_data["parents"].toIntVector();
+    return {call_backward<KcsForward>(kcs_forward_op(), grads[0], c10::IntArrayRef(parents)), Tensor()};
   }
 };
 
@@ -95,7 +107,9 @@ Tensor KcsForward::forward(AutogradContext* ctx, const Tensor& x, c10::IntArrayR
 }
 
 variable_list KcsForward::backward(AutogradContext* ctx, variable_list grads) {
-  return {KcsForwardBackward::apply(grads[0], ctx->saved_data["parents"].toIntVector()), Tensor()};
+  const auto parents = ctx->saved_data["parents"].toIntVector();
+  return {call_backward<KcsForwardBackward>(kcs_forward_backward_op(), grads[0], c10::IntArrayRef(parents)),
+          Tensor()};
 }
 
 struct BoneDecomposeBackward : NotTwiceDifferentiable<BoneDecomposeBackward> {
@@ -125,9 +139,10 @@ struct BoneDecompose : torch::autograd::Function<BoneDecompose> {
       return {Tensor(), Tensor(), Tensor()};
     }
     Tensor x = ctx->get_saved_variables()[0];
-    return {BoneDecomposeBackward::apply(defined_or_none(grad_unit), defined_or_none(grad_length), x,
-                                         ctx->saved_data["parents"].toIntVector(),
-                                         ctx->saved_data["eps"].toDouble()),
+    const auto parents = ctx->saved_data["parents"].toIntVector();
+    return {call_backward<BoneDecomposeBackward>(bone_decompose_backward_op(), defined_or_none(grad_unit),
+                                                 defined_or_none(grad_length), x, c10::IntArrayRef(parents),
+                                                 ctx->saved_data["eps"].toDouble()),
             Tensor(), Tensor()};
   }
 };
@@ -146,7 +161,9 @@ struct KcsInverseBackward : torch::autograd::Function<KcsInverseBackward> {
     return {grad_bones, grad_root};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {KcsInverse::apply(grads[0], ctx->saved_data["parents"].toIntVector(), OptTensor(grads[1])), Tensor()};
+    const auto parents = ctx->saved_data["parents"].toIntVector();
+    return {call_backward<KcsInverse>(kcs_inverse_op(), grads[0], c10::IntArrayRef(parents), OptTensor(grads[1])),
+            Tensor()};
   }
 };
 
@@ -159,8 +176,17 @@ Tensor KcsInverse::forward(AutogradContext* ctx, const Tensor& bones, c10::IntAr
 }
 
 variable_list KcsInverse::backward(AutogradContext* ctx, variable_list grads) {
-  variable_list g = KcsInverseBackward::apply(grads[0], ctx->saved_data["parents"].toIntVector());
-  return {g[0], Tensor(), ctx->saved_data["has_root"].toBool() ? g[1] : Tensor()};
+  const auto parents = ctx->saved_data["parents"].toIntVector();
+  Tensor grad_bones, grad_root;
+  if (at::GradMode::is_enabled()) {  // see call_backward
+    variable_list g = KcsInverseBackward::apply(grads[0], c10::IntArrayRef(parents));
+    grad_bones = g[0];
+    grad_root = g[1];
+  } else {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(grad_bones, grad_root) = kcs_inverse_backward_op().call(grads[0], parents);
+  }
+  return {grad_bones, Tensor(), ctx->saved_data["has_root"].toBool() ? grad_root : Tensor()};
 }
 
 // ---- part-aware KCS Gram (fastsmall/ops/part_kcs_gram.py) -------------------------------------
@@ -187,9 +213,11 @@ struct PartKcsGram : torch::autograd::Function<PartKcsGram> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     Tensor bones = ctx->get_saved_variables()[0];
-    return {PartKcsGramBackward::apply(grads[0], bones, ctx->saved_data["part_bones"].toIntVector(),
-                                       ctx->saved_data["part_sizes"].toIntVector(),
-                                       ctx->saved_data["compact"].toBool()),
+    const auto part_bones = ctx->saved_data["part_bones"].toIntVector();
+    const auto part_sizes = ctx->saved_data["part_sizes"].toIntVector();
+    return {call_backward<PartKcsGramBackward>(part_kcs_gram_backward_op(), grads[0], bones,
+                                               c10::IntArrayRef(part_bones), c10::IntArrayRef(part_sizes),
+                                               ctx->saved_data["compact"].toBool()),
             Tensor(), Tensor(), Tensor()};
   }
 };
@@ -216,7 +244,9 @@ struct MaskedCrossEntropy : torch::autograd::Function<MaskedCrossEntropy> {
     if (!ctx->needs_input_grad(0)) return {Tensor(), Tensor(), Tensor()};
     auto saved = ctx->get_saved_variables();
     // target and mask are the pseudo-label path: no gradient flows into them
-    return {MaskedCrossEntropyBackward::apply(grads[0], saved[0], saved[1], saved[2]), Tensor(), Tensor()};
+    return {call_backward<MaskedCrossEntropyBackward>(masked_cross_entropy_backward_op(), grads[0], saved[0], saved[1],
+                                                      saved[2]),
+            Tensor(), Tensor()};
   }
 };
 

@@ -248,7 +248,8 @@ class Family:
     def _routes_of(d: OpDef, triton_ops) -> dict:
         routes = {REFERENCE: _checked(d.reference, d.check)}
         if ext.C is not None:
-            routes[OPS] = _diagnosed(getattr(torch.ops.fastsmall, d.name), d.check)
+            # the overload itself: the packet's __call__ would resolve it again on every call
+            routes[OPS] = _diagnosed(getattr(torch.ops.fastsmall, d.name).default, d.check)
         if triton_ops is not None:
             direct = getattr(triton_ops, d.name)
             if d.mutates:
