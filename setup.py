@@ -23,7 +23,8 @@ from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-std=c++17", "-fvisibility=hidden"]
+CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-std=c++17", "-fvisibility=hidden",
+             "-Werror=return-type"]  # a missing return is undefined behaviour, never a warning
 LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--use_fast_math"]
 

@@ -51,6 +51,19 @@ FASTSMALL_OP(masked_cross_entropy, Tensor(const Tensor&, const Tensor&, const Te
 FASTSMALL_OP(masked_cross_entropy_backward, Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&))
 #undef FASTSMALL_OP
 
+#define FASTSMALL_OUT_OP(NAME, ...)                                                                  \
+  const c10::TypedOperatorHandle<__VA_ARGS__>& NAME##_out_op() {                                      \
+    static const auto handle =                                                                        \
+        c10::Dispatcher::singleton().findSchemaOrThrow("fastsmall::" #NAME, "out").typed<__VA_ARGS__>(); \
+    return handle;                                                                                    \
+  }
+
+FASTSMALL_OUT_OP(kcs_forward, void(const Tensor&, c10::IntArrayRef, const Tensor&))
+FASTSMALL_OUT_OP(bone_decompose, void(const Tensor&, c10::IntArrayRef, double, const Tensor&, const Tensor&))
+FASTSMALL_OUT_OP(kcs_inverse, void(const Tensor&, c10::IntArrayRef, const OptTensor&, const Tensor&))
+FASTSMALL_OUT_OP(part_kcs_gram, void(const Tensor&, c10::IntArrayRef, c10::IntArrayRef, bool, const Tensor&))
+#undef FASTSMALL_OUT_OP
+
 OptTensor defined_or_none(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
 // A backward formula's call of a backward op: through the op's autograd kernel (Function::apply,
@@ -296,9 +309,70 @@ Tensor masked_cross_entropy_backward_autograd(const Tensor& grad, const Tensor& 
   return MaskedCrossEntropyBackward::apply(grad, logits, target, mask);
 }
 
+// ---- .out overloads: bulk use, no autograd (as aten's out= functions) -------------------------------
+
+void refuse_grad(const char* op, const char* name, const Tensor& t) {
+  TORCH_CHECK(!(at::GradMode::is_enabled() && t.defined() && t.requires_grad()), "fastsmall.ops.", op,
+              ": out= is for bulk use without autograd, but ", name,
+              " requires grad; call it without out= or under torch.no_grad()");
+}
+
+// The written tensors' version counters move, as after any in-place op (what an ADInplaceOrView
+// kernel does), so autograd notices an overwritten tensor that a graph saved.
+void bump(const Tensor& t) { torch::autograd::impl::bump_version(t); }
+
+void kcs_forward_out_autograd(const Tensor& x, c10::IntArrayRef parents, const Tensor& out) {
+  refuse_grad("kcs_forward", "x", x);
+  refuse_grad("kcs_forward", "out", out);
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    kcs_forward_out_op().call(x, parents, out);
+  }
+  bump(out);
+}
+
+void bone_decompose_out_autograd(const Tensor& x, c10::IntArrayRef parents, double eps, const Tensor& unit,
+                                 const Tensor& length) {
+  refuse_grad("bone_decompose", "x", x);
+  refuse_grad("bone_decompose", "unit", unit);
+  refuse_grad("bone_decompose", "length", length);
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    bone_decompose_out_op().call(x, parents, eps, unit, length);
+  }
+  bump(unit);
+  bump(length);
+}
+
+void kcs_inverse_out_autograd(const Tensor& bones, c10::IntArrayRef parents, const OptTensor& root, const Tensor& out) {
+  refuse_grad("kcs_inverse", "bones", bones);
+  if (root.has_value()) refuse_grad("kcs_inverse", "root", *root);
+  refuse_grad("kcs_inverse", "out", out);
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    kcs_inverse_out_op().call(bones, parents, root, out);
+  }
+  bump(out);
+}
+
+void part_kcs_gram_out_autograd(const Tensor& bones, c10::IntArrayRef part_bones, c10::IntArrayRef part_sizes,
+                                bool compact, const Tensor& out) {
+  refuse_grad("part_kcs_gram", "bones", bones);
+  refuse_grad("part_kcs_gram", "out", out);
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    part_kcs_gram_out_op().call(bones, part_bones, part_sizes, compact, out);
+  }
+  bump(out);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastsmall, Autograd, m) {
+  m.impl("kcs_forward.out", kcs_forward_out_autograd);
+  m.impl("bone_decompose.out", bone_decompose_out_autograd);
+  m.impl("kcs_inverse.out", kcs_inverse_out_autograd);
+  m.impl("part_kcs_gram.out", part_kcs_gram_out_autograd);
   m.impl("kcs_forward", kcs_forward_autograd);
   m.impl("kcs_forward_backward", kcs_forward_backward_autograd);
   m.impl("bone_decompose", bone_decompose_autograd);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <cmath>
 #include <cstdint>
@@ -28,6 +29,17 @@ inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& 
   check_same_device(t, name, ref, ref_name);
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "fastsmall: ", name, " has dtype ", t.scalar_type(), " but ",
               ref_name, " has dtype ", ref.scalar_type());
+}
+
+// An output tensor of an op's .out overload: the shape `expected`, `ref`'s dtype and device,
+// contiguous (the kernels write it row by row), sharing no memory with the input `ref`.
+inline void check_out(const at::Tensor& out, const char* name, const at::Tensor& ref, const char* ref_name,
+                      at::IntArrayRef expected) {
+  check_like(out, name, ref, ref_name);
+  TORCH_CHECK(out.sizes() == expected, "fastsmall: ", name, " must have shape ", expected, ", got ", out.sizes());
+  TORCH_CHECK(out.is_contiguous(), "fastsmall: ", name, " must be contiguous");
+  TORCH_CHECK(at::get_overlap_status(out, ref) == at::MemOverlapStatus::No, "fastsmall: ", name,
+              " shares memory with ", ref_name);
 }
 
 inline void check_eps(double eps) { TORCH_CHECK(eps >= 0, "fastsmall: eps must be >= 0, got ", eps); }

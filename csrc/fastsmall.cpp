@@ -17,15 +17,22 @@ TORCH_LIBRARY(fastsmall, m) {
   // ---- kinematic chain space (KCS) ------------------------------------------
   // x [..., J, D] -> bones [..., J-1, D], bone k = x[parent(k)] - x[child(k)].
   m.def("kcs_forward(Tensor x, int[] parents) -> Tensor");
+  // .out overloads (kcs_forward, bone_decompose, kcs_inverse, part_kcs_gram): the same op writing
+  // into given contiguous tensors of the output's shape and dtype (bulk use; no autograd). They
+  // return nothing (an aliased return cannot be functionalised by torch.compile).
+  m.def("kcs_forward.out(Tensor x, int[] parents, *, Tensor(a!) out) -> ()");
   // Adjoint of kcs_forward: grad_bones [..., J-1, D] -> grad_x [..., J, D].
   m.def("kcs_forward_backward(Tensor grad_bones, int[] parents) -> Tensor");
   // x [..., J, D] -> (unit [..., J-1, D], length [..., J-1, 1]).
   m.def("bone_decompose(Tensor x, int[] parents, float eps) -> (Tensor, Tensor)");
   m.def(
+      "bone_decompose.out(Tensor x, int[] parents, float eps, *, Tensor(a!) unit, Tensor(b!) length) -> ()");
+  m.def(
       "bone_decompose_backward(Tensor? grad_unit, Tensor? grad_length, Tensor x, int[] parents, "
       "float eps) -> Tensor");
   // bones [..., J-1, D] (+ optional root [..., 1, D]) -> x [..., J, D].
   m.def("kcs_inverse(Tensor bones, int[] parents, Tensor? root) -> Tensor");
+  m.def("kcs_inverse.out(Tensor bones, int[] parents, Tensor? root, *, Tensor(a!) out) -> ()");
   // grad_x [..., J, D] -> (grad_bones [..., J-1, D], grad_root [..., 1, D]).
   m.def("kcs_inverse_backward(Tensor grad_x, int[] parents) -> (Tensor, Tensor)");
 
@@ -35,6 +42,8 @@ TORCH_LIBRARY(fastsmall, m) {
   // (the masked Gram of each part, flattened row-major); compact=true: only each
   // part's n_p x n_p block, concatenated [..., sum n_p^2].
   m.def("part_kcs_gram(Tensor bones, int[] part_bones, int[] part_sizes, bool compact) -> Tensor");
+  m.def(
+      "part_kcs_gram.out(Tensor bones, int[] part_bones, int[] part_sizes, bool compact, *, Tensor(a!) out) -> ()");
   m.def(
       "part_kcs_gram_backward(Tensor grad, Tensor bones, int[] part_bones, int[] part_sizes, bool compact) "
       "-> Tensor");

@@ -67,6 +67,39 @@ def check_shape(t: torch.Tensor, name: str, shape: tuple, what: str) -> None:
         raise ValueError(f"{name} must have shape {tuple(shape)} ({what}), got {tuple(t.shape)}")
 
 
+def check_out(t, name: str, expected: torch.Tensor, ref: torch.Tensor, ref_name: str) -> None:
+    """An ``out=`` tensor: ``expected``'s shape (the op's output), ``ref``'s device and dtype, contiguous."""
+    check_like(t, name, ref, ref_name)
+    check_shape(t, name, tuple(expected.shape), "the op's output")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (the kernels write it in place)")
+
+
+def _span(t: torch.Tensor):
+    """The bytes ``[start, end)`` that ``t``'s elements can touch, or None (no memory: empty, fake, meta)."""
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    try:
+        start = t.data_ptr()
+    except (RuntimeError, NotImplementedError):  # fake tensors own no memory
+        return None
+    extent = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) + 1
+    low = start - sum((size - 1) * -stride for size, stride in zip(t.shape, t.stride()) if stride < 0) * t.element_size()
+    return low, low + extent * t.element_size()
+
+
+def check_out_memory(outs: dict, inputs: dict) -> None:
+    """No ``out=`` tensor overlaps an input or another output in memory."""
+    spans = [(name, _span(t)) for name, t in list(inputs.items()) + list(outs.items()) if isinstance(t, torch.Tensor)]
+    spans = [(name, sp) for name, sp in spans if sp is not None]
+    for i, (name, (lo, hi)) in enumerate(spans):
+        if name not in outs:
+            continue
+        for other, (olo, ohi) in spans[:i]:
+            if lo < ohi and olo < hi:
+                raise ValueError(f"{name} shares memory with {other}; pass a separate tensor")
+
+
 def check_logits(t, name: str = "logits") -> None:
     """``t`` must be a float tensor of shape ``[B, C]`` with C >= 1."""
     check_tensor(t, name)

@@ -215,13 +215,8 @@ struct BoneDecomposeBackwardTile {
 // AVX2, H36M-16, D = 3, float32, 1,024-4,096 poses): forward 31-48 (the per-pose loop before the
 // tiles: 87-116), backward 49-65 (255-389); written below per joint coordinate (J * D = 48).
 
-std::tuple<at::Tensor, at::Tensor> bone_decompose_cpu(const at::Tensor& x_, c10::IntArrayRef parents,
-                                                       double eps) {
-  check_eps(eps);
-  const KcsInput in = kcs_input(x_, "x", parents, Rows::Joints);
+void bone_decompose_into(const KcsInput& in, double eps, const at::Tensor& unit, const at::Tensor& length) {
   const int64_t J = in.J, NB = in.NB;
-  at::Tensor unit = in.empty(NB, in.D);
-  at::Tensor length = in.empty(NB, 1);
   dispatch_points(in.data, "bone_decompose_cpu", [&](auto tag, auto dim) {
     using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
@@ -236,7 +231,26 @@ std::tuple<at::Tensor, at::Tensor> bone_decompose_cpu(const at::Tensor& x_, c10:
           kernel(dim, xp + p0 * J * Dc, up + p0 * NB * Dc, lp + p0 * NB, n, in.tree, e, s);
         });
   });
+}
+
+std::tuple<at::Tensor, at::Tensor> bone_decompose_cpu(const at::Tensor& x, c10::IntArrayRef parents, double eps) {
+  check_eps(eps);
+  const KcsInput in = kcs_input(x, "x", parents, Rows::Joints);
+  at::Tensor unit = in.empty(in.NB, in.D);
+  at::Tensor length = in.empty(in.NB, 1);
+  bone_decompose_into(in, eps, unit, length);
   return {unit, length};
+}
+
+void bone_decompose_out_cpu(const at::Tensor& x, c10::IntArrayRef parents, double eps, const at::Tensor& unit,
+                            const at::Tensor& length) {
+  check_eps(eps);
+  const KcsInput in = kcs_input(x, "x", parents, Rows::Joints);
+  check_out(unit, "unit", in.data, "x", in.shape(in.NB, in.D));
+  check_out(length, "length", in.data, "x", in.shape(in.NB, 1));
+  TORCH_CHECK(at::get_overlap_status(unit, length) == at::MemOverlapStatus::No,
+              "fastsmall: unit shares memory with length");
+  bone_decompose_into(in, eps, unit, length);
 }
 
 at::Tensor bone_decompose_backward_cpu(const std::optional<at::Tensor>& grad_unit_,
@@ -382,10 +396,8 @@ FASTSMALL_TILE_KERNEL(KcsInverseBackwardTile, kcs_inverse_backward_tile)
 constexpr double KCS_FORWARD_NS = 0.2, KCS_FORWARD_BACKWARD_NS = 0.3, KCS_INVERSE_NS = 0.3,
                  KCS_INVERSE_BACKWARD_NS = 0.4;
 
-at::Tensor kcs_forward_cpu(const at::Tensor& x_, c10::IntArrayRef parents) {
-  const KcsInput in = kcs_input(x_, "x", parents, Rows::Joints);
+void kcs_forward_into(const KcsInput& in, const at::Tensor& out) {
   const int64_t J = in.J, NB = in.NB;
-  at::Tensor out = in.empty(NB, in.D);
   dispatch_points(in.data, "kcs_forward_cpu", [&](auto tag, auto dim) {
     using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
@@ -398,7 +410,19 @@ at::Tensor kcs_forward_cpu(const at::Tensor& x_, c10::IntArrayRef parents) {
           kernel(dim, tag_ptr<acc_t>(), xp + p0 * J * Dc, op + p0 * NB * Dc, n, in.tree, s);
         });
   });
+}
+
+at::Tensor kcs_forward_cpu(const at::Tensor& x, c10::IntArrayRef parents) {
+  const KcsInput in = kcs_input(x, "x", parents, Rows::Joints);
+  at::Tensor out = in.empty(in.NB, in.D);
+  kcs_forward_into(in, out);
   return out;
+}
+
+void kcs_forward_out_cpu(const at::Tensor& x, c10::IntArrayRef parents, const at::Tensor& out) {
+  const KcsInput in = kcs_input(x, "x", parents, Rows::Joints);
+  check_out(out, "out", in.data, "x", in.shape(in.NB, in.D));
+  kcs_forward_into(in, out);
 }
 
 at::Tensor kcs_forward_backward_cpu(const at::Tensor& g_, c10::IntArrayRef parents) {
@@ -421,13 +445,12 @@ at::Tensor kcs_forward_backward_cpu(const at::Tensor& g_, c10::IntArrayRef paren
   return out;
 }
 
-at::Tensor kcs_inverse_cpu(const at::Tensor& bones_, c10::IntArrayRef parents,
-                           const std::optional<at::Tensor>& root_) {
-  const KcsInput in = kcs_input(bones_, "bones", parents, Rows::Bones);
+at::Tensor kcs_inverse_root(const KcsInput& in, const std::optional<at::Tensor>& root) {
+  return optional_input(root, "root", in.data, "bones", in.shape(1, in.D), " ([..., 1, D] with the batch dims of bones)");
+}
+
+void kcs_inverse_into(const KcsInput& in, const at::Tensor& root, const at::Tensor& out) {
   const int64_t J = in.J, NB = in.NB;
-  const at::Tensor root = optional_input(root_, "root", in.data, "bones", in.shape(1, in.D),
-                                         " ([..., 1, D] with the batch dims of bones)");
-  at::Tensor out = in.empty(J, in.D);
   dispatch_points(in.data, "kcs_inverse_cpu", [&](auto tag, auto dim) {
     using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
@@ -442,7 +465,23 @@ at::Tensor kcs_inverse_cpu(const at::Tensor& bones_, c10::IntArrayRef parents,
                  in.tree, s);
         });
   });
+}
+
+at::Tensor kcs_inverse_cpu(const at::Tensor& bones, c10::IntArrayRef parents, const std::optional<at::Tensor>& root_) {
+  const KcsInput in = kcs_input(bones, "bones", parents, Rows::Bones);
+  const at::Tensor root = kcs_inverse_root(in, root_);
+  at::Tensor out = in.empty(in.J, in.D);
+  kcs_inverse_into(in, root, out);
   return out;
+}
+
+void kcs_inverse_out_cpu(const at::Tensor& bones, c10::IntArrayRef parents, const std::optional<at::Tensor>& root_,
+                         const at::Tensor& out) {
+  const KcsInput in = kcs_input(bones, "bones", parents, Rows::Bones);
+  const at::Tensor root = kcs_inverse_root(in, root_);
+  check_out(out, "out", in.data, "bones", in.shape(in.J, in.D));
+  if (root.defined()) check_out(out, "out", root, "root", in.shape(in.J, in.D));
+  kcs_inverse_into(in, root, out);
 }
 
 std::tuple<at::Tensor, at::Tensor> kcs_inverse_backward_cpu(const at::Tensor& g_, c10::IntArrayRef parents) {
@@ -476,6 +515,9 @@ TORCH_LIBRARY_IMPL(fastsmall, CPU, m) {
   m.impl("bone_decompose_backward", &bone_decompose_backward_cpu);
   m.impl("kcs_inverse", &kcs_inverse_cpu);
   m.impl("kcs_inverse_backward", &kcs_inverse_backward_cpu);
+  m.impl("kcs_forward.out", &kcs_forward_out_cpu);
+  m.impl("bone_decompose.out", &bone_decompose_out_cpu);
+  m.impl("kcs_inverse.out", &kcs_inverse_out_cpu);
 }
 
 }  // namespace fastsmall

@@ -149,18 +149,19 @@ struct GramTileKernel {
 // H36M-16, five parts: E = 78, S = 131 compact; float32): forward 59-76 ns, backward 123-164 ns per
 // pose (the per-pose scalar loops before the tiles: 190 and 800-920).
 
-at::Tensor part_kcs_gram_cpu(const at::Tensor& bones_, c10::IntArrayRef part_bones, c10::IntArrayRef part_sizes,
-                             bool compact) {
-  const GramInput in = gram_input(bones_, part_bones, part_sizes, compact, nullptr);
-  const int64_t NB = in.NB, D = in.D, S = in.S;
+std::vector<int64_t> part_kcs_gram_shape(const GramInput& in, int64_t num_parts, bool compact) {
   std::vector<int64_t> shape = batch_shape(in.bones);
   if (compact) {
-    shape.push_back(S);
+    shape.push_back(in.S);
   } else {
-    shape.push_back(static_cast<int64_t>(part_sizes.size()));
-    shape.push_back(NB * NB);
+    shape.push_back(num_parts);
+    shape.push_back(in.NB * in.NB);
   }
-  at::Tensor out = at::empty(shape, in.bones.options());
+  return shape;
+}
+
+void part_kcs_gram_into(const GramInput& in, bool compact, const at::Tensor& out) {
+  const int64_t NB = in.NB, D = in.D, S = in.S;
   dispatch_floating(in.bones.scalar_type(), "part_kcs_gram_cpu", [&](auto tag) {
     using scalar_t = decltype(tag);
     const scalar_t* bp = in.bones.const_data_ptr<scalar_t>();
@@ -172,7 +173,22 @@ at::Tensor part_kcs_gram_cpu(const at::Tensor& bones_, c10::IntArrayRef part_bon
           kernel(tag_ptr<scalar_t>(), tag_ptr<acc_t>(), in.e, bp + p0 * NB * D, op + p0 * S, n, NB, D, compact, s);
         });
   });
+}
+
+at::Tensor part_kcs_gram_cpu(const at::Tensor& bones, c10::IntArrayRef part_bones, c10::IntArrayRef part_sizes,
+                             bool compact) {
+  const GramInput in = gram_input(bones, part_bones, part_sizes, compact, nullptr);
+  at::Tensor out = at::empty(part_kcs_gram_shape(in, static_cast<int64_t>(part_sizes.size()), compact),
+                             in.bones.options());
+  part_kcs_gram_into(in, compact, out);
   return out;
+}
+
+void part_kcs_gram_out_cpu(const at::Tensor& bones, c10::IntArrayRef part_bones, c10::IntArrayRef part_sizes,
+                           bool compact, const at::Tensor& out) {
+  const GramInput in = gram_input(bones, part_bones, part_sizes, compact, nullptr);
+  check_out(out, "out", in.bones, "bones", part_kcs_gram_shape(in, static_cast<int64_t>(part_sizes.size()), compact));
+  part_kcs_gram_into(in, compact, out);
 }
 
 at::Tensor part_kcs_gram_backward_cpu(const at::Tensor& grad_, const at::Tensor& bones_,
@@ -204,6 +220,7 @@ at::Tensor part_kcs_gram_backward_cpu(const at::Tensor& grad_, const at::Tensor&
 TORCH_LIBRARY_IMPL(fastsmall, CPU, m) {
   m.impl("part_kcs_gram", &part_kcs_gram_cpu);
   m.impl("part_kcs_gram_backward", &part_kcs_gram_backward_cpu);
+  m.impl("part_kcs_gram.out", &part_kcs_gram_out_cpu);
 }
 
 }  // namespace fastsmall

@@ -36,6 +36,7 @@ Backends (the ``backend=`` argument of every op in fastsmall.ops):
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable, Optional
@@ -43,6 +44,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import _extension as ext
+from .._checks import check_out, check_out_memory
 
 OPS, TRITON_DIRECT, REFERENCE = "ops", "triton-direct", "reference"
 BACKENDS = (None, "cpp", "triton", "reference")
@@ -110,6 +112,8 @@ class OpDef:
     reference: Optional[Callable] = None
     #: updates its first argument, a list of tensors, in place
     mutates: bool = False
+    #: the keyword-only output arguments of the op's ``.out`` overload (bulk use, no autograd), if it has one
+    out_names: tuple = ()
 
 
 # ---- building blocks of the routes ---------------------------------------------------------------
@@ -125,11 +129,11 @@ def _checked(fn, check):
 def _diagnosed(op, check):
     """The registered op, whose kernels check their arguments; when a kernel rejects a call,
     the op's Python check says why with the ValueError / TypeError of the other routes."""
-    def call(*args):
+    def call(*args, **kwargs):
         try:
-            return op(*args)
+            return op(*args, **kwargs)
         except Exception:
-            check(*args)
+            check(*args, **kwargs)
             raise
     return call
 
@@ -231,6 +235,75 @@ def _register(d: OpDef, triton_module) -> None:
         _impl_lib.impl(d.name, _ad_inplace_or_view_kernel(op.default), "ADInplaceOrView", with_keyset=True)
     if triton_module is not None:
         torch.library.register_kernel(qualname, "cuda", _checked(getattr(triton_module, d.name), d.check))
+    if d.out_names:
+        def fake_out(*args, **outs):  # the overload returns nothing (see csrc/fastsmall.cpp)
+            check_outs(d, args, outs)
+
+        torch.library.register_fake(f"{qualname}.out")(fake_out)
+        if triton_module is not None:  # the Triton launcher's output copied in: one extra pass on CUDA
+            write = _writing_into(_checked(getattr(triton_module, d.name), d.check), d)
+
+            def triton_out(*args, **outs):
+                write(*args, **outs)
+
+            torch.library.register_kernel(f"{qualname}.out", "cuda", triton_out)
+
+
+# ---- .out overloads -------------------------------------------------------------------------------
+
+def check_outs(d: OpDef, args: tuple, outs: dict) -> None:
+    """The arguments of ``d``'s ``.out`` overload: the op's, then each output like the op's own
+    (``d.outputs``: shape, dtype, device) and contiguous."""
+    d.check(*args)
+    if set(outs) != set(d.out_names):
+        raise TypeError(f"{d.name}(..., out=...) takes the outputs {', '.join(d.out_names)}, got {', '.join(outs)}")
+    expected = d.outputs(*args)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    ref = next(a for a in args if isinstance(a, torch.Tensor))
+    for name, want in zip(d.out_names, expected):
+        check_out(outs[name], name, want, ref, "the input")
+
+
+def _arg_names(d: OpDef) -> tuple:
+    return tuple(inspect.signature(d.check).parameters)
+
+
+def _the_outs(d: OpDef, outs: dict):
+    """What a public op with ``out=`` returns: the output tensor, or the tuple of them."""
+    return outs[d.out_names[0]] if len(d.out_names) == 1 else tuple(outs[n] for n in d.out_names)
+
+
+def _writing_into(fn, d: OpDef):
+    """A ``.out`` overload from the functional ``fn``: computes, then copies into the outputs (returned)."""
+    names = _arg_names(d)
+
+    def call(*args, **outs):
+        check_outs(d, args, outs)
+        check_out_memory(outs, dict(zip(names, args)))
+        got = fn(*args)
+        got = got if isinstance(got, tuple) else (got,)
+        for name, value in zip(d.out_names, got):
+            outs[name].copy_(value)
+        return _the_outs(d, outs)
+
+    return call
+
+
+def _refusing_grad(fn, d: OpDef, arg_names: tuple):
+    """What the C++ Autograd kernels of the ``.out`` overloads do, for the routes without them: out=
+    is bulk use without autograd (as aten's out= functions), and the outputs' versions move."""
+    def call(*args, **outs):
+        if torch.is_grad_enabled():
+            for name, t in list(zip(arg_names, args)) + list(outs.items()):
+                if isinstance(t, torch.Tensor) and t.requires_grad:
+                    raise RuntimeError(f"fastsmall.ops.{d.name}: out= is for bulk use without autograd, but {name} "
+                                       "requires grad; call it without out= or under torch.no_grad()")
+        with torch.no_grad():
+            result = fn(*args, **outs)
+        torch.autograd.graph.increment_version(list(outs.values()))
+        return result
+
+    return call
 
 
 class Family:
@@ -243,6 +316,34 @@ class Family:
                 _register(d, triton_module)
         triton_ops = triton_kernel_set(defs, triton_module) if triton_module is not None else None
         self._routes = {d.name: self._routes_of(d, triton_ops) for d in defs if d.reference is not None}
+        self._out_routes = {d.name: self._out_routes_of(d) for d in defs if d.out_names}
+
+    def _out_routes_of(self, d: OpDef) -> dict:
+        """The ``.out`` overload on every route: the registered one (C++ kernel writing in place, its
+        Autograd kernel refusing gradients); elsewhere the functional route's result copied in."""
+        arg_names = _arg_names(d)
+        routes = {label: _refusing_grad(_writing_into(fn, d), d, arg_names)
+                  for label, fn in self._routes[d.name].items() if label != OPS}
+        if OPS in self._routes[d.name]:
+            op = getattr(torch.ops.fastsmall, d.name).out
+
+            def diagnose(*args, **outs):
+                check_outs(d, args, outs)
+                check_out_memory(outs, dict(zip(arg_names, args)))
+
+            registered = _diagnosed(op, diagnose)
+
+            def call(*args, **outs):
+                registered(*args, **outs)
+                return _the_outs(d, outs)
+
+            routes[OPS] = call
+        return routes
+
+    def route_out(self, name: str, backend: str | None, t: torch.Tensor, tensor_name: str):
+        """Like ``route``, for the op's ``.out`` overload: a callable ``(*op_args, **outputs)`` returning the
+        output (or the tuple of outputs) it wrote."""
+        return self._out_routes[name][select(backend, t, tensor_name)]
 
     @staticmethod
     def _routes_of(d: OpDef, triton_ops) -> dict:

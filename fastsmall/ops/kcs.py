@@ -146,15 +146,16 @@ if ext.TRITON_ERROR is None:
     from ..kernels import kcs as _triton
 
 _KCS = Family([
-    OpDef("kcs_forward", _check_kcs_forward, _bones_like, _kcs_forward_formulas, reference.kcs_forward),
+    OpDef("kcs_forward", _check_kcs_forward, _bones_like, _kcs_forward_formulas, reference.kcs_forward,
+          out_names=("out",)),
     OpDef("kcs_forward_backward", _check_kcs_forward_backward, _joints_like, _kcs_forward_backward_formulas),
     OpDef("bone_decompose", _check_bone_decompose, _outputs_bone_decompose, _bone_decompose_formulas,
-          reference.bone_decompose),
+          reference.bone_decompose, out_names=("unit", "length")),
     OpDef("bone_decompose_backward", _check_bone_decompose_backward,
           lambda gu, gl, x, parents, eps: torch.empty_like(x, memory_format=torch.contiguous_format),
           no_double_backward("bone_decompose")),
     OpDef("kcs_inverse", _check_kcs_inverse, lambda bones, parents, root: _joints_like(bones, parents),
-          _kcs_inverse_formulas, reference.kcs_inverse),
+          _kcs_inverse_formulas, reference.kcs_inverse, out_names=("out",)),
     OpDef("kcs_inverse_backward", _check_kcs_inverse_backward, _outputs_kcs_inverse_backward,
           _kcs_inverse_backward_formulas),
 ], _triton)
@@ -162,27 +163,36 @@ _KCS = Family([
 
 # ---- public API -------------------------------------------------------------------------------
 
-def kcs_forward(x: torch.Tensor, skeleton, *, backend: str | None = None) -> torch.Tensor:
+def kcs_forward(x: torch.Tensor, skeleton, *, out: torch.Tensor | None = None,
+                backend: str | None = None) -> torch.Tensor:
     """Bone vectors of poses: ``x [..., J, D] -> [..., J-1, D]``, bone k = x[parent] - x[child].
 
     Bone k ends at the k-th non-root joint (PoseAug's convention). Differentiable,
     works under ``torch.compile(fullgraph=True)``. ``backend``: None (auto), "cpp",
-    "triton" or "reference".
+    "triton" or "reference". ``out``: a contiguous tensor of the output's shape and dtype to
+    write into (bulk use: the C++ kernel writes it in place; not differentiable, as aten's out=).
     """
     parents = as_skeleton(skeleton).parents
+    if out is not None:
+        return _KCS.route_out("kcs_forward", backend, x, "x")(x, parents, out=out)
     return _KCS.route("kcs_forward", backend, x, "x")(x, parents)
 
 
-def bone_decompose(x: torch.Tensor, skeleton, eps: float = 0.0, *, backend: str | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def bone_decompose(x: torch.Tensor, skeleton, eps: float = 0.0, *, out: tuple | None = None,
+                   backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit bone directions and lengths: ``x [..., J, D] -> ([..., J-1, D], [..., J-1, 1])``.
 
     ``length = ||b||``. With the default ``eps=0`` the direction is ``b / length``,
     bit-for-bit PoseAug's formula: a zero-length bone gives inf/NaN, as there.
     With ``eps > 0`` it is ``b / max(length, eps)``, finite with finite gradients.
+    ``out``: a pair ``(unit, length)`` of contiguous tensors to write into (see kcs_forward).
     """
     parents = as_skeleton(skeleton).parents
     eps = as_float(eps, check_eps)
+    if out is not None:
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise TypeError(f"out must be a pair of tensors (unit, length), got {type(out).__name__}")
+        return _KCS.route_out("bone_decompose", backend, x, "x")(x, parents, eps, unit=out[0], length=out[1])
     return _KCS.route("bone_decompose", backend, x, "x")(x, parents, eps)
 
 
@@ -205,13 +215,15 @@ def _broadcast_root(root, bones, sk):
 
 
 def kcs_inverse(bones: torch.Tensor, skeleton, root: torch.Tensor | None = None, *,
-                backend: str | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
     """Poses from bone vectors: ``bones [..., J-1, D] -> x [..., J, D]``.
 
     Without ``root`` the root joint is at zero, so ``kcs_inverse(kcs_forward(x)) == x - x[root]``;
-    ``root`` (``[..., 1, D]``, broadcast over the batch dims) places it.
+    ``root`` (``[..., 1, D]``, broadcast over the batch dims) places it. ``out``: see kcs_forward.
     """
     sk = as_skeleton(skeleton)
     if root is not None:
         root = _broadcast_root(root, bones, sk)
+    if out is not None:
+        return _KCS.route_out("kcs_inverse", backend, bones, "bones")(bones, sk.parents, root, out=out)
     return _KCS.route("kcs_inverse", backend, bones, "bones")(bones, sk.parents, root)

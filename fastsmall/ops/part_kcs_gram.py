@@ -72,7 +72,8 @@ if ext.TRITON_ERROR is None:
     from ..kernels import part_kcs_gram as _triton
 
 _GRAM = Family([
-    OpDef("part_kcs_gram", _check_part_kcs_gram, _outputs, _part_kcs_gram_formulas, part_kcs_gram_of_parts),
+    OpDef("part_kcs_gram", _check_part_kcs_gram, _outputs, _part_kcs_gram_formulas, part_kcs_gram_of_parts,
+          out_names=("out",)),
     OpDef("part_kcs_gram_backward", _check_part_kcs_gram_backward,
           lambda grad, bones, *parts: torch.empty_like(bones, memory_format=torch.contiguous_format),
           no_double_backward("part_kcs_gram", "for higher-order gradients (e.g. a gradient penalty)")),
@@ -81,7 +82,8 @@ _GRAM = Family([
 
 # ---- public API -------------------------------------------------------------------------------
 
-def part_kcs_gram(unit: torch.Tensor, skeleton, layout: str = "masked", *, backend: str | None = None) -> torch.Tensor:
+def part_kcs_gram(unit: torch.Tensor, skeleton, layout: str = "masked", *, out: torch.Tensor | None = None,
+                  backend: str | None = None) -> torch.Tensor:
     """Part-aware KCS Gram matrices of (unit) bone vectors ``[..., J-1, D]``.
 
     For every part p of the skeleton (bone mask m_p): ``G_p = (u * m_p)(u * m_p)^T``.
@@ -93,6 +95,8 @@ def part_kcs_gram(unit: torch.Tensor, skeleton, layout: str = "masked", *, backe
       order), concatenated ``[..., sum n_p^2]`` (131 values for h36m16 instead of 1,125).
 
     Differentiable w.r.t. ``unit``; only the dot products inside the parts are computed.
+    ``out``: a contiguous tensor of the output's shape and dtype to write into (bulk use: the C++
+    kernel writes it in place; not differentiable, as aten's out=).
     """
     sk = as_skeleton(skeleton)
     if not sk.parts:
@@ -102,4 +106,7 @@ def part_kcs_gram(unit: torch.Tensor, skeleton, layout: str = "masked", *, backe
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     part_bones, part_sizes = sk.op_parts
+    if out is not None:
+        return _GRAM.route_out("part_kcs_gram", backend, unit, "unit")(unit, part_bones, part_sizes,
+                                                                       layout == "compact", out=out)
     return _GRAM.route("part_kcs_gram", backend, unit, "unit")(unit, part_bones, part_sizes, layout == "compact")
