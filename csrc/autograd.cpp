@@ -1,4 +1,4 @@
-// Autograd kernels of the differentiable ops, in C++ (the `Autograd` dispatch key: every device).
+// Autograd kernels of the ops called at small batches, in C++ (the `Autograd` dispatch key: every device).
 //
 // Why C++: at the batch sizes the methods use (PoseAug: 1,024 poses) a kernel takes a few
 // microseconds, and torch.library.register_autograd's Python layer (an autograd.Function built per
@@ -48,6 +48,9 @@ FASTSMALL_OP(part_kcs_gram, Tensor(const Tensor&, c10::IntArrayRef, c10::IntArra
 FASTSMALL_OP(part_kcs_gram_backward,
              Tensor(const Tensor&, const Tensor&, c10::IntArrayRef, c10::IntArrayRef, bool))
 FASTSMALL_OP(masked_cross_entropy, Tensor(const Tensor&, const Tensor&, const Tensor&))
+FASTSMALL_OP(distribution_align, std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                         double, double, double, bool))
+FASTSMALL_OP(softmax_batch_mean, Tensor(const Tensor&))
 FASTSMALL_OP(masked_cross_entropy_backward, Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&))
 #undef FASTSMALL_OP
 
@@ -263,6 +266,24 @@ struct MaskedCrossEntropy : torch::autograd::Function<MaskedCrossEntropy> {
   }
 };
 
+// ---- distribution alignment (fastsmall/ops/distribution_align.py): targets, never differentiated ----
+// Computed below autograd, so their outputs require no grad whatever the logits do (as aten's
+// argmax); the Python formulas marked them non-differentiable, at the Python layer's cost on
+// every call.
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> distribution_align_autograd(const Tensor& logits, const Tensor& prior,
+                                                                       const Tensor& running, double temperature,
+                                                                       double threshold, double eps,
+                                                                       bool return_probs) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return distribution_align_op().call(logits, prior, running, temperature, threshold, eps, return_probs);
+}
+
+Tensor softmax_batch_mean_autograd(const Tensor& logits) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return softmax_batch_mean_op().call(logits);
+}
+
 // ---- the kernels: the ops' signatures, tuples where the schema returns several tensors ----------
 
 Tensor kcs_forward_autograd(const Tensor& x, c10::IntArrayRef parents) { return KcsForward::apply(x, parents); }
@@ -382,6 +403,8 @@ TORCH_LIBRARY_IMPL(fastsmall, Autograd, m) {
   m.impl("part_kcs_gram", part_kcs_gram_autograd);
   m.impl("part_kcs_gram_backward", part_kcs_gram_backward_autograd);
   m.impl("masked_cross_entropy", masked_cross_entropy_autograd);
+  m.impl("distribution_align", distribution_align_autograd);
+  m.impl("softmax_batch_mean", softmax_batch_mean_autograd);
   m.impl("masked_cross_entropy_backward", masked_cross_entropy_backward_autograd);
 }
 

@@ -30,7 +30,7 @@ F = torch.ops.fastsmall
 
 CPP_AUTOGRAD = ("kcs_forward", "kcs_forward_backward", "bone_decompose", "bone_decompose_backward", "kcs_inverse",
                 "kcs_inverse_backward", "part_kcs_gram", "part_kcs_gram_backward", "masked_cross_entropy",
-                "masked_cross_entropy_backward")
+                "masked_cross_entropy_backward", "distribution_align", "softmax_batch_mean")
 
 
 def _family(module: str, name: str):
@@ -120,6 +120,17 @@ def test_gradients_are_those_of_the_python_formulas_bit_for_bit(op, B):
 def test_the_public_ops_record_the_cpp_nodes(op, call):
     out = call(torch.randn(2, 16, 3, requires_grad=True))
     assert out.grad_fn.name() == f"torch::autograd::CppNode<fastsmall::(anonymous namespace)::{op}>"
+
+
+def test_the_alignment_targets_never_require_grad():
+    logits = torch.randn(6, 4, requires_grad=True)
+    prior, running = torch.rand(4) + 0.1, torch.rand(4) + 0.1
+    for out in (*F.distribution_align(logits, prior, running, 1.0, 0.5, 1e-6, True), F.softmax_batch_mean(logits),
+                *fs.ops.distribution_align(logits, prior, running, 0.5, 0.5)):
+        assert not out.requires_grad and out.grad_fn is None
+    probs = F.distribution_align(logits, prior, running, 1.0, 0.5, 1e-6, True)[0]
+    want = fs.reference.distribution_align(logits.detach(), prior, running, 1.0, 0.5, 1e-6, True)[0]
+    torch.testing.assert_close(probs, want)
 
 
 def test_no_graph_without_inputs_that_require_grad():
