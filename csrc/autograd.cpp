@@ -11,8 +11,10 @@
 //
 // The formulas are those of fastsmall/ops/<family>.py (OpDef.formulas), which stay the formulas
 // of the Triton-direct route (Triton under TRITON_INTERPRET=1, or CUDA without this extension);
-// tests/test_autograd_kernels.py checks both against the reference. fastsmall/ops/_dispatch.py
-// registers a Python formula only for an op that has no kernel here.
+// tests/test_autograd_kernels.py checks these kernels against them bit for bit, each family's
+// tests check every route against the reference. fastsmall/ops/_dispatch.py registers a Python
+// formula only for an op that has no kernel here. The .out overloads' kernels (at the end) refuse
+// gradients, as aten's out= functions, and move the outputs' version counters.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
