@@ -412,13 +412,19 @@ def _exact_bone_decompose(x, parents, eps, gu, gl):
         along = gl[..., 0] / length
         coef = coef + torch.where(length == 0, torch.zeros_like(along), along)
     g = g + coef[..., None] * b
+    return unit, length[..., None], _exact_kcs_adjoint(g, tree, x)
+
+
+def _exact_kcs_adjoint(g, tree, x):
+    """kcs_forward's adjoint of bone gradients ``g`` as the kernels' gather sums it (csrc/cpu/kcs_cpu.cpp
+    kcs_adjoint_tile): minus the bone ending at j, then the bones leaving j in csrc/tree.h's order."""
     gx = torch.zeros_like(x)
-    for j in range(tree.num_joints):  # the bones leaving j in the kernel's order (csrc/tree.h)
+    for j in range(tree.num_joints):
         s = -g[:, tree.joint_bone[j]] if tree.joint_bone[j] >= 0 else torch.zeros_like(x[:, j])
         for k in tree.child_bones[j]:
             s = s + g[:, k]
         gx[:, j] = s
-    return unit, length[..., None], gx
+    return gx
 
 
 def _exact_kcs_linear(x, bones, root, grad_bones, grad_x, parents):
@@ -428,12 +434,7 @@ def _exact_kcs_linear(x, bones, root, grad_bones, grad_x, parents):
     dtype = x.dtype
     x, bones, root, grad_bones, grad_x = (t.float() for t in (x, bones, root, grad_bones, grad_x))
     fwd = x[:, list(tree.bone_parent)] - x[:, list(tree.bone_child)]
-    adj = torch.zeros_like(x)
-    for j in range(tree.num_joints):  # the bones leaving j in the kernel's order (csrc/tree.h)
-        s = -grad_bones[:, tree.joint_bone[j]] if tree.joint_bone[j] >= 0 else torch.zeros_like(x[:, j])
-        for k in tree.child_bones[j]:
-            s = s + grad_bones[:, k]
-        adj[:, j] = s
+    adj = _exact_kcs_adjoint(grad_bones, tree, x)
     inv = torch.zeros_like(x)
     inv[:, tree.root] = root[:, 0]
     for k in tree.topo_bones:

@@ -396,20 +396,32 @@ FASTSMALL_TILE_KERNEL(KcsInverseBackwardTile, kcs_inverse_backward_tile)
 constexpr double KCS_FORWARD_NS = 0.2, KCS_FORWARD_BACKWARD_NS = 0.3, KCS_INVERSE_NS = 0.3,
                  KCS_INVERSE_BACKWARD_NS = 0.4;
 
-void kcs_forward_into(const KcsInput& in, const at::Tensor& out) {
-  const int64_t J = in.J, NB = in.NB;
-  dispatch_points(in.data, "kcs_forward_cpu", [&](auto tag, auto dim) {
-    using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
+// The four linear kernels' common frame: the dtype and D of `in`, a LinearScratch of (in_rows,
+// out_rows, root_rows) rows of D coordinates, and f(kernel, scratch, p0, n, dim, scalar tag, compute
+// tag) for every tile of poses [p0, p0 + n).
+template <typename Kernel, typename F>
+void linear_tiles(const KcsInput& in, const char* name, double ns_per_coordinate, int64_t in_rows, int64_t out_rows,
+                  int64_t root_rows, F&& f) {
+  dispatch_points(in.data, name, [&](auto tag, auto dim) {
+    using acc_t = at::opmath_type<decltype(tag)>;
     constexpr int Dc = decltype(dim)::value;
-    const scalar_t* xp = in.data.const_data_ptr<scalar_t>();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const auto scratch = [&] { return LinearScratch(J * Dc, NB * Dc, 0, sizeof(acc_t)); };
-    for_each_pose_tile<KcsForwardTile>(
-        in.B, KCS_FORWARD_NS * J * Dc, scratch, [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n) {
-          kernel(dim, tag_ptr<acc_t>(), xp + p0 * J * Dc, op + p0 * NB * Dc, n, in.tree, s);
-        });
+    const auto scratch = [&] { return LinearScratch(in_rows * Dc, out_rows * Dc, root_rows * Dc, sizeof(acc_t)); };
+    for_each_pose_tile<Kernel>(in.B, ns_per_coordinate * in.J * Dc, scratch,
+                               [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n) {
+                                 f(kernel, s, p0, n, dim, tag, tag_ptr<acc_t>());
+                               });
   });
+}
+
+void kcs_forward_into(const KcsInput& in, const at::Tensor& out) {
+  linear_tiles<KcsForwardTile>(
+      in, "kcs_forward_cpu", KCS_FORWARD_NS, in.J, in.NB, 0,
+      [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n, auto dim, auto tag, auto acc) {
+        using scalar_t = decltype(tag);
+        constexpr int Dc = decltype(dim)::value;
+        kernel(dim, acc, in.data.const_data_ptr<scalar_t>() + p0 * in.J * Dc,
+               out.mutable_data_ptr<scalar_t>() + p0 * in.NB * Dc, n, in.tree, s);
+      });
 }
 
 at::Tensor kcs_forward_cpu(const at::Tensor& x, c10::IntArrayRef parents) {
@@ -425,23 +437,17 @@ void kcs_forward_out_cpu(const at::Tensor& x, c10::IntArrayRef parents, const at
   kcs_forward_into(in, out);
 }
 
-at::Tensor kcs_forward_backward_cpu(const at::Tensor& g_, c10::IntArrayRef parents) {
-  const KcsInput in = kcs_input(g_, "grad_bones", parents, Rows::Bones);
-  const int64_t J = in.J, NB = in.NB;
-  at::Tensor out = in.empty(J, in.D);
-  dispatch_points(in.data, "kcs_forward_backward_cpu", [&](auto tag, auto dim) {
-    using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
-    constexpr int Dc = decltype(dim)::value;
-    const scalar_t* gp = in.data.const_data_ptr<scalar_t>();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const auto scratch = [&] { return LinearScratch(NB * Dc, J * Dc, 0, sizeof(acc_t)); };
-    for_each_pose_tile<KcsForwardBackwardTile>(
-        in.B, KCS_FORWARD_BACKWARD_NS * J * Dc, scratch,
-        [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n) {
-          kernel(dim, tag_ptr<acc_t>(), gp + p0 * NB * Dc, op + p0 * J * Dc, n, in.tree, s);
-        });
-  });
+at::Tensor kcs_forward_backward_cpu(const at::Tensor& grad_bones, c10::IntArrayRef parents) {
+  const KcsInput in = kcs_input(grad_bones, "grad_bones", parents, Rows::Bones);
+  at::Tensor out = in.empty(in.J, in.D);
+  linear_tiles<KcsForwardBackwardTile>(
+      in, "kcs_forward_backward_cpu", KCS_FORWARD_BACKWARD_NS, in.NB, in.J, 0,
+      [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n, auto dim, auto tag, auto acc) {
+        using scalar_t = decltype(tag);
+        constexpr int Dc = decltype(dim)::value;
+        kernel(dim, acc, in.data.const_data_ptr<scalar_t>() + p0 * in.NB * Dc,
+               out.mutable_data_ptr<scalar_t>() + p0 * in.J * Dc, n, in.tree, s);
+      });
   return out;
 }
 
@@ -450,21 +456,15 @@ at::Tensor kcs_inverse_root(const KcsInput& in, const std::optional<at::Tensor>&
 }
 
 void kcs_inverse_into(const KcsInput& in, const at::Tensor& root, const at::Tensor& out) {
-  const int64_t J = in.J, NB = in.NB;
-  dispatch_points(in.data, "kcs_inverse_cpu", [&](auto tag, auto dim) {
-    using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
-    constexpr int Dc = decltype(dim)::value;
-    const scalar_t* bptr = in.data.const_data_ptr<scalar_t>();
-    const scalar_t* rptr = root.defined() ? root.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const auto scratch = [&] { return LinearScratch(NB * Dc, J * Dc, Dc, sizeof(acc_t)); };
-    for_each_pose_tile<KcsInverseTile>(
-        in.B, KCS_INVERSE_NS * J * Dc, scratch, [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n) {
-          kernel(dim, tag_ptr<acc_t>(), bptr + p0 * NB * Dc, rptr ? rptr + p0 * Dc : rptr, op + p0 * J * Dc, n,
-                 in.tree, s);
-        });
-  });
+  linear_tiles<KcsInverseTile>(
+      in, "kcs_inverse_cpu", KCS_INVERSE_NS, in.NB, in.J, 1,
+      [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n, auto dim, auto tag, auto acc) {
+        using scalar_t = decltype(tag);
+        constexpr int Dc = decltype(dim)::value;
+        const scalar_t* rp = root.defined() ? root.const_data_ptr<scalar_t>() + p0 * Dc : nullptr;
+        kernel(dim, acc, in.data.const_data_ptr<scalar_t>() + p0 * in.NB * Dc, rp,
+               out.mutable_data_ptr<scalar_t>() + p0 * in.J * Dc, n, in.tree, s);
+      });
 }
 
 at::Tensor kcs_inverse_cpu(const at::Tensor& bones, c10::IntArrayRef parents, const std::optional<at::Tensor>& root_) {
@@ -484,25 +484,19 @@ void kcs_inverse_out_cpu(const at::Tensor& bones, c10::IntArrayRef parents, cons
   kcs_inverse_into(in, root, out);
 }
 
-std::tuple<at::Tensor, at::Tensor> kcs_inverse_backward_cpu(const at::Tensor& g_, c10::IntArrayRef parents) {
-  const KcsInput in = kcs_input(g_, "grad_x", parents, Rows::Joints);
-  const int64_t J = in.J, NB = in.NB;
-  at::Tensor grad_bones = in.empty(NB, in.D);
+std::tuple<at::Tensor, at::Tensor> kcs_inverse_backward_cpu(const at::Tensor& grad_x, c10::IntArrayRef parents) {
+  const KcsInput in = kcs_input(grad_x, "grad_x", parents, Rows::Joints);
+  at::Tensor grad_bones = in.empty(in.NB, in.D);
   at::Tensor grad_root = in.empty(1, in.D);
-  dispatch_points(in.data, "kcs_inverse_backward_cpu", [&](auto tag, auto dim) {
-    using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
-    constexpr int Dc = decltype(dim)::value;
-    const scalar_t* gp = in.data.const_data_ptr<scalar_t>();
-    scalar_t* gbp = grad_bones.mutable_data_ptr<scalar_t>();
-    scalar_t* grp = grad_root.mutable_data_ptr<scalar_t>();
-    const auto scratch = [&] { return LinearScratch(J * Dc, NB * Dc, 0, sizeof(acc_t)); };
-    for_each_pose_tile<KcsInverseBackwardTile>(
-        in.B, KCS_INVERSE_BACKWARD_NS * J * Dc, scratch,
-        [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n) {
-          kernel(dim, tag_ptr<acc_t>(), gp + p0 * J * Dc, gbp + p0 * NB * Dc, grp + p0 * Dc, n, in.tree, s);
-        });
-  });
+  linear_tiles<KcsInverseBackwardTile>(
+      in, "kcs_inverse_backward_cpu", KCS_INVERSE_BACKWARD_NS, in.J, in.NB, 0,
+      [&](auto&& kernel, const LinearScratch& s, int64_t p0, int64_t n, auto dim, auto tag, auto acc) {
+        using scalar_t = decltype(tag);
+        constexpr int Dc = decltype(dim)::value;
+        kernel(dim, acc, in.data.const_data_ptr<scalar_t>() + p0 * in.J * Dc,
+               grad_bones.mutable_data_ptr<scalar_t>() + p0 * in.NB * Dc,
+               grad_root.mutable_data_ptr<scalar_t>() + p0 * Dc, n, in.tree, s);
+      });
   return {grad_bones, grad_root};
 }
 
