@@ -215,7 +215,6 @@ def has_cpp_autograd(name: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"fastsmall::{name}", "Autograd")
 
 
-
 def _register(d: OpDef, triton_module) -> None:
     global _impl_lib
     qualname = f"fastsmall::{d.name}"
