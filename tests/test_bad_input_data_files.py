@@ -192,13 +192,35 @@ def _image_tree(root: Path, extra: dict[str, bytes]):
         (root / name).write_bytes(data)
 
 
-def test_undecodable_image_names_the_file(tmp_path):
+def test_undecodable_image_names_the_file_when_the_data_set_is_made(tmp_path):
+    """Checked up front, whether the file lands in the training or the held-out test images."""
     _image_tree(tmp_path, {"a/broken.png": b"not a png"})
-    data = image_folder(tmp_path, per_class=None, test_per_class=1, seed=0, image_size=8, augment=False)
     with pytest.raises(ValueError, match=r"broken\.png: cannot be decoded as an image"):
-        for i in range(len(data.y_train)):
-            data.train_batch(torch.tensor([i]), torch.Generator().manual_seed(0))
-        data.test_batch(torch.arange(len(data.y_test)))
+        image_folder(tmp_path, per_class=None, test_per_class=1, seed=0, image_size=8, augment=False)
+
+
+def test_truncated_jpeg_names_the_file_when_the_data_set_is_made(tmp_path):
+    import io
+
+    from PIL import Image
+
+    _image_tree(tmp_path, {})
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, format="JPEG", quality=95)
+    (tmp_path / "a" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ValueError, match=r"cut\.jpg: cannot be decoded as an image"):
+        image_folder(tmp_path, per_class=None, test_per_class=1, seed=0, image_size=8, augment=False)
+
+
+def test_image_damaged_after_the_check_names_the_file_when_decoded(tmp_path):
+    _image_tree(tmp_path, {})
+    images = image_folder(tmp_path, per_class=None, test_per_class=1, seed=0, image_size=8, augment=False)
+    for path in list(images.train_paths) + list(images.test_paths):
+        Path(path).write_bytes(b"overwritten")
+    with pytest.raises(ValueError, match=r"\.png: cannot be decoded as an image"):
+        images.train_batch(torch.tensor([0]), torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"\.png: cannot be decoded as an image"):
+        images.test_batch(torch.tensor([0]))
 
 
 def test_non_image_files_are_counted_in_one_warning(tmp_path):

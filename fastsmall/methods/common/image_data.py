@@ -7,8 +7,9 @@
   one pixel (zero padding), the 8x8 analogue of a random crop.
 * ``imagefolder``: ``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val``), e.g.
   Flower-102 or CUB-200 prepared by the user; or a single ``root/<class>/*`` tree from
-  which ``test_per_class`` images per class are held out with a constant seed. Images are
-  decoded when a batch needs them (nothing is cached). Training: random-resized crop
+  which ``test_per_class`` images per class are held out with a constant seed. Every image is
+  checked once when the data set is made (its header: a broken file is an error naming it before
+  training) and decoded when a batch needs it (nothing is cached). Training: random-resized crop
   (scale 0.08-1, aspect 3/4-4/3) to ``image_size`` + horizontal flip; test: resize the
   shorter side to ``image_size / 0.875`` and centre-crop -- torchvision's standard
   ImageNet transforms, as the official KE code uses, written here with PIL; ImageNet mean
@@ -153,6 +154,23 @@ class FolderImages:
         self.y_train, self.y_test = torch.from_numpy(y_train), torch.from_numpy(y_test)
         self.classes, self.num_classes, self.in_channels = classes, len(classes), 3
         self.image_size, self.augment = image_size, augment
+        self._verify()
+
+    def _verify(self) -> None:
+        """Every image the run will use, checked once up front (PIL's ``verify``: the file's structure,
+        PNG checksums, a truncated JPEG; no pixels decoded), so that a broken file is an error naming
+        it before the first epoch instead of hours into a run. A file that passes and is damaged later
+        fails with the same error when a batch decodes it."""
+        from PIL import Image
+        from tqdm import tqdm
+
+        paths = list(self.train_paths) + list(self.test_paths)
+        for path in tqdm(paths, desc="checking images", unit="image", disable=len(paths) < 2000, leave=False):
+            try:
+                with Image.open(path) as im:
+                    im.verify()
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                raise ValueError(f"{path}: cannot be decoded as an image ({exc})") from None
 
     def _open(self, path):
         from PIL import Image
