@@ -10,6 +10,8 @@ after another), interleaved within every repeat, medians. KE / DSD: digits-small
 buffers; CReST: + the EMA) of the stacked run; the sequential runs hold the same state (K trainers)
 and activations for one replica at a time.
 
+``--methods poseaug``: whether stacking PoseAug's estimator would pay (``bench_poseaug_stacking``).
+
 ``--full`` also times whole runs end to end in this process, for each method of ``--methods``
 that has one (KE: 3 generations x 10 epochs; CReST+: 3 generations x 4 epochs): ``train`` with
 ``seeds=[0..K-1]`` against K single-seed ``train`` runs (data, training, evaluation, pseudo-labels,
@@ -164,15 +166,66 @@ def bench_full(methods, ks, rounds=2):
             print(f"| {k} | {s:.1f} | {st:.1f} | {s / st:.2f}x |", flush=True)
 
 
+def bench_poseaug_stacking(ks, repeats, widths=(1024, 256), batch=1024):
+    """Would stacking pay for PoseAug? Its estimator's forward + backward at the released batch,
+    K replicas ``vmap``-ed over stacked parameters (torch.func, as ``replicas.ReplicaStack`` does;
+    ``randomness="different"`` for the dropout) against K separate calls, interleaved. PoseAug's
+    ``--seeds`` runs the seeds one after another because the stacked step is the slower one here."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from fastsmall.methods.poseaug.estimators import build_estimator
+    print(f"\n## PoseAug: SimpleBaseline forward + backward, batch {batch}, K replicas stacked (vmap) vs one "
+          "after another\n")
+    print("| width | K | sequential ms | stacked ms | stacked speed-up |")
+    print("|---|---|---|---|---|")
+    torch.manual_seed(0)
+    for width in widths:
+        for k in [k for k in ks if k > 1]:
+            # impl="official": plain aten layers, which all have vmap batching rules -- stacking's best
+            # case (fastsmall's fused bn_act_dropout has none: vmap would loop over the replicas)
+            models = [build_estimator("simple_baseline", linear_size=width, impl="official") for _ in range(k)]
+            joints = models[0].num_joints
+            x, y = torch.randn(k, batch, joints, 2), torch.randn(k, batch, joints, 3)
+            params, buffers = stack_module_state(models)
+            base = copy.deepcopy(models[0]).to("meta")
+            stacked_forward = vmap(lambda p, b, xx: functional_call(base, (p, b), (xx,)), randomness="different")
+
+            def stacked():
+                loss = ((stacked_forward(params, buffers, x) - y) ** 2).mean() * k  # each replica's own mean
+                torch.autograd.grad(loss, list(params.values()))
+
+            def sequential():
+                for i, m in enumerate(models):
+                    torch.autograd.grad(((m(x[i]) - y[i]) ** 2).mean(), list(m.parameters()))
+
+            ts, tk = [], []
+            for r in range(repeats + 1):
+                t0 = time.perf_counter()
+                sequential()
+                t1 = time.perf_counter()
+                stacked()
+                t2 = time.perf_counter()
+                if r:  # the first round warms up
+                    ts.append(t1 - t0)
+                    tk.append(t2 - t1)
+            s, st = statistics.median(ts) * 1e3, statistics.median(tk) * 1e3
+            print(f"| {width} | {k} | {s:.1f} | {st:.1f} | {s / st:.2f}x |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--methods", nargs="+", default=["ke", "dsd"], choices=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=["ke", "dsd"], choices=list(METHODS) + ["poseaug"],
+                    help="poseaug: whether stacking its estimator would pay (its --seeds runs one after another)")
     ap.add_argument("--full", action="store_true", help="also whole runs end to end (KE, CReST+)")
     args = ap.parse_args()
     print(machine())
-    bench_epochs(args.methods, args.ks, args.repeats)
+    bench_epochs([m for m in args.methods if m in METHODS], args.ks, args.repeats)
+    if "poseaug" in args.methods:
+        bench_poseaug_stacking(args.ks, args.repeats)
     if args.full:
         bench_full(args.methods, [k for k in args.ks if k > 1])
 

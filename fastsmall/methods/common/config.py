@@ -105,9 +105,10 @@ def list_option(default, help: str, **meta):
 
 
 # ---- the run options every method has, defined once -------------------------------------------
-def seeds_option():
-    """``--seeds S1 S2 ...``: many seeds stacked in one process (``stacked.StackedRun``)."""
-    return list_option([], "train one replica per seed, stacked in one process, each exactly its own single-seed "
+def seeds_option(how: str = "stacked in one process"):
+    """``--seeds S1 S2 ...``: many seeds in one process, stacked (``stacked.StackedRun``) or, where
+    stacking does not pay, one after another (``sequential_seeds.SequentialSeeds``); ``how`` says which."""
+    return list_option([], f"train one replica per seed, {how}, each exactly its own single-seed "
                            "run (out/seed-S/), and report mean, std and a 95 % interval over them "
                            "(out/summary.json); replaces --seed", distinct=True)
 

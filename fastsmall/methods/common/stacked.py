@@ -32,7 +32,28 @@ from .rundir import RunDir
 from .seeds import aggregate, plot_seeds, seed_dir_name
 from .trainer import VOLATILE_FIELDS, run_in_process_group
 
-__all__ = ["StackedRun"]
+__all__ = ["StackedRun", "aggregate_seeds"]
+
+
+def aggregate_seeds(run: RunDir, seeds, method: str, dist: Distributed, *, settings=(), seed_curve,
+                    curve_labels, seed_metrics=None) -> dict:
+    """After every process has written its seeds (``out/seed-S/``): the aggregate over all of them
+    in ``out/summary.json`` and one line per seed in ``out/plots/seeds.png``, from the seeds' own
+    files. ``seed_metrics`` maps a seed's summary to the flat metrics to aggregate (default: as is)."""
+    dist.barrier()  # every rank's seeds are written: the aggregate reads them from out/seed-S/
+    summaries, curves = {}, {}
+    for seed in seeds:
+        seed_run = RunDir(run.root / seed_dir_name(seed), writer=False)
+        summary = json.loads((seed_run.root / "summary.json").read_text())
+        summaries[seed] = seed_metrics(summary) if seed_metrics is not None else summary
+        curves[seed] = seed_curve(seed_run.read_metrics())
+    summary = aggregate(method, summaries, settings=settings)
+    run.write_summary(summary)
+    if dist.is_main:
+        xlabel, ylabel = curve_labels
+        plot_seeds(run.plot_path("seeds.png"), curves, xlabel=xlabel, ylabel=ylabel,
+                   title=f"{method}: one line per seed")
+    return summary
 
 
 def _cloned(obj):
@@ -149,19 +170,8 @@ class StackedRun:
         for t in self.trainers:
             t.run.write_summary(t.summary())
             t.plot()
-        self.dist.barrier()  # every rank's seeds are written: the aggregate reads them from out/seed-S/
-        summaries, curves = {}, {}
-        for seed in cfg.seeds:
-            run = RunDir(self.out / seed_dir_name(seed), writer=False)
-            summaries[seed] = json.loads((run.root / "summary.json").read_text())
-            curves[seed] = self.seed_curve(run.read_metrics())
-        summary = aggregate(self.method, summaries, settings=self.trainers[0].summary_settings)
-        self.run.write_summary(summary)
-        if self.dist.is_main:
-            xlabel, ylabel = self.curve_labels
-            plot_seeds(self.run.plot_path("seeds.png"), curves, xlabel=xlabel, ylabel=ylabel,
-                       title=f"{self.method}: one line per seed")
-        return summary
+        return aggregate_seeds(self.run, cfg.seeds, self.method, self.dist, settings=self.trainers[0].summary_settings,
+                               seed_curve=self.seed_curve, curve_labels=self.curve_labels)
 
     def say(self, message: str) -> None:
         if self.dist.is_main:

@@ -130,6 +130,12 @@ class Trainer:
         """The trained modules by name, the main network first (``TrainResult.models``)."""
         return {}
 
+    @staticmethod
+    def seed_metrics(summary: dict) -> dict:
+        """The numbers ``--seeds`` averages over seeds, from one seed's summary (default: its
+        top-level numbers; a method with nested results flattens them)."""
+        return summary
+
     def fingerprint_extra(self) -> dict:
         """Settings outside the config that a resumed run must share (e.g. a mode flag)."""
         return {}

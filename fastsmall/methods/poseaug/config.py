@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..common.config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option,
                              keep_option, list_option, option, quiet_option, tensorboard_option, resume_option,
-                             soft_default)
+                             seeds_option, soft_default)
 from ..common.speed import compile_option, precision_option
 from .data.h36m import KEYPOINT_NAME
 from .losses import FEEDBACKS
@@ -97,6 +97,8 @@ class Config:
     compile: bool = compile_option()
     precision: str = precision_option()
     seed: int = option(0, "seed (data, initialisation, noise)")
+    seeds: list[int] = seeds_option("one after another in this process (stacking PoseAug's wide layers is "
+                                    "slower on a CPU: bench/bench_seeds.py)")
     device: str = device_option()
     out: str = option("runs/poseaug", "run directory")
     keep: int = keep_option()

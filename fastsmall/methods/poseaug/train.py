@@ -45,6 +45,7 @@ from ..common import CheckpointError, ConfigError, Distributed, derive_seed, loa
 from ..common.checkpoint import has_checkpoint
 from ..common.speed import StepSpeed
 from ..common.trainer import Trainer, run_trainer
+from ..common.sequential_seeds import SequentialSeeds
 from .camera import project_to_2d
 from .config import Config
 from .data import PoseSet
@@ -433,6 +434,27 @@ class PoseAugTrainer(Trainer):
             summary["augmentor_last"] = {key: stage[-1].get(key) for key, _, _ in DIAGNOSTIC_TABLE}
         return summary
 
+    # ---- --seeds: what the aggregate over seeds averages and plots (sequential_seeds.py) -----------
+    curve_labels = ("epoch", "MPJPE (mm), first evaluation set")
+
+    @staticmethod
+    def seed_curve(records: list[dict]) -> tuple[list, list]:
+        epochs = [r for r in records if r["type"] == "epoch" and r["stage"] != "baseline"] or \
+                 [r for r in records if r["type"] == "epoch"]
+        first = next(iter(epochs[0]["eval"])) if epochs else None
+        return [r["epoch"] for r in epochs], [r["eval"][first]["mpjpe"] for r in epochs]
+
+    @staticmethod
+    def seed_metrics(summary: dict) -> dict:
+        """``last/<set>/<metric>``, ``initial/<set>/<metric>`` and ``augmentor_last/<key>``: the
+        honest numbers (never the best-on-test pick)."""
+        flat = {"epochs": summary["epochs"]}
+        for block in ("initial", "last"):
+            for name, metrics in (summary.get(block) or {}).items():
+                flat.update({f"{block}/{name}/{k}": v for k, v in metrics.items()})
+        flat.update({f"augmentor_last/{k}": v for k, v in (summary.get("augmentor_last") or {}).items()})
+        return flat
+
     def trained_models(self) -> dict:
         models = {"estimator": self.estimator}
         if self.gan is not None:
@@ -452,5 +474,8 @@ class PoseAugTrainer(Trainer):
 
 
 def train(cfg: Config, *, stage0_only: bool = False) -> dict:
-    """Run PoseAug (or, with ``stage0_only``, only the estimator pre-training); returns the summary."""
+    """Run PoseAug (or, with ``stage0_only``, only the estimator pre-training); returns the summary,
+    or with ``cfg.seeds`` the aggregate over the seeds, trained one after another in this process."""
+    if cfg.seeds:
+        return SequentialSeeds.run(PoseAugTrainer, cfg, stage0_only=stage0_only)
     return run_trainer(PoseAugTrainer, cfg, stage0_only=stage0_only)
