@@ -206,12 +206,12 @@ def run_crest_demo(out: str, precision: str = "fp32", **overrides) -> None:
     print(f"\nCReST+ on digits-LT (imbalance {cfg.imbalance:g}, labelled fraction {cfg.labeled_fraction:g}, "
           f"{cfg.generations} generations x {cfg.epochs} epochs), run directory {run_dir}")
     summary = crest.train(cfg)
-    print("generation 0 is plain FixMatch (same seed); later ones add CReST+'s rebalanced pseudo-labels. One "
+    print("generation 1 is plain FixMatch (same seed); later ones add CReST+'s rebalanced pseudo-labels. One "
           "seed at a small budget: one seed's tail recall moves by +-0.1-0.3;\nthe effect over 5 seeds and 6 "
           "generations, with paired differences, is in docs/crest_digits_lt.md")
     print(f"{'generation':<16}{'test acc':>10}{'balanced':>10}{'logit-adj.':>12}{'3 rarest recall':>17}")
     for g in summary["per_generation"]:
-        name = f"{g['generation']}" + (" (FixMatch)" if g["generation"] == 0 else "")
+        name = f"{g['generation']}" + (" (FixMatch)" if g["generation"] == 1 else "")
         print(f"{name:<16}{g['test_accuracy']:>10.3f}{g['test_balanced_accuracy']:>10.3f}"
               f"{g['test_logit_adjusted_accuracy']:>12.3f}{g['tail_recall']:>17.3f}")
 

@@ -215,7 +215,7 @@ def _nan_from_epoch_1(owner, name: str, monkeypatch, when=lambda self: self.epoc
 DIVERGING = [
     ("ke", dict(generations=1), GenerationTrainer, "_losses", 0, "generation 1, epoch 1", dict(epoch=1)),
     ("dsd", {}, GenerationTrainer, "_losses", 0, "generation 1, epoch 1", dict(epoch=1)),
-    ("crest", dict(generations=1), CReSTTrainer, "loss_terms", 0, "generation 0, epoch 1", dict(epoch=1)),
+    ("crest", dict(generations=1), CReSTTrainer, "loss_terms", 0, "generation 1, epoch 1", dict(epoch=1)),
     ("poseaug-baseline", dict(epochs=2), PoseAugTrainer, "_estimator_loss", None, "baseline epoch 1", dict(epoch=1)),
     ("poseaug", dict(epochs=2, baseline_epochs=0, warmup=0), PoseAugTrainer, "_estimator_loss", None,
      "poseaug epoch 1", dict(epoch=1, stage=1)),

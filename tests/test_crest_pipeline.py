@@ -6,7 +6,7 @@ import pytest
 
 from fastsmall.methods import crest
 from fastsmall.methods.common import CheckpointError, ConfigError
-from pipeline_helpers import CREST_TINY, one_thread, records  # noqa: F401 (fixture)
+from pipeline_helpers import CREST_TINY, dies_on_call, one_thread, records  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,9 +28,30 @@ def test_end_to_end_writes_every_documented_file(tmp_path):
     assert len(first_gen["test"]["recall"]) == 10 and len(first_gen["pseudo_labels"]["count"]) == 10
     assert "unlabelled" in first_gen and first_gen["temperature"] == 1.0
     assert recs[5]["temperature"] == 0.5  # t_min in the last generation
+    # generations numbered from 1, as KE and DSD number theirs (1: plain FixMatch's training)
+    assert [r["generation"] for r in recs] == [1, 1, 1, 2, 2, 2]
+    assert [g["generation"] for g in summary["per_generation"]] == [1, 2]
     assert (run / "checkpoints" / "last.pt").exists()
     assert (run / "plots" / "per_class_by_generation.png").stat().st_size > 1000
     assert (run / "plots" / "tail_recall.png").stat().st_size > 1000
+
+
+def test_resume_says_the_generation_as_logged_and_refuses_old_numbering(tmp_path, capsys, monkeypatch):
+    from fastsmall.methods.common import load_checkpoint, save_checkpoint
+    from fastsmall.methods.crest.train import CReSTTrainer
+    cfg = dict(generations=2, epochs=1, quiet=False)
+    original = dies_on_call(monkeypatch, CReSTTrainer, "_train_epoch", 2)  # killed in generation 2's first epoch
+    with pytest.raises(KeyboardInterrupt):
+        crest.train(tiny_config(tmp_path / "run", **cfg))
+    monkeypatch.setattr(CReSTTrainer, "_train_epoch", original)
+    crest.train(tiny_config(tmp_path / "run", resume=True, **cfg))
+    assert "at generation 2, epoch 0" in capsys.readouterr().out
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    old = load_checkpoint(path)
+    del old["numbering"], old["generation_number"]  # as checkpoints written before 2026-12-07
+    save_checkpoint(path, old)
+    with pytest.raises(CheckpointError, match="numbered CReST's generations from 0"):
+        crest.train(tiny_config(tmp_path / "run", resume=True, **cfg))
 
 
 def test_fixmatch_baseline_is_one_generation(tmp_path):

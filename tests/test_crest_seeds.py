@@ -91,7 +91,7 @@ def test_stacked_crest_is_each_seeds_single_run(tmp_path, float64, plus, impl, g
 
 
 def test_stacked_crest_mid_generation_state_is_each_seeds(tmp_path, float64, monkeypatch):
-    """Mid-run (after generation 0's pseudo-labelling, inside generation 1): network, EMA, momentum,
+    """Mid-run (after the first generation's pseudo-labelling, inside the second): network, EMA, momentum,
     DA window and pseudo-label set of every replica equal its single-seed run's at the same epoch."""
     cfg = dict(TINY, generations=3, plus=True)
     seeds = [1, 2]
@@ -187,7 +187,7 @@ def test_crest_experiment_stacked_is_the_sequential_experiment(tmp_path, float64
     report = experiment.report(stacked, [0, 3], base, "cmd", 1.0)
     assert report == experiment.report(sequential, [0, 3], base, "cmd", 1.0)
     # the paired differences and the mechanism table are there, with the numbers of the runs
-    for row in ("| crest − fixmatch |", "| crest+ − fixmatch |", "| crest+ − crest |", "| crest+ | 0 |"):
+    for row in ("| crest − fixmatch |", "| crest+ − fixmatch |", "| crest+ − crest |", "| crest+ | 1 |"):
         assert row in report, row
     fix, plus = (stacked[(m, s)]["test_balanced_accuracy"] for m, s in (("fixmatch", 0), ("crest+", 0)))
     fix3, plus3 = (stacked[(m, s)]["test_balanced_accuracy"] for m, s in (("fixmatch", 3), ("crest+", 3)))

@@ -63,7 +63,7 @@ def test_crest_part_reports_fixmatch_then_crest_plus_generations(tmp_path, capsy
     lines = capsys.readouterr().out.splitlines()
     summary = json.loads((tmp_path / "crest-plus" / "summary.json").read_text())
     rows = [line.split() for line in lines if line[:1].isdigit()]
-    assert [row[0] for row in rows] == ["0", "1", "2"] and rows[0][1] == "(FixMatch)"
+    assert [row[0] for row in rows] == ["1", "2", "3"] and rows[0][1] == "(FixMatch)"
     for row, g in zip(rows, summary["per_generation"]):
         values = row[-4:]
         assert values == [f"{g[k]:.3f}" for k in ("test_accuracy", "test_balanced_accuracy",

@@ -85,8 +85,9 @@ class TrainResult(dict):
 
 def resume_point(state: dict) -> str:
     """Where a checkpoint stands, from the progress counters it holds (``generation 2, epoch 0``)."""
-    counters = [f"{key} {state[key]}" for key in ("stage", "generation", "epoch", "step", "iteration")
-                if isinstance(state.get(key), (int, str)) and not isinstance(state.get(key), bool)]
+    shown = {**state, "generation": state.get("generation_number", state.get("generation"))}  # as the logs number it
+    counters = [f"{key} {shown[key]}" for key in ("stage", "generation", "epoch", "step", "iteration")
+                if isinstance(shown.get(key), (int, str)) and not isinstance(shown.get(key), bool)]
     return ", ".join(counters) if counters else f"{state.get('metrics_lines', 0)} logged records"
 
 

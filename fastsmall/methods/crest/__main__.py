@@ -9,7 +9,7 @@ from .train import train
 
 
 def result_table(summary: dict) -> str:
-    """One row per generation (generation 0 is FixMatch): test accuracy (median of the last
+    """One row per generation (generation 1 is FixMatch; numbered from 1, as KE and DSD): test accuracy (median of the last
     --eval-last epochs), balanced and logit-adjusted accuracy, recall of the 3 rarest classes."""
     lines = [f"{'generation':<12}{'test acc':>10}{'balanced':>10}{'logit-adj':>11}{'tail recall':>13}"]
     for g in summary["per_generation"]:

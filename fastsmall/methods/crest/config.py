@@ -22,7 +22,7 @@ class Config:
     n_max: int | None = option(None, "N_1, images of the most frequent class (default: as many as possible)")
     # method
     generations: int = option(6, "G, CReST generations (1 = FixMatch)", min=1)
-    baseline: str = option("crest", "'fixmatch': generation 0 only, plain FixMatch", choices=["crest", "fixmatch"])
+    baseline: str = option("crest", "'fixmatch': generation 1 only, plain FixMatch", choices=["crest", "fixmatch"])
     plus: bool = option(False, "CReST+: distribution alignment with the temperature schedule")
     alpha: float = option(1 / 3, "sampling-rate power (paper's convention; the official code's 3 is 1/alpha)", min=0.0)
     t_min: float = option(0.5, "CReST+ temperature in the last generation", min=1e-6, max=1.0)

@@ -114,7 +114,7 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
         "mean recall of that seed's 3 rarest labelled classes; 'logit-adjusted' is the accuracy of "
         "argmax(log p − log labelled prior), as the official code reports it.", "",
         "## Per generation", "",
-        "| method | metric | " + " | ".join(f"gen {g}" for g in range(G)) + " |",
+        "| method | metric | " + " | ".join(f"gen {g + 1}" for g in range(G)) + " |",
         "|---|---|" + "---|" * G,
     ]
     for metric, label in (("test_balanced_accuracy", "balanced acc"), ("tail_recall", "tail recall"),
@@ -160,7 +160,7 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
                 rec.append(_mean_or_none([pl["recall"][c] for c in tail]))
                 epochs = _last_epoch_of_each_generation(summary)
                 tv.append(epochs[g].get("da_tv_distance") if g < len(epochs) else None)
-            lines.append(f"| {name} | {g} | {mean_std(added, 0)} | {mean_std(share)} | {mean_std(prec)} | "
+            lines.append(f"| {name} | {g + 1} | {mean_std(added, 0)} | {mean_std(share)} | {mean_std(prec)} | "
                          f"{mean_std(rec)} | {mean_std(tv)} |")
 
     lines += ["", "## FixMatch: per-class test precision vs recall, by class rank (1 = most labelled)", "",

@@ -81,7 +81,7 @@ class StackedCReST(StackedRun):
         self.stack.train()
         K = len(ts)
         sums = torch.zeros(K, 4, dtype=torch.float64)
-        for s in progress(range(self.cfg.steps_per_epoch), desc=f"{self.method} x{K} gen {first.generation} "
+        for s in progress(range(self.cfg.steps_per_epoch), desc=f"{self.method} x{K} gen {first.generation_number} "
                           f"epoch {first.epoch}", quiet=True):
             batches = []
             for t, plan in zip(ts, plans):
@@ -110,11 +110,11 @@ class StackedCReST(StackedRun):
             raise CheckpointError("the replicas of this checkpoint are at different steps")
         while first.generation < first.G:
             for _ in progress(range(first.epoch, self.cfg.epochs), desc=f"{self.method} x{len(ts)} gen "
-                              f"{first.generation}", total=self.cfg.epochs - first.epoch, quiet=self.cfg.quiet):
+                              f"{first.generation_number}", total=self.cfg.epochs - first.epoch, quiet=self.cfg.quiet):
                 start = time.perf_counter()
                 losses = self.train_epoch()
                 self.check_losses({f"seed {t.cfg.seed} loss": lo["loss"] for t, lo in zip(ts, losses)},
-                                  f"generation {first.generation}, epoch {first.epoch}")
+                                  f"generation {first.generation_number}, epoch {first.epoch}")
                 for t, epoch_losses in zip(ts, losses):
                     t.end_epoch(epoch_losses, start)
                 self.checkpoint()

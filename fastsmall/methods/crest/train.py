@@ -1,6 +1,6 @@
 """CReST / CReST+ on FixMatch, as the paper's Algorithm 1:
 
-    for generation g = 0 .. G-1:
+    for generation g = 1 .. G:
         train a fresh FixMatch model (EMA of weights) on labelled + pseudo-labelled data
         (CReST+: distribution alignment with temperature t_g on the weak view)
         EMA model pseudo-labels the unlabelled set
@@ -10,7 +10,11 @@
 Checkpoints (atomic) after every epoch and every generation; ``resume=True`` continues
 a killed run and ends with the same metrics as an uninterrupted run with the same seed.
 Every epoch reseeds the augmentation RNG and sampler from (seed, generation, epoch,
-rank), so a resumed epoch replays exactly. ``impl`` picks the pseudo-label kernels once:
+rank), so a resumed epoch replays exactly.
+
+Generations are numbered from 1 in logs, tables and plots, as KE and DSD number theirs (generation 1
+is plain FixMatch); ``self.generation`` counts from 0 inside (the RNG streams and CReST+'s
+temperature schedule t_g = 1 - (1 - t_min) g / (G - 1) are the official code's, 0-based). ``impl`` picks the pseudo-label kernels once:
 ``kernels.FusedPseudoLabels`` or ``official.OfficialPseudoLabels``.
 """
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..common import Distributed, derive_seed
+from ..common import CheckpointError, Distributed, derive_seed
 from ..common.impl import choose
 from ..common.speed import StepSpeed, restart_sgd_, set_lr
 from ..common.trainer import Trainer, run_trainer
@@ -37,6 +41,9 @@ from .metrics import confusion, summarize
 from .official import OfficialPseudoLabels
 from .pseudo_label import PseudoLabeler, scaled_momentum, scaled_window
 from .sampling import class_ranks, sampling_rates, select_pseudo_labels, temperature
+
+#: checkpoints say how they number generations (those of before 2026-12-07 counted from 0 in their records)
+GENERATION_NUMBERING = "from-1"
 
 
 @dataclasses.dataclass
@@ -215,7 +222,7 @@ class CReSTTrainer(Trainer):
         plan = self.epoch_plan()
         sums = torch.zeros(4, dtype=torch.float64)
         self.model.train()
-        for s in self.progress(range(self.cfg.steps_per_epoch), desc=f"gen {self.generation} epoch {self.epoch}"):
+        for s in self.progress(range(self.cfg.steps_per_epoch), desc=f"gen {self.generation_number} epoch {self.epoch}"):
             inputs, yl = self.batch(plan, s)
             set_lr(self.optimizer, self._lr())
             loss, loss_s, loss_u, mask = self.losses(inputs, yl, plan.t_g)
@@ -273,18 +280,27 @@ class CReSTTrainer(Trainer):
         return {"da_running": running.tolist(), "da_model_mean": mean.tolist(),
                 "da_tv_distance": float(0.5 * (running - mean).abs().sum())}
 
+    @property
+    def generation_number(self) -> int:
+        """This generation as logs, tables and plots number it: from 1 (module docstring)."""
+        return self.generation + 1
+
     # ---- the Trainer contract ------------------------------------------------------------
     def start(self):
         self._fresh_generation_state()
 
     def state(self) -> dict:
-        return {"generation": self.generation, "epoch": self.epoch, "step": self.step,
+        return {"generation": self.generation, "generation_number": self.generation_number,
+                "numbering": GENERATION_NUMBERING, "epoch": self.epoch, "step": self.step,
                 "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "labeler": self.labeler.state_dict(),
                 "pseudo_idx": self.pseudo_idx, "pseudo_label": self.pseudo_label,
                 "test_acc_history": self.test_acc_history, "generation_records": self.generation_records}
 
     def load_state(self, state: dict):
+        if state.get("numbering") != GENERATION_NUMBERING:
+            raise CheckpointError(f"{self.run.checkpoint_path}: written by an older fastsmall that numbered CReST's "
+                                  "generations from 0 (now from 1, as KE and DSD); start a new run (another --out)")
         self.generation, self.epoch = state["generation"], state["epoch"]
         self.pseudo_idx, self.pseudo_label = state["pseudo_idx"].cpu(), state["pseudo_label"].cpu()
         self.generation_records = state["generation_records"]
@@ -309,7 +325,7 @@ class CReSTTrainer(Trainer):
         test = self._evaluate(s.x_test, s.y_test)
         label, conf = self._predict(s.x_unlabelled)
         unlabelled = summarize(confusion(s.y_unlabelled, label, self.C))
-        record = {"type": "generation", "generation": self.generation, "temperature": temperature(
+        record = {"type": "generation", "generation": self.generation_number, "temperature": temperature(
             self.generation, self.G, cfg.t_min) if cfg.plus else None,
             "test_accuracy_last": statistics.median(self.test_acc_history[-cfg.eval_last:]),
             "test": test, "unlabelled": unlabelled, "labelled_set_size": int(len(s.y_labelled) + len(self.pseudo_idx))}
@@ -329,7 +345,7 @@ class CReSTTrainer(Trainer):
             }
         self.log(record)
         self.generation_records.append(record)
-        self.say(f"generation {self.generation}: test acc {record['test_accuracy_last']:.4f}, "
+        self.say(f"generation {self.generation_number}: test acc {record['test_accuracy_last']:.4f}, "
                   f"balanced {test['balanced_accuracy']:.4f}, unlabelled acc {unlabelled['accuracy']:.4f}"
                  + (f", added {len(self.pseudo_idx)} pseudo-labels" if "pseudo_labels" in record else ""))
 
@@ -337,12 +353,12 @@ class CReSTTrainer(Trainer):
         """Evaluate the EMA model, log the epoch (``start``: its perf_counter start), count it."""
         test = self._evaluate(self.split.x_test, self.split.y_test)
         self.test_acc_history.append(test["accuracy"])
-        self.log({"type": "epoch", "generation": self.generation, "epoch": self.epoch, **losses,
+        self.log({"type": "epoch", "generation": self.generation_number, "epoch": self.epoch, **losses,
                   "lr": self._lr(), "test_accuracy": test["accuracy"],
                   "test_balanced_accuracy": test["balanced_accuracy"],
                   "test_logit_adjusted_accuracy": test["logit_adjusted_accuracy"], **self.prior_tracking(),
                   "seconds": time.perf_counter() - start})
-        self.say(f"gen {self.generation} epoch {self.epoch}: loss {losses['loss']:.4f} "
+        self.say(f"gen {self.generation_number} epoch {self.epoch}: loss {losses['loss']:.4f} "
                  f"mask {losses['mask_rate']:.2f} test acc {test['accuracy']:.4f}")
         self.epoch += 1
 
@@ -358,7 +374,7 @@ class CReSTTrainer(Trainer):
             while self.epoch < self.cfg.epochs:
                 start = time.perf_counter()
                 losses = self._train_epoch()
-                self.check_losses({"loss": losses["loss"]}, f"generation {self.generation}, epoch {self.epoch}")
+                self.check_losses({"loss": losses["loss"]}, f"generation {self.generation_number}, epoch {self.epoch}")
                 self.end_epoch(losses, start)
                 self.checkpoint()
             self.next_generation()
