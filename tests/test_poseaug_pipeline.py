@@ -226,3 +226,19 @@ def test_released_bone_length_templates_file(tmp_path):
     np.save(bad, np.ones((5, 14), dtype=np.float32))
     with pytest.raises(ValueError, match=r"bad.npy: expected shape \[S, 15\]"):
         poseaug.train(tiny(tmp_path / "bad", bl_templates=str(bad)))
+
+
+@pytest.mark.parametrize("interval, calls", [(None, 1), (0.0, 3)])
+def test_augmentor_figures_mid_run_at_most_every_interval_and_at_the_end(tmp_path, monkeypatch, interval, calls):
+    """The figures cost seconds: drawn during a run only when MID_RUN_PLOT_INTERVAL_S has passed
+    (never in a short run at the default), always at its end."""
+    import importlib
+    plots = importlib.import_module("fastsmall.methods.poseaug.plots")
+    train = importlib.import_module("fastsmall.methods.poseaug.train")  # the module (the package exports train())
+    drawn = []
+    monkeypatch.setattr(plots, "plot_augmentations", lambda *args, **kwargs: drawn.append(args[-1]))
+    if interval is not None:
+        monkeypatch.setattr(train, "MID_RUN_PLOT_INTERVAL_S", interval)
+    poseaug.train(tiny(tmp_path / "run", epochs=2))
+    assert len(drawn) == calls and all(p.name == "augmentations.png" for p in drawn)
+    assert (tmp_path / "run" / "plots" / "augmentor.png").stat().st_size > 1000

@@ -60,6 +60,11 @@ from .random_view import RandomView
 STAGE_BASELINE, STAGE_POSEAUG = 0, 1
 
 
+#: the augmentor figures are redrawn during a run at most this often, and always at its end: they cost
+#: 1-3 s, a tenth to a fifth of an augmenting epoch at the documented experiment's budget (12-20 s)
+MID_RUN_PLOT_INTERVAL_S = 300.0
+
+
 def estimator_overrides(cfg: Config) -> dict:
     if cfg.estimator_width is None:
         return {}
@@ -124,6 +129,7 @@ class PoseAugTrainer(Trainer):
         self.stage, self.epoch, self.iteration = STAGE_BASELINE, 0, 0
         self.stage0_steps = 0  # estimator steps of stage 0 (the released step schedule counts them)
         self.records: list[dict] = []
+        self._plotted_at = time.monotonic()  # the augmentor figures: mid-run at most every MID_RUN_PLOT_INTERVAL_S
         self._build()
         # --pretrained is read and checked now, before the run directory is made (start() loads it);
         # a resumed run takes the estimator from its checkpoint instead
@@ -411,7 +417,8 @@ class PoseAugTrainer(Trainer):
         self.say(f"{stage} epoch {self.epoch}: {first} MPJPE {record['eval'][first]['mpjpe']:.1f} mm, "
                  f"P-MPJPE {record['eval'][first]['p_mpjpe']:.1f} mm ({record['seconds']:.1f} s)")
         self.epoch += 1
-        if self.augmenting and self.dist.is_main and self.stage == STAGE_POSEAUG:
+        if (self.augmenting and self.dist.is_main and self.stage == STAGE_POSEAUG
+                and time.monotonic() - self._plotted_at >= MID_RUN_PLOT_INTERVAL_S):
             self._plot_augmentations()
         self.checkpoint()
 
@@ -462,15 +469,19 @@ class PoseAugTrainer(Trainer):
         return models
 
     def plot(self) -> None:
-        from .plots import plot_augmentor, plot_curves
+        from .plots import plot_curves
         plot_curves(self.records, self.run.plot_path("mpjpe_by_epoch.png"))
         if self.augmenting:
-            plot_augmentor(self.records, self.run.plot_path("augmentor.png"))
+            self._plot_augmentations()
 
     def _plot_augmentations(self) -> None:
+        """augmentations.png (the last batch; not after a resume of a finished run, which has
+        none: the figure of its last epoch stays) and augmentor.png."""
         from .plots import plot_augmentations, plot_augmentor
-        plot_augmentations(self._last_augmented, self.skeleton, self.run.plot_path("augmentations.png"))
+        if getattr(self, "_last_augmented", None) is not None:
+            plot_augmentations(self._last_augmented, self.skeleton, self.run.plot_path("augmentations.png"))
         plot_augmentor(self.records, self.run.plot_path("augmentor.png"))
+        self._plotted_at = time.monotonic()
 
 
 def train(cfg: Config, *, stage0_only: bool = False) -> dict:
