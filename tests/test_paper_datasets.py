@@ -224,6 +224,22 @@ def test_train_with_val_adds_the_validation_split(tmp_path):
     assert split.train_labels.tolist() == [2, 0, 1, 1, 0]
 
 
+def test_train_with_val_from_the_config(tmp_path):
+    """ke --train-with-val reaches the reader; refused, naming the flag, where there is no validation split."""
+    from fastsmall.methods.common import ConfigError, validate_config
+
+    _flowers102(tmp_path / "flowers")
+    base = dict(dataset="flowers102", data=str(tmp_path / "flowers"), check_counts=False, image_size=16)
+    assert load_data(ke.Config(**base)).y_train.numel() == 3
+    both = load_data(ke.Config(**base, train_with_val=True))
+    assert [Path(p).name for p in both.train_paths] == [f"image_{n:05d}.jpg" for n in (1, 2, 3, 4, 5, 9)]
+    with pytest.raises(ConfigError, match="train_with_val is for the data sets that publish a validation split") as err:
+        validate_config(ke.Config(dataset="cub200", data=str(tmp_path), train_with_val=True))
+    assert "--train-with-val" in err.value.cli_message()
+    with pytest.raises(ValueError, match="publishes no validation split"):
+        read_paper_dataset("dogs", tmp_path, train_with_val=True)
+
+
 def test_load_data_builds_folder_images_like_imagefolder(tmp_path):
     train_paths, train_labels, test_paths, test_labels, classes = _indoor67(tmp_path)
     cfg = ke.Config(dataset="indoor67", data=str(tmp_path), check_counts=False, image_size=16, augment=True)

@@ -254,10 +254,11 @@ def image_folder(root, *, per_class: int | None, test_per_class: int, seed: int,
 
 
 def paper_dataset(name: str, root, *, per_class: int | None, seed: int, image_size: int, augment: bool,
-                  check_counts: bool = True) -> FolderImages:
+                  check_counts: bool = True, train_with_val: bool = False) -> FolderImages:
     """One of the KE paper's data sets in its published layout (``paper_datasets``): its own train /
-    test split; ``per_class`` subsamples the training split as for an ``imagefolder`` train/ tree."""
-    split = read_paper_dataset(name, root, check_counts=check_counts)
+    test split (``train_with_val``: train + validation); ``per_class`` subsamples the training split
+    as for an ``imagefolder`` train/ tree."""
+    split = read_paper_dataset(name, root, check_counts=check_counts, train_with_val=train_with_val)
     train_paths, y_train = _keep_per_class(split.train_paths, split.train_labels, split.classes, per_class, seed)
     return FolderImages(train_paths, y_train, split.test_paths, split.test_labels, split.classes, image_size,
                         augment)
@@ -269,6 +270,7 @@ def load_data(cfg):
     if cfg.dataset in PAPER_DATASETS:  # the KE paper's data sets in their published layouts
         return paper_dataset(cfg.dataset, cfg.data, per_class=cfg.per_class, seed=cfg.seed,
                              image_size=cfg.image_size, augment=cfg.augment,
-                             check_counts=getattr(cfg, "check_counts", True))
+                             check_counts=getattr(cfg, "check_counts", True),
+                             train_with_val=getattr(cfg, "train_with_val", False))
     return image_folder(cfg.data, per_class=cfg.per_class, test_per_class=cfg.test_per_class, seed=cfg.seed,
                         image_size=cfg.image_size, augment=cfg.augment)

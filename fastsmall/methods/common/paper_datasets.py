@@ -335,11 +335,19 @@ READERS = {"cub200": read_cub200, "flowers102": read_flowers102, "aircraft": rea
 PAPER_DATASETS = tuple(READERS)
 
 
-def read_paper_dataset(name: str, root, *, check_counts: bool = True) -> PaperSplit:
-    """The reader of ``name`` (one of :data:`PAPER_DATASETS`) applied to ``root``."""
+#: the data sets that publish a validation split (``train_with_val``)
+WITH_VALIDATION = ("flowers102", "aircraft")
+
+
+def read_paper_dataset(name: str, root, *, check_counts: bool = True, train_with_val: bool = False) -> PaperSplit:
+    """The reader of ``name`` (one of :data:`PAPER_DATASETS`) applied to ``root``; ``train_with_val``
+    (only :data:`WITH_VALIDATION`) adds the validation split to the training set."""
     if name not in READERS:
         raise ValueError(f"unknown data set {name!r}; expected one of {list(READERS)}")
+    if train_with_val and name not in WITH_VALIDATION:
+        raise ValueError(f"{TITLES[name]} publishes no validation split; train_with_val is for {list(WITH_VALIDATION)}")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{TITLES[name]}: missing {root} (the data set's folder)")
-    return READERS[name](root, check_counts=check_counts)
+    extra = {"train_with_val": True} if train_with_val else {}
+    return READERS[name](root, check_counts=check_counts, **extra)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ...masks import INITS
 from ..common.config import ConfigError, option
 from ..common.generations import TrainConfig
-from ..common.paper_datasets import PAPER_DATASETS
+from ..common.paper_datasets import PAPER_DATASETS, WITH_VALIDATION
 
 __all__ = ["TrainConfig", "Config"]
 
@@ -39,6 +39,9 @@ class Config(TrainConfig):
     check_counts: bool = option(True, "paper data sets (cub200, flowers102, aircraft, indoor67, dogs): stop with an "
                                       "error unless the train / test image and class counts are the published "
                                       "ones; --no-check-counts accepts a partial or modified copy")
+    train_with_val: bool = option(False, "flowers102, aircraft: train on the published train + validation splits "
+                                         "(2,040 / 6,667 images) instead of train only (1,020 / 3,334; the default: "
+                                         "whether the KE paper used the validation split is not in its released code)")
     # Knowledge Evolution
     mode: str = option("ke", "ke: re-initialise the reset hypothesis every generation; controls at equal compute: "
                              "restart (each generation only restarts the optimizer and LR schedule), long (one "
@@ -57,6 +60,9 @@ class Config(TrainConfig):
         if self.dataset in PAPER_DATASETS and not self.data:
             raise ConfigError(f"data must be set for dataset {self.dataset!r} (the folder holding it)",
                               fields=("data", "dataset"))
+        if self.train_with_val and self.dataset not in WITH_VALIDATION:
+            raise ConfigError(f"train_with_val is for the data sets that publish a validation split "
+                              f"({', '.join(WITH_VALIDATION)}), not {self.dataset!r}", fields=("train_with_val", "dataset"))
         if self.split_rate >= 1.0 and self.mode == "ke" and self.generations > 1:
             raise ConfigError("split_rate must be < 1.0 for mode 'ke' (a fit hypothesis of everything resets nothing)",
                               fields=("split_rate", "mode"))
