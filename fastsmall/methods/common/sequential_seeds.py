@@ -7,8 +7,8 @@ a stacked run (``stacked.py``)::
 Why not stacked: PoseAug's networks are a few wide fully connected layers at batch 1,024, so a step
 is GEMM-bound, not overhead-bound; ``vmap`` over K replicas turns each GEMM into a batched one that
 runs *slower* on a CPU than K separate ones (SimpleBaseline, K = 8: 0.72x; ``bench/bench_seeds.py
---methods poseaug``). What one process still saves over K commands: the interpreter, torch and the
-extension load once, the data checks run once, and one ``--resume`` continues the whole set.
+--methods poseaug``). What one command gives over K: one ``--resume`` continues the whole set, and
+the aggregate over the seeds is written at the end (each seed still loads its own data).
 
 Each seed runs exactly as ``--seed S --out out/seed-S`` (``Trainer.run_all``: its own checkpoint,
 its own resume, bit for bit the single-seed run); ``--resume`` skips nothing by hand -- a finished
