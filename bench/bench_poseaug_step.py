@@ -22,7 +22,7 @@ import torch
 
 from conftest import compile_and_time, measure
 from fastsmall import ops
-from fastsmall.methods.poseaug import released
+from fastsmall.methods.poseaug import official
 from fastsmall.methods.poseaug.camera import project_to_2d
 from fastsmall.methods.poseaug.config import Config
 from fastsmall.methods.poseaug.data import synthetic
@@ -99,8 +99,8 @@ def bench_3d_discriminator(benchmark, batch, impl):
 # ---- the ops the fused path replaces -------------------------------------------------------------
 def _released_features(x):
     rel = x - x[:, :1]
-    pose = released.poses_from_bones(released.bone_units(rel, SK), SK)
-    return torch.stack([released.part_gram(pose, SK, p).flatten(1) for p in range(len(SK.parts))], 1)
+    pose = official.poses_from_bones(official.bone_units(rel, SK), SK)
+    return torch.stack([official.part_gram(pose, SK, p).flatten(1) for p in range(len(SK.parts))], 1)
 
 
 def _fused_features(x):
@@ -111,8 +111,8 @@ def _fused_features(x):
 def _released_ba_round_trip(x):
     """BA's bone work: unit vectors and lengths of the input, pose from (modified) bones + root."""
     rel = x - x[:, :1]
-    unit, length = released.bone_units(rel, SK), released.bone_lengths(rel, SK)
-    return released.poses_from_bones(unit * length, SK) + x[:, :1]
+    unit, length = official.bone_units(rel, SK), official.bone_lengths(rel, SK)
+    return official.poses_from_bones(unit * length, SK) + x[:, :1]
 
 
 def _fused_ba_round_trip(x):

@@ -104,4 +104,17 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
         "allocator": ALLOCATOR,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kernel_isa": _kernel_isa(),
     }
+
+
+def _kernel_isa() -> str | None:
+    """The instruction set fastsmall's C++ kernels chose at load (``python -m fastsmall.info``)."""
+    from fastsmall import _extension as ext
+
+    if ext.C is None:
+        return None
+    build = ext.C.build_info()
+    isa, width = build.get("cpu_kernel_isa"), build.get("cpu_kernel_vector_bytes")
+    return f"{isa} ({width}-byte vectors)" if isa else None

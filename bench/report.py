@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,6 +22,9 @@ def load(paths):
     rows, meta = [], None
     for path in paths:
         data = json.loads(Path(path).read_text())
+        if "benchmarks" not in data:  # e.g. kernel_speed.py's raw timings, which share the folder
+            print(f"report.py: {path}: not a pytest-benchmark file, skipped", file=sys.stderr)
+            continue
         meta = meta or data
         for b in data["benchmarks"]:
             info = dict(b["extra_info"])
@@ -40,7 +44,7 @@ def machine_lines(meta):
         f"{m.get('system', '')} {m.get('release', '')}",
         f"- python {m.get('python_version', '?')}",
     ]
-    for key in ("torch", "triton", "device", "torch_threads", "allocator"):
+    for key in ("torch", "triton", "device", "cpu_capability", "kernel_isa", "torch_threads", "allocator"):
         if key in extra:
             lines.append(f"- {key}: {extra[key]}")
     if commit.get("id"):
