@@ -47,7 +47,7 @@ def cases():
     gg = torch.randn(Bg, sum(n * n for n in PARTS[1]), generator=g)
     c["part_kcs_gram compact fwd 2^16"] = lambda: ops.part_kcs_gram(u, *PARTS, True)
     c["part_kcs_gram compact bwd 2^16"] = lambda: ops.part_kcs_gram_backward(gg, u, *PARTS, True)
-    for Bd, C in ((448, 10), (65536, 100)):
+    for Bd, C in ((448, 10), (65536, 100), (1 << 20, 10)):
         z = torch.randn(Bd, C, generator=g) * 3
         prior, running = torch.rand(C, generator=g) + 0.1, torch.rand(C, generator=g) + 0.1
         y = torch.randint(0, C, (Bd,), generator=g)
