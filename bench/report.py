@@ -16,6 +16,10 @@ from collections import defaultdict
 from pathlib import Path
 
 TARGETS = dict(eager=3.0, compiled=1.0, floor=2.0)
+# Issue #17's exceptions: ke_reinit_ hashes two 32-bit words per value (compute, not memory), so
+# its floor target is 3x; the part-Gram's bulk size is 2^18 (its references run out of memory above).
+FLOOR_TARGET = {"ke_reinit_": 3.0}
+BULK_BATCH = {"part_kcs_gram": 2 ** 18}
 
 
 def load(paths):
@@ -101,11 +105,13 @@ def render(rows, meta) -> str:
             missed.append(f"{name}: {vs_e:.2f}x eager (target {TARGETS['eager']}x)")
         if vs_c is not None and vs_c < TARGETS["compiled"]:
             missed.append(f"{name}: {vs_c:.2f}x compiled (target {TARGETS['compiled']}x)")
-        if B >= 2 ** 20 and x_floor is not None and x_floor > TARGETS["floor"]:
-            missed.append(f"{name}: {x_floor:.2f}x the floor (target within {TARGETS['floor']}x)")
+        floor_target = FLOOR_TARGET.get(op, TARGETS["floor"])
+        if B >= BULK_BATCH.get(family, 2 ** 20) and x_floor is not None and x_floor > floor_target:
+            missed.append(f"{name}: {x_floor:.2f}x the floor (target within {floor_target}x)")
     out += ["", "## Targets", "",
             f"fastsmall >= {TARGETS['eager']}x eager and >= {TARGETS['compiled']}x compiled at both sizes; "
-            f"at B = 2^20 within {TARGETS['floor']}x of the floor.", ""]
+            f"at B = 2^20 (part_kcs_gram: 2^18) within {TARGETS['floor']}x of the floor "
+            f"(ke_reinit_: {FLOOR_TARGET['ke_reinit_']}x).", ""]
     out += [f"- missed: {m}" for m in missed] or ["- all met"]
     return "\n".join(out) + "\n"
 

@@ -212,27 +212,39 @@ std::vector<Job> make_jobs(at::TensorList tensors, const c10::List<std::optional
 
 // ---- tiles -------------------------------------------------------------------------------
 
-// Re-initialisation values of elements e0 .. e0 + n - 1 (n <= kTile), in acc_t.
-template <Init I, typename acc_t>
-FASTSMALL_INLINE void draw_values(const Job& j, int64_t e0, int64_t n, acc_t* __restrict__ out) {
+// The torch_default value of a draw: U(-bound, bound) on the odd multiples of 2^-23 * bound.
+template <typename acc_t>
+FASTSMALL_INLINE acc_t uniform_value(uint32_t k, acc_t scale) {
+  const int32_t s = static_cast<int32_t>(2 * k + 1) - (1 << 23);  // odd, in (-2^23, 2^23)
+  return static_cast<acc_t>(s) * scale;
+}
+
+// Re-initialisation values of elements e0 .. e0 + n - 1 (n <= kTile), computed in acc_t and
+// stored as scalar_t. torch_default, the official KE reset, is one fused pass (hash, scale, store:
+// no buffer of draws between them); kaiming_normal's Box-Muller goes through two draw buffers.
+template <Init I, typename scalar_t>
+FASTSMALL_INLINE void draw_values(const Job& j, int64_t e0, int64_t n, scalar_t* __restrict__ out) {
+  using acc_t = at::opmath_type<scalar_t>;  // float, or double for double
+  const acc_t c = static_cast<acc_t>(j.scale);
   if constexpr (I == Init::Zero) {
-    for (int64_t i = 0; i < n; ++i) out[i] = acc_t(0);
+    for (int64_t i = 0; i < n; ++i) out[i] = scalar_t(0);
   } else if constexpr (I == Init::TorchDefault) {
-    uint32_t k[kTile];
-    draw_bits(j.a, e0, n, k);
-    const acc_t c = static_cast<acc_t>(j.scale);
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t s = static_cast<int32_t>(2 * k[i] + 1) - (1 << 23);  // odd, in (-2^23, 2^23)
-      out[i] = static_cast<acc_t>(s) * c;
+    Run32 run;
+    if (in_one_high_word(j.a, e0, n, run)) {
+      for (uint32_t i = 0; i < static_cast<uint32_t>(n); ++i)
+        out[i] = static_cast<scalar_t>(uniform_value(draw32(run, i), c));
+      return;
     }
+    uint32_t k[kTile];
+    draw_bits_across_2_32(j.a, e0, n, k);
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(uniform_value(k[i], c));
   } else {
     uint32_t ka[kTile], kb[kTile];
     draw_bits(j.a, e0, n, ka);
     draw_bits(j.b, e0, n, kb);
-    const acc_t c = static_cast<acc_t>(j.scale);
     for (int64_t i = 0; i < n; ++i) {
       const float z = std::sqrt(-2.0f * ke_log(uniform01(ka[i]))) * ke_cos2pi(uniform01(kb[i]));
-      out[i] = static_cast<acc_t>(z) * c;
+      out[i] = static_cast<scalar_t>(static_cast<acc_t>(z) * c);
     }
   }
 }
@@ -250,21 +262,28 @@ FASTSMALL_INLINE void keep_flags(const Job& j, int64_t e0, int64_t n, uint8_t* _
   }
 }
 
-// Calls f(lo, hi) for the runs of not-kept elements of [lo, hi) of a KELS tensor.
-template <typename F>
-FASTSMALL_INLINE void kels_runs(const Job& j, int64_t lo, int64_t hi, F&& f) {
-  int64_t e = lo;
+// The first run [a, b) of not-kept elements of a KELS tensor in [e, hi), or false if there is
+// none. A plain function, not a callback: a lambda's body would be a function of its own, outside
+// the target_clones of the segment loops, so it would not get their AVX2 code (it did not:
+// 2.2 ns per element against 1.1 for WELS, which hashes twice as much).
+FASTSMALL_INLINE bool next_kels_run(const Job& j, int64_t e, int64_t hi, int64_t& a, int64_t& b) {
   while (e < hi) {
     const int64_t o = e / j.row_len;
     if (o >= j.k_out) {  // every remaining row is reset
-      f(e, hi);
-      return;
+      a = e;
+      b = hi;
+      return true;
     }
     const int64_t row_end = std::min(hi, (o + 1) * j.row_len);
     const int64_t from = std::max(e, o * j.row_len + j.k_in * j.inner);
-    if (from < row_end) f(from, row_end);
+    if (from < row_end) {
+      a = from;
+      b = row_end;
+      return true;
+    }
     e = row_end;
   }
+  return false;
 }
 
 template <size_t N> struct bits_of;
@@ -289,6 +308,29 @@ FASTSMALL_INLINE void select_store(scalar_t* __restrict__ w, const uint8_t* __re
   }
 }
 
+// WELS: w[i] = keep(e0 + i) ? w[i] : fresh[i], the keep draw hashed in the same pass as the blend
+// (no buffer of flags; the blend mask is the comparison's all-ones lane).
+template <typename scalar_t>
+FASTSMALL_INLINE void wels_select_store(const Job& j, int64_t e0, int64_t n, scalar_t* __restrict__ w,
+                                        const scalar_t* __restrict__ fresh) {
+  using bits_t = typename bits_of<sizeof(scalar_t)>::type;
+  Run32 run;
+  if (!in_one_high_word(j.wels, e0, n, run)) {
+    uint8_t keep[kTile];
+    keep_flags(j, e0, n, keep);
+    select_store(w, keep, fresh, n);
+    return;
+  }
+  for (uint32_t i = 0; i < static_cast<uint32_t>(n); ++i) {
+    bits_t old, nu;
+    std::memcpy(&old, w + i, sizeof old);
+    std::memcpy(&nu, fresh + i, sizeof nu);
+    const bits_t m = draw32(run, i) < j.wels_t ? static_cast<bits_t>(~bits_t(0)) : bits_t(0);  // ones where kept
+    const bits_t out = static_cast<bits_t>((old & m) | (nu & static_cast<bits_t>(~m)));
+    std::memcpy(w + i, &out, sizeof out);
+  }
+}
+
 // Elements [lo, hi) of a Dense or WELS tensor, tile by tile: fresh(e0, n, values) fills the
 // tile's candidate values, then w = keep ? w : values.
 template <typename scalar_t, typename Fresh>
@@ -298,31 +340,29 @@ FASTSMALL_INLINE void masked_tiles(const Job& j, int64_t lo, int64_t hi, Fresh&&
   scalar_t values[kTile];
   for (int64_t e0 = lo; e0 < hi; e0 += kTile) {
     const int64_t n = std::min(kTile, hi - e0);
-    keep_flags(j, e0, n, keep);
     fresh(e0, n, values);
-    select_store(w + e0, keep, values, n);
+    if (j.kind == Kind::Wels) {
+      wels_select_store(j, e0, n, w + e0, values);
+    } else {
+      keep_flags(j, e0, n, keep);
+      select_store(w + e0, keep, values, n);
+    }
   }
 }
 
-// ke_reinit_ over elements [lo, hi) of one tensor.
+// ke_reinit_ over elements [lo, hi) of one tensor. KELS: the reset runs are written straight
+// from the draws; Dense / WELS: a tile of values, then the select.
 template <Init I, typename scalar_t>
 FASTSMALL_SIMD_CLONES void reinit_segment(const Job& j, int64_t lo, int64_t hi) {
-  using acc_t = at::opmath_type<scalar_t>;  // float, or double for double
   scalar_t* __restrict__ w = static_cast<scalar_t*>(j.data);
-  acc_t vals[kTile];
   if (j.kind == Kind::Kels) {
-    kels_runs(j, lo, hi, [&](int64_t a, int64_t b) {
-      for (int64_t e0 = a; e0 < b; e0 += kTile) {
-        const int64_t n = std::min(kTile, b - e0);
-        draw_values<I, acc_t>(j, e0, n, vals);
-        for (int64_t i = 0; i < n; ++i) w[e0 + i] = static_cast<scalar_t>(vals[i]);
-      }
-    });
+    for (int64_t a, b, e = lo; next_kels_run(j, e, hi, a, b); e = b) {
+      for (int64_t e0 = a; e0 < b; e0 += kTile) draw_values<I>(j, e0, std::min(kTile, b - e0), w + e0);
+    }
     return;
   }
   masked_tiles<scalar_t>(j, lo, hi, [&](int64_t e0, int64_t n, scalar_t* __restrict__ fresh) {
-    draw_values<I, acc_t>(j, e0, n, vals);
-    for (int64_t i = 0; i < n; ++i) fresh[i] = static_cast<scalar_t>(vals[i]);
+    draw_values<I>(j, e0, n, fresh);
   });
 }
 
@@ -332,9 +372,9 @@ FASTSMALL_SIMD_CLONES void mul_segment(const Job& j, int64_t lo, int64_t hi) {
   scalar_t* __restrict__ w = static_cast<scalar_t*>(j.data);
   const scalar_t zero(0);
   if (j.kind == Kind::Kels) {
-    kels_runs(j, lo, hi, [&](int64_t a, int64_t b) {
-      for (int64_t e = a; e < b; ++e) w[e] = static_cast<scalar_t>(w[e] * zero);
-    });
+    for (int64_t a, b, e = lo; next_kels_run(j, e, hi, a, b); e = b) {
+      for (int64_t i = a; i < b; ++i) w[i] = static_cast<scalar_t>(w[i] * zero);
+    }
     return;
   }
   masked_tiles<scalar_t>(j, lo, hi, [&](int64_t e0, int64_t n, scalar_t* __restrict__ zeroed) {

@@ -57,11 +57,13 @@ GramInput gram_input(const at::Tensor& bones_, c10::IntArrayRef part_bones, c10:
 constexpr int kTile = kPoseTile;
 
 // Per-thread scratch: the bones tile; work, the output tile (forward, compact layout) or the bones'
-// gradient accumulators (backward); and one value per Gram entry and pose (the dots, or g_ij).
+// gradient accumulators (backward); one value per Gram entry and pose (the dots, or g_ij); and the
+// output gradient's tile (backward).
 struct GramScratch {
-  AlignedBuffer bones, work, entries;
-  GramScratch(int64_t C, int64_t work_rows, int64_t E, size_t elem)
-      : bones(C * kTile * elem), work(work_rows * kTile * elem), entries(E * kTile * elem) {}
+  AlignedBuffer bones, work, entries, grad;
+  GramScratch(int64_t C, int64_t work_rows, int64_t E, int64_t grad_rows, size_t elem)
+      : bones(C * kTile * elem), work(work_rows * kTile * elem), entries(E * kTile * elem),
+        grad(grad_rows * kTile * elem) {}
 };
 
 // Forward of poses [p0, p0 + n) of a tile: the entry dots, then the output rows (compact: a
@@ -100,24 +102,38 @@ FASTSMALL_INLINE void gram_forward_tile(const GramEntries& e, const scalar_t* bo
 }
 
 // d<u_i, u_j>: grad_u_i += g_ij u_j, grad_u_j += g_ij u_i with g_ij = G'[pos1] + G'[pos2]
-// (both mirrored outputs); on the diagonal pos1 == pos2 gives the factor 2 of d|u_i|^2. The g_ij
-// of a tile are gathered per pose (two loads per entry, whichever the layout), the accumulation
-// runs on vectors.
+// (both mirrored outputs); on the diagonal pos1 == pos2 gives the factor 2 of d|u_i|^2. Compact
+// layout: the output gradient (S = 131 values per pose) is loaded as a transposed tile too, so the
+// g_ij are whole-vector adds of two of its rows (a per-pose scalar gather, two loads per entry and
+// pose, took half the backward). Masked layout: only 2E of its S = P * NB^2 = 1,125 values per pose
+// are read, so they are gathered per pose instead of transposing all of them.
 template <int BYTES, typename scalar_t, typename acc_t>
 FASTSMALL_INLINE void gram_backward_tile(const GramEntries& e, const scalar_t* grad, const scalar_t* bones,
-                                         scalar_t* out, int64_t n, int64_t NB, int64_t D, const GramScratch& s) {
+                                         scalar_t* out, int64_t n, int64_t NB, int64_t D, bool compact,
+                                         const GramScratch& s) {
   using V = typename Simd<acc_t, BYTES>::V;
   constexpr int NV = kTile / Simd<acc_t, BYTES>::W;
   const int64_t E = static_cast<int64_t>(e.i.size()), S = e.out_size, C = NB * D;
   load_rows<kTile, BYTES>(bones, n, C, s.bones.as<acc_t>());
-  acc_t* gs = s.entries.as<acc_t>();
-  for (int64_t r = 0; r < n; ++r) {
-    const scalar_t* g = grad + r * S;
-    for (int64_t k = 0; k < E; ++k) gs[k * kTile + r] = acc_t(g[e.pos1[k]]) + acc_t(g[e.pos2[k]]);
+  V* __restrict__ gs = s.entries.as<V>();
+  if (compact) {
+    load_rows<kTile, BYTES>(grad, n, S, s.grad.as<acc_t>());  // rows n.. of the tile are 0, so their g_ij too
+    const V* __restrict__ gt = s.grad.as<V>();
+    for (int64_t k = 0; k < E; ++k) {
+      const V* g1 = gt + e.pos1[k] * NV;
+      const V* g2 = gt + e.pos2[k] * NV;
+      for (int v = 0; v < NV; ++v) gs[k * NV + v] = g1[v] + g2[v];
+    }
+  } else {
+    acc_t* gk = s.entries.as<acc_t>();
+    for (int64_t r = 0; r < n; ++r) {
+      const scalar_t* g = grad + r * S;
+      for (int64_t k = 0; k < E; ++k) gk[k * kTile + r] = acc_t(g[e.pos1[k]]) + acc_t(g[e.pos2[k]]);
+    }
+    for (int64_t k = 0; k < E; ++k) std::fill(gk + k * kTile + n, gk + (k + 1) * kTile, acc_t(0));
   }
-  for (int64_t k = 0; k < E; ++k) std::fill(gs + k * kTile + n, gs + (k + 1) * kTile, acc_t(0));
   const V* __restrict__ b = s.bones.as<V>();
-  const V* __restrict__ gv = s.entries.as<V>();
+  const V* __restrict__ gv = gs;
   V* __restrict__ acc = s.work.as<V>();
   std::fill(acc, acc + C * NV, V{});
   for (int64_t k = 0; k < E; ++k) {
@@ -167,7 +183,7 @@ void part_kcs_gram_into(const GramInput& in, bool compact, const at::Tensor& out
     const scalar_t* bp = in.bones.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     using acc_t = at::opmath_type<scalar_t>;
-    const auto scratch = [&] { return GramScratch(NB * D, compact ? S : 0, in.E, sizeof(acc_t)); };
+    const auto scratch = [&] { return GramScratch(NB * D, compact ? S : 0, in.E, 0, sizeof(acc_t)); };
     for_each_pose_tile<GramTileKernel<false>>(
         in.B, 0.15 * in.E * D + 0.3 * S, scratch, [&](auto&& kernel, const GramScratch& s, int64_t p0, int64_t n) {
           kernel(tag_ptr<scalar_t>(), tag_ptr<acc_t>(), in.e, bp + p0 * NB * D, op + p0 * S, n, NB, D, compact, s);
@@ -205,11 +221,11 @@ at::Tensor part_kcs_gram_backward_cpu(const at::Tensor& grad_, const at::Tensor&
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     using acc_t = at::opmath_type<scalar_t>;
-    const auto scratch = [&] { return GramScratch(NB * D, NB * D, in.E, sizeof(acc_t)); };
+    const auto scratch = [&] { return GramScratch(NB * D, NB * D, in.E, compact ? S : 0, sizeof(acc_t)); };
     for_each_pose_tile<GramTileKernel<true>>(
         in.B, 0.5 * in.E * D + 0.1 * S, scratch, [&](auto&& kernel, const GramScratch& s, int64_t p0, int64_t n) {
           kernel(tag_ptr<scalar_t>(), tag_ptr<acc_t>(), in.e, gp + p0 * S, bp + p0 * NB * D, op + p0 * NB * D, n, NB,
-                 D, s);
+                 D, compact, s);
         });
   });
   return out;

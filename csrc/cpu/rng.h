@@ -51,21 +51,33 @@ FASTSMALL_INLINE uint32_t draw_bit(Key k, uint64_t e) {
   return mix32(h ^ (k.k1 + static_cast<uint32_t>(e >> 32))) >> 9;
 }
 
-// 23-bit draws of elements e0 .. e0 + n - 1 of a stream. When the run does not cross a multiple
-// of 2^32 (always, below 4 G elements) the high word of the counter is the same for the whole run,
-// so the loop works on 32-bit lanes only and vectorises (AVX2: 8 hashes per instruction); the
-// 64-bit counter of draw_bit is the fallback. Both give the same bits (tested across the edge).
+// A run of draws e0 .. e0 + n - 1 of a stream that does not cross a multiple of 2^32 (always, below
+// 4 G elements) has one high word of the counter: then draw e0 + i is draw32(lo + i, k0, k1) with
+// lo and k1 from in_one_high_word, a loop on 32-bit lanes only that vectorises (AVX2: 8 hashes per
+// instruction) and can be fused with what the caller does with the draw. Otherwise the 64-bit
+// counter of draw_bit is the fallback. Both give the same bits (tested across the edge).
+struct Run32 {
+  uint32_t lo, k0, k1;
+};
+
+FASTSMALL_INLINE bool in_one_high_word(Key k, int64_t e0, int64_t n, Run32& run) {
+  const uint64_t u0 = static_cast<uint64_t>(e0);
+  run = {static_cast<uint32_t>(u0), k.k0, k.k1 + static_cast<uint32_t>(u0 >> 32)};
+  return static_cast<uint64_t>(run.lo) + static_cast<uint64_t>(n) <= (uint64_t(1) << 32);
+}
+
+FASTSMALL_INLINE uint32_t draw32(const Run32& run, uint32_t i) { return mix32(mix32((run.lo + i) ^ run.k0) ^ run.k1) >> 9; }
+
 // The fallback, out of line: rare, and kept out of the inlined kernels' loops.
 __attribute__((noinline)) inline void draw_bits_across_2_32(Key k, int64_t e0, int64_t n, uint32_t* __restrict__ out) {
   for (int64_t i = 0; i < n; ++i) out[i] = draw_bit(k, static_cast<uint64_t>(e0 + i));
 }
 
+// 23-bit draws of elements e0 .. e0 + n - 1 of a stream.
 FASTSMALL_INLINE void draw_bits(Key k, int64_t e0, int64_t n, uint32_t* __restrict__ out) {
-  const uint64_t u0 = static_cast<uint64_t>(e0);
-  const uint32_t lo0 = static_cast<uint32_t>(u0);
-  if (static_cast<uint64_t>(lo0) + static_cast<uint64_t>(n) <= (uint64_t(1) << 32)) {
-    const uint32_t k1 = k.k1 + static_cast<uint32_t>(u0 >> 32);
-    for (uint32_t i = 0; i < static_cast<uint32_t>(n); ++i) out[i] = mix32(mix32((lo0 + i) ^ k.k0) ^ k1) >> 9;
+  Run32 run;
+  if (in_one_high_word(k, e0, n, run)) {
+    for (uint32_t i = 0; i < static_cast<uint32_t>(n); ++i) out[i] = draw32(run, i);
     return;
   }
   draw_bits_across_2_32(k, e0, n, out);

@@ -197,10 +197,9 @@ FASTSMALL_AVX2 FASTSMALL_INLINE void transpose8x8(__m256 (&v)[8]) {
   v[7] = _mm256_permute2f128_ps(b3, b7, 0x31);
 }
 
-// A full tile of R rows of z (row-major, C columns) -> t ([C][R]). Not inlined: its callers are
-// compiled for the baseline ISA before they are inlined into the AVX2/AVX-512 wrappers.
+// A full tile of R rows of z (row-major, C columns) -> t ([C][R]).
 template <int R>
-FASTSMALL_AVX2 __attribute__((noinline)) void load_tile_avx2(const float* z, int64_t C, float* t) {
+FASTSMALL_AVX2 FASTSMALL_INLINE void transpose_load_avx2(const float* z, int64_t C, float* t) {
   const int64_t C8 = C & ~int64_t(7);
   const int rem = static_cast<int>(C - C8);
   const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -220,9 +219,27 @@ FASTSMALL_AVX2 __attribute__((noinline)) void load_tile_avx2(const float* z, int
   }
 }
 
+// Floats of the staging buffer of load_tile_avx2 / store_tile_avx2 (64 KiB on the stack: every
+// tile of the kernels, R = 32 poses of up to 512 values, fits).
+constexpr int64_t kStageFloats = 16384;
+
+// A full tile of R rows of z (row-major, C columns) -> t ([C][R]). Not inlined: its callers are
+// compiled for the baseline ISA before they are inlined into the AVX2/AVX-512 wrappers. When C is
+// not a multiple of 8 the rows start off 32-byte boundaries and every other 8-float access
+// straddles two cache lines: such a tile is first copied, as the one contiguous block it is
+// (R * C floats), into an aligned staging buffer in L1 (part_kcs_gram's compact gradient, C = 131:
+// its load was the largest part of the backward).
+template <int R>
+FASTSMALL_AVX2 __attribute__((noinline)) void load_tile_avx2(const float* z, int64_t C, float* t) {
+  if (C % 8 == 0 || R * C > kStageFloats) return transpose_load_avx2<R>(z, C, t);
+  alignas(64) float stage[kStageFloats];
+  std::memcpy(stage, z, sizeof(float) * R * C);
+  transpose_load_avx2<R>(stage, C, t);
+}
+
 // t ([C][R]) -> a full tile of R rows of out (row-major, C columns).
 template <int R>
-FASTSMALL_AVX2 __attribute__((noinline)) void store_tile_avx2(const float* t, int64_t C, float* out) {
+FASTSMALL_AVX2 FASTSMALL_INLINE void transpose_store_avx2(const float* t, int64_t C, float* out) {
   const int64_t C8 = C & ~int64_t(7);
   for (int r0 = 0; r0 < R; r0 += 8) {
     float* orow = out + r0 * C;
@@ -235,6 +252,17 @@ FASTSMALL_AVX2 __attribute__((noinline)) void store_tile_avx2(const float* t, in
     for (int k = 0; k < 8; ++k)
       for (int64_t j = C8; j < C; ++j) orow[k * C + j] = t[j * R + r0 + k];
   }
+}
+
+// t ([C][R]) -> a full tile of R rows of out (row-major, C columns). The same staging when C is not a
+// multiple of 8 (part_kcs_gram compact: C = 131, KCS joints: C = 51; measured: the straddling stores
+// took 2x a fill of the same bytes): transposed into the aligned buffer, then one block copy.
+template <int R>
+FASTSMALL_AVX2 __attribute__((noinline)) void store_tile_avx2(const float* t, int64_t C, float* out) {
+  if (C % 8 == 0 || R * C > kStageFloats) return transpose_store_avx2<R>(t, C, out);
+  alignas(64) float stage[kStageFloats];
+  transpose_store_avx2<R>(t, C, stage);
+  std::memcpy(out, stage, sizeof(float) * R * C);
 }
 #endif
 
