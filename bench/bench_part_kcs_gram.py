@@ -26,10 +26,8 @@ def _bytes(layout, mode, batch):
     return fwd if mode == "forward" else fwd + out + 2 * unit  # backward reads grad + unit, writes grad_unit
 
 
-@pytest.mark.parametrize("layout, batch", CASES)
-@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
-@pytest.mark.parametrize("impl", ["eager", "compiled", "fastsmall"])
-def bench_part_kcs_gram(benchmark, impl, mode, layout, batch):
+def _case(layout, mode, batch, impl):
+    """The case as a zero-argument callable (also used by floor_ratio.py)."""
     ops = fs.ops if impl == "fastsmall" else fs.reference
     gen = torch.Generator(device=DEVICE).manual_seed(batch)
     unit = torch.randn(batch, NB, D, device=DEVICE, generator=gen, requires_grad=(mode != "forward"))
@@ -39,6 +37,14 @@ def bench_part_kcs_gram(benchmark, impl, mode, layout, batch):
             cot = torch.randn_like(fn())
         forward = fn
         fn = lambda: torch.autograd.grad(forward(), unit, cot)  # noqa: E731
+    return fn
+
+
+@pytest.mark.parametrize("layout, batch", CASES)
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
+@pytest.mark.parametrize("impl", ["eager", "compiled", "fastsmall"])
+def bench_part_kcs_gram(benchmark, impl, mode, layout, batch):
+    fn = _case(layout, mode, batch, impl)
     compile_s = None
     if impl == "compiled":
         fn, compile_s = compile_and_time(fn)

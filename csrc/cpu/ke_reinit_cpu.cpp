@@ -112,10 +112,11 @@ struct Job {
 
 constexpr int64_t kTile = 256;
 // Elements per grain of the parallel loop: ~80 us of single-thread work (parallel.h), from the
-// measured cost (bench/bench_small_batch.py --calibrate, AMD EPYC AVX2, float32): ke_reinit_
-// ~1.9 ns per element, masked_mul_ ~0.6. On the digits CNN (65 k weights) masked_mul_ (~40 us)
-// runs on the calling thread and ke_reinit_ (~120 us) on two; ResNet-18's 11.7 M use every thread.
-constexpr int64_t kReinitGrain = 40960, kMaskGrain = 131072;
+// measured cost (AMD EPYC AVX2, float32, one thread, 2026-12-07: bench/floor_ratio.py and
+// `python bench/kernel_speed.py`): torch_default / zero ~0.5 ns per element (the fused hash),
+// kaiming_normal ~2.9 (Box-Muller), masked_mul_ ~0.6. So the digits CNN (65 k weights) runs on the
+// calling thread, ResNet-18's 11.7 M on every thread.
+constexpr int64_t kReinitGrain = 131072, kKaimingGrain = 32768, kMaskGrain = 131072;
 
 Init parse_init(c10::string_view init) {
   const std::string s(init.data(), init.size());
@@ -413,7 +414,8 @@ void ke_reinit_cpu(at::TensorList tensors, const c10::List<std::optional<at::Ten
     jobs[i].a = stream_key({kTagReinitA, lo32(seed), hi32(seed), lo32(generation), hi32(generation), idx});
     jobs[i].b = stream_key({kTagReinitB, lo32(seed), hi32(seed), lo32(generation), hi32(generation), idx});
   }
-  for_all_elements(jobs, kReinitGrain, [&](const Job& j, int64_t lo, int64_t hi) {
+  const int64_t grain = init == Init::KaimingNormal ? kKaimingGrain : kReinitGrain;
+  for_all_elements(jobs, grain, [&](const Job& j, int64_t lo, int64_t hi) {
     dispatch_floating(j.dtype, "ke_reinit_cpu", [&](auto tag) {
       using scalar_t = decltype(tag);
       switch (init) {
