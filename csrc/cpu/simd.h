@@ -231,6 +231,10 @@ constexpr int64_t kStageFloats = 16384;
 // its load was the largest part of the backward).
 template <int R>
 FASTSMALL_AVX2 __attribute__((noinline)) void load_tile_avx2(const float* z, int64_t C, float* t) {
+  // The next tile of the same rows (a chunk's tiles are consecutive in memory): its lines are
+  // requested while this one is transposed (measured: bone_decompose forward 0.82x the time on one
+  // thread; a prefetch past the end of the tensor is a hint, it never faults).
+  for (int64_t b = 0; b < R * C * 4; b += 64) _mm_prefetch(reinterpret_cast<const char*>(z + R * C) + b, _MM_HINT_T0);
   if (C % 8 == 0 || R * C > kStageFloats) return transpose_load_avx2<R>(z, C, t);
   alignas(64) float stage[kStageFloats];
   std::memcpy(stage, z, sizeof(float) * R * C);
