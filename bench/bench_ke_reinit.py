@@ -26,7 +26,8 @@ touched. masked_mul_ also reads the masks (1 B per weight; KELS / WELS need no m
 KELS, whose reset weights are whole rows and row tails, is close to "write the reset weights",
 while a WELS or magnitude mask at rate 0.5 / 0.3 puts a reset weight in nearly every line and
 its floor is a copy of the whole model. (Before 2026-12-07 the bytes were the reset weights
-alone, 4 B each, a floor no implementation can reach for scattered masks: 4x too low for WELS.) ``extra_info["allocated_bytes"]`` is what
+alone, 4 B each, a floor no implementation can reach for scattered masks: 4x too low for WELS.)
+``extra_info["allocated_bytes"]`` is what
 one call allocates (CPU: torch.profiler's memory events; CUDA: the peak above the start),
 to show which implementations allocate memory proportional to the model.
 """
