@@ -292,21 +292,26 @@ template <> struct bits_of<2> { using type = uint16_t; };
 template <> struct bits_of<4> { using type = uint32_t; };
 template <> struct bits_of<8> { using type = uint64_t; };
 
-// w[i] = keep[i] ? w[i] : fresh[i] as a bitwise blend: branch-free, so it vectorises
-// (a branch on a random mask mispredicts half the time), and kept elements are
-// stored back with exactly their bits (no arithmetic on them).
+// w[i] = kept ? w[i] : fresh[i] as a bitwise blend: branch-free, so it vectorises (a branch on
+// a random mask mispredicts half the time), and a kept element is stored back with exactly its
+// bits (no arithmetic on it). `kept` is all ones or all zeros; the one blend both selects share.
+template <typename scalar_t, typename bits_t = typename bits_of<sizeof(scalar_t)>::type>
+FASTSMALL_INLINE void blend_at(scalar_t* __restrict__ w, const scalar_t* __restrict__ fresh, int64_t i,
+                               bits_t kept) {
+  bits_t old, nu;
+  std::memcpy(&old, w + i, sizeof old);
+  std::memcpy(&nu, fresh + i, sizeof nu);
+  const bits_t out = static_cast<bits_t>((old & kept) | (nu & static_cast<bits_t>(~kept)));
+  std::memcpy(w + i, &out, sizeof out);
+}
+
+// w[i] = keep[i] ? w[i] : fresh[i], keep[i] a 0 / 1 flag.
 template <typename scalar_t>
 FASTSMALL_INLINE void select_store(scalar_t* __restrict__ w, const uint8_t* __restrict__ keep,
                                    const scalar_t* __restrict__ fresh, int64_t n) {
   using bits_t = typename bits_of<sizeof(scalar_t)>::type;
-  for (int64_t i = 0; i < n; ++i) {
-    bits_t old, nu;
-    std::memcpy(&old, w + i, sizeof old);
-    std::memcpy(&nu, fresh + i, sizeof nu);
-    const bits_t m = bits_t(0) - static_cast<bits_t>(keep[i]);  // all ones where kept
-    const bits_t out = static_cast<bits_t>((old & m) | (nu & static_cast<bits_t>(~m)));
-    std::memcpy(w + i, &out, sizeof out);
-  }
+  for (int64_t i = 0; i < n; ++i)
+    blend_at(w, fresh, i, static_cast<bits_t>(bits_t(0) - static_cast<bits_t>(keep[i])));  // ones where kept
 }
 
 // WELS: w[i] = keep(e0 + i) ? w[i] : fresh[i], the keep draw hashed in the same pass as the blend
@@ -322,14 +327,8 @@ FASTSMALL_INLINE void wels_select_store(const Job& j, int64_t e0, int64_t n, sca
     select_store(w, keep, fresh, n);
     return;
   }
-  for (uint32_t i = 0; i < static_cast<uint32_t>(n); ++i) {
-    bits_t old, nu;
-    std::memcpy(&old, w + i, sizeof old);
-    std::memcpy(&nu, fresh + i, sizeof nu);
-    const bits_t m = draw32(run, i) < j.wels_t ? static_cast<bits_t>(~bits_t(0)) : bits_t(0);  // ones where kept
-    const bits_t out = static_cast<bits_t>((old & m) | (nu & static_cast<bits_t>(~m)));
-    std::memcpy(w + i, &out, sizeof out);
-  }
+  for (uint32_t i = 0; i < static_cast<uint32_t>(n); ++i)
+    blend_at(w, fresh, i, draw32(run, i) < j.wels_t ? static_cast<bits_t>(~bits_t(0)) : bits_t(0));
 }
 
 // Elements [lo, hi) of a Dense or WELS tensor, tile by tile: fresh(e0, n, values) fills the
