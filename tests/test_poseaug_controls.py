@@ -159,6 +159,12 @@ def test_experiment_report_has_the_controls_the_pairs_and_the_diagnostics(tmp_pa
                             str(tmp_path / "runs"), "--doc", str(doc), "--update-docs"]) == 0
     text = doc.read_text()
     assert "--update-docs" in text  # the reproduce command rewrites the doc
+    # ... the doc it was given, from the run directory it was given
+    assert f"--doc {doc}" in text and f"--out {tmp_path / 'runs'}" in text
+    # the augmentor as the estimator first used it (end of the warm-up: epoch 1 of 0-2) and per seed
+    assert "At the end of the warm-up (epoch 1," in text
+    per_seed = text.split("Learned augmentor, per seed")[1].split("\n## ")[0]
+    assert "| 0 | " in per_seed and "| 1 | " in per_seed and "–" not in per_seed
     for name in experiment.CONDITIONS:
         assert f"| {name} | " in text, name
     assert "| poseaug − frozen | " in text and "| poseaug − random-view | " in text

@@ -90,6 +90,41 @@ def _last_epoch(summary: dict) -> dict:
     return [r for r in summary["records"] if r["type"] == "epoch"][-1]
 
 
+def _first_use_epoch(summary: dict) -> dict | None:
+    """The record of the first epoch whose augmented poses the estimator trains on (the end of the
+    warm-up): what the augmentor had learned when the estimator started to use it."""
+    return next((r for r in summary["records"] if r["type"] == "epoch" and "estimator_loss_augmented" in r), None)
+
+
+def _diagnostics_table(results: dict, seeds: list[int], conditions: list[str], pick) -> list[str]:
+    lines = ["| condition | " + " | ".join(label for _, label, _ in DIAGNOSTICS) + " |",
+             "|---|" + "---|" * len(DIAGNOSTICS)]
+    for name in conditions:
+        records = [pick(results[(name, s)]) for s in seeds]
+        cells = []
+        for key, _, digits in DIAGNOSTICS:
+            values = [None if r is None else r.get(key) for r in records]
+            cells.append("–" if any(v is None for v in values) else mean_std(values, digits))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _per_seed_diagnostics(results: dict, seeds: list[int]) -> list[str]:
+    """The learned augmentor of every seed, at first use and at the end: has *each* one trained?"""
+    keys = (("aug_kept_fraction", "kept", 2), ("aug_depth_q50", "depth median (m)", 2),
+            ("aug_yaw_change_q50", "yaw change (°)", 0), ("ba_angle_deg", "bone-angle change (°)", 1))
+    lines = ["| seed | " + " | ".join(f"{label}, first use" for _, label, _ in keys) + " | "
+             + " | ".join(f"{label}, last" for _, label, _ in keys) + " |",
+             "|---|" + "---|" * (2 * len(keys))]
+    for s in seeds:
+        summary = results[("poseaug", s)]
+        cells = []
+        for record in (_first_use_epoch(summary), _last_epoch(summary)):
+            cells += ["–" if record is None or record.get(k) is None else f"{record[k]:.{d}f}" for k, _, d in keys]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def report(results: dict, seeds: list[int], base: Config, command: str, elapsed: float) -> str:
     conditions = _conditions(results)
     sets = list(results[(conditions[0], seeds[0])]["last"])
@@ -138,16 +173,17 @@ def report(results: dict, seeds: list[int], base: Config, command: str, elapsed:
         lines += ["## Augmentor diagnostics (last epoch: has the augmentor learned?)", "",
                   "Over the augmented poses of the last epoch's last pass (`poseaug/diagnostics.py`): the share the "
                   "image filter keeps, the root depth of the augmented poses against the real ones', the change of "
-                  "heading, the mean bone-angle change and the discriminators' accuracies; mean ± std over seeds.", "",
-                  "| condition | " + " | ".join(label for _, label, _ in DIAGNOSTICS) + " |",
-                  "|---|" + "---|" * len(DIAGNOSTICS)]
-        for name in augmenting:
-            cells = []
-            for key, _, digits in DIAGNOSTICS:
-                values = [_last_epoch(results[(name, s)]).get(key) for s in seeds]
-                cells.append("–" if any(v is None for v in values) else mean_std(values, digits))
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
+                  "heading, the mean bone-angle change and the discriminators' accuracies; mean ± std over seeds.", ""]
+        lines += _diagnostics_table(results, seeds, augmenting, _last_epoch)
+        first = _first_use_epoch(results[(augmenting[0], seeds[0])])
+        if first is not None:
+            lines += [f"At the end of the warm-up (epoch {first['epoch']}, the first whose augmented poses the "
+                      "estimator trains on): what the augmentor had learned when the estimator started to use it.",
+                      ""]
+            lines += _diagnostics_table(results, seeds, augmenting, _first_use_epoch)
+        if "poseaug" in conditions:
+            lines += ["Learned augmentor, per seed (first use / last epoch):", ""]
+            lines += _per_seed_diagnostics(results, seeds)
     lines += ["## MPJPE per seed (last epoch)", "", "| condition | seed | " + " | ".join(sets) + " |",
               "|---|---|" + "---|" * len(sets)]
     for name in conditions:
@@ -262,6 +298,8 @@ def main(argv=None) -> int:
                + (f" --warmup-iters {args.warmup_iters}" if args.warmup_iters is not None else "")
                + (f" --gan-iters-per-epoch {args.gan_iters_per_epoch}" if args.gan_iters_per_epoch else "")
                + (f" --conditions {' '.join(args.conditions)}" if args.conditions != list(CONDITIONS) else "")
+               + (f" --out {args.out}" if args.out != parser.get_default("out") else "")
+               + (f" --doc {args.doc}" if args.doc != parser.get_default("doc") else "")
                + (" --update-docs" if args.update_docs else ""))
     # the runs' own epoch times (a resumed experiment's wall time would leave out what earlier calls did)
     elapsed = max(time.perf_counter() - start, run_seconds(Path(args.out), args.seeds, args.conditions))
