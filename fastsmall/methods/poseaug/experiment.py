@@ -241,7 +241,11 @@ def plot_diagnostics(results: dict, seeds: list[int], path: Path) -> None:
     conditions = [c for c in _conditions(results) if c != "no-augment"]
     colours = dict(zip(conditions, ("tab:green", "tab:orange", "tab:blue")))
     fig, axes = plt.subplots(1, len(TRAJECTORIES), figsize=(4.2 * len(TRAJECTORIES), 3.6))
+    first_use = _first_use_epoch(results[(conditions[0], seeds[0])]) if conditions else None
     for ax, (key, label, reference) in zip(axes, TRAJECTORIES):
+        if first_use is not None:  # the first epoch whose augmented poses the estimator trains on
+            ax.axvline(first_use["epoch"], color="0.5", ls=":", lw=1,
+                       label="estimator's first use" if ax is axes[0] else None)
         for name in conditions:
             for i, s in enumerate(seeds):
                 epochs = [r for r in results[(name, s)]["records"] if r["type"] == "epoch" and r.get(key) is not None]
