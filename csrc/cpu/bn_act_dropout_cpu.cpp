@@ -11,7 +11,10 @@
 // twice: the forward once for the statistics and once to write the output, the backward once
 // for the two gradient sums and once to write grad_y. A block of N = 1,024 rows is 128 KiB of
 // float32, so the second walk reads from L2. Blocks own their columns: no partial sums to
-// combine, and the result does not depend on the thread count.
+// combine, and the result does not depend on the thread count. Full blocks run with the
+// constant width kBlock (whole vectors per row, no remainder loop; 2x faster than a run-time
+// width), and the backward keeps a block's g_z (grad x slope x mask) from its first walk for the
+// second in a task-local scratch of N x kBlock floats, so each element is hashed once per call.
 //
 // The dropout mask is never stored: element e = n * C + c keeps iff its 23-bit counter-based
 // draw (rng.h, stream [kTagDropout, lo32(seed), hi32(seed)]) is >= T (T = #draws with
@@ -33,6 +36,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <tuple>
 
@@ -48,10 +52,10 @@ namespace {
 
 constexpr int64_t kBlock = 32;   // columns per task
 constexpr int64_t kChunk = 64;   // rows per float32 partial sum
-// Single-thread cost per element (ns), measured at N = C = 1,024 float32 on a 2-core AMD EPYC
-// (AVX2), for parallel.h's grain rule: ~1.5 forward (two walks, the hash), ~2.5 backward
-// (the hash and z recomputed in both walks).
-constexpr double kForwardNs = 1.5, kBackwardNs = 2.5;
+// Single-thread cost per element (ns), measured at N = C = 1,024 float32 on 2-core AMD EPYCs
+// (AVX2 and AVX-512: ~1-3 ns forward, ~1-2 ns backward, the machine's noise included), for
+// parallel.h's grain rule: it only decides whether a call is large enough for two threads.
+constexpr double kForwardNs = 1.5, kBackwardNs = 1.5;
 
 // ---- checks (fastsmall/ops/bn_act_dropout.py has the same in Python) ------------------------
 
@@ -223,21 +227,25 @@ FASTSMALL_INLINE void row_grad_z(const Args<scalar_t, acc_t>& A, int64_t n, int6
   if (A.dropout) apply_dropout(A.key, A.threshold, A.scale, static_cast<uint64_t>(n * A.C + c0), w, gz);
 }
 
+// gz_scratch holds the block's g_z ([N, w], row stride w) from pass 1 for pass 2: one hash and
+// one z per element instead of two (the mask still is never stored past the call).
 template <typename scalar_t, typename acc_t>
-FASTSMALL_INLINE void backward_block(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w) {
+FASTSMALL_INLINE void backward_block(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w,
+                                     acc_t* __restrict__ gz_scratch) {
   const int64_t N = A.N, C = A.C;
-  acc_t mean[kBlock], var[kBlock], invstd[kBlock], a[kBlock], b[kBlock], gz[kBlock];
+  acc_t mean[kBlock], var[kBlock], invstd[kBlock], a[kBlock], b[kBlock];
   for (int64_t j = 0; j < w; ++j) {
     mean[j] = A.mean[c0 + j];
     var[j] = A.var[c0 + j];
   }
   block_affine(A, c0, w, mean, var, invstd, a, b);
-  // pass 1: sum_n g_z (grad_bias) and sum_n g_z * xhat (grad_weight)
+  // pass 1: g_z of every row (kept for pass 2), sum_n g_z (grad_bias) and sum_n g_z * xhat (grad_weight)
   double sg[kBlock] = {}, sgx[kBlock] = {};
   for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
     acc_t p1[kBlock] = {}, p2[kBlock] = {};
     const int64_t n1 = std::min(N, n0 + kChunk);
     for (int64_t n = n0; n < n1; ++n) {
+      acc_t* gz = gz_scratch + n * w;
       row_grad_z(A, n, c0, w, a, b, gz);
       const scalar_t* row = A.y + n * C + c0;
       for (int64_t j = 0; j < w; ++j) {
@@ -260,7 +268,7 @@ FASTSMALL_INLINE void backward_block(const Args<scalar_t, acc_t>& A, int64_t c0,
   }
   // pass 2: grad_y = a (g_z - mean g_z - xhat mean(g_z xhat)) with batch statistics, a g_z without
   for (int64_t n = 0; n < N; ++n) {
-    row_grad_z(A, n, c0, w, a, b, gz);
+    const acc_t* gz = gz_scratch + n * w;
     const scalar_t* row = A.y + n * C + c0;
     scalar_t* out = A.out + n * C + c0;
     if (A.batch_stats) {
@@ -279,12 +287,25 @@ template <typename scalar_t, typename acc_t, bool BACKWARD>
 struct Blocks {
   template <int BYTES>
   static FASTSMALL_INLINE void run(const Args<scalar_t, acc_t>& A, int64_t blk0, int64_t blk1) {
+    // The backward's g_z of one block, reused by the task's blocks (N x kBlock of acc_t).
+    std::unique_ptr<acc_t[]> gz;
+    if constexpr (BACKWARD) gz.reset(new acc_t[static_cast<size_t>(std::max<int64_t>(1, A.N * kBlock))]);
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t c0 = blk * kBlock, w = std::min(kBlock, A.C - c0);
+      // A full block passes the constant kBlock: the bodies are force-inlined, so every loop over a
+      // row of the block has a known trip count (whole vectors, no remainder loop per row).
       if constexpr (BACKWARD) {
-        backward_block(A, c0, w);
+        if (w == kBlock) {
+          backward_block(A, c0, kBlock, gz.get());
+        } else {
+          backward_block(A, c0, w, gz.get());
+        }
       } else {
-        forward_block(A, c0, w);
+        if (w == kBlock) {
+          forward_block(A, c0, kBlock);
+        } else {
+          forward_block(A, c0, w);
+        }
       }
     }
   }
