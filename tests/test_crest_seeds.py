@@ -15,7 +15,7 @@ from fastsmall.methods.common.config import ConfigError, validate_config
 from fastsmall.methods.common.replicas import ReplicaStack
 from fastsmall.methods.crest.stacked import StackedCReST
 from fastsmall.methods.models import DigitsCNN
-from pipeline_helpers import assert_cli_prints_seeds_table, assert_seed_runs_close, dies_on_call
+from pipeline_helpers import assert_cli_prints_seeds_table, assert_seed_runs_close, dies_on_call, one_thread  # noqa: F401
 
 # threshold 0.5 and a short EMA: pseudo-labels pass the mask and the EMA model's accuracy moves
 # within a few steps, so the comparison covers the unlabelled loss, DA and the pseudo-label picks
@@ -193,6 +193,30 @@ def test_crest_experiment_stacked_is_the_sequential_experiment(tmp_path, float64
     fix3, plus3 = (stacked[(m, s)]["test_balanced_accuracy"] for m, s in (("fixmatch", 3), ("crest+", 3)))
     mean = ((plus - fix) + (plus3 - fix3)) / 2
     assert f"| crest+ − fixmatch | {mean:+.3f} ± " in report
+
+
+def test_crest_experiment_precision_reaches_every_run(tmp_path, monkeypatch, one_thread):
+    """--precision (bf16 parity of the documented experiment, issue 12): every run's config has it,
+    the reproduce command names it; fp32 stays out of the command (the default)."""
+    import dataclasses
+    from fastsmall.methods.crest import experiment
+    seen, real_run = [], experiment.run
+
+    def tiny_run(out, seeds, base, stacked=False):  # the runner's own run, at the tests' size
+        seen.append(base)
+        return real_run(out, seeds, dataclasses.replace(base, **{k: v for k, v in TINY.items()
+                                                                 if k not in ("generations", "epochs")}), stacked)
+
+    monkeypatch.setattr(experiment, "run", tiny_run)
+    argv = ["--seeds", "0", "--generations", "2", "--epochs", "2", "--out", str(tmp_path / "bf16")]
+    assert experiment.main(argv + ["--precision", "bf16"]) == 0
+    assert seen[-1].precision == "bf16"
+    configs = sorted((tmp_path / "bf16").glob("*-seed0/config.json"))
+    assert len(configs) == len(experiment.METHODS)
+    assert {json.loads(c.read_text())["precision"] for c in configs} == {"bf16"}
+    assert "--epochs 2 --precision bf16`" in (tmp_path / "bf16" / "report.md").read_text()
+    assert experiment.main(["--seeds", "0", "--generations", "2", "--epochs", "2", "--out", str(tmp_path / "fp32")]) == 0
+    assert seen[-1].precision == "fp32" and "--precision" not in (tmp_path / "fp32" / "report.md").read_text()
 
 
 # ---- the stacked SGD over param groups ----------------------------------------------------------------

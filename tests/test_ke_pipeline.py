@@ -385,3 +385,17 @@ def test_experiment_runner_at_the_papers_split_rates(tmp_path, one_thread):
     results = json.loads((tmp_path / "runs" / "results.json").read_text())
     assert {r["split_rate"] for k, r in results.items() if k.startswith("KE (WELS)")} == {0.7}
     assert {r["split_rate"] for k, r in results.items() if not k.startswith("KE (WELS)")} == {0.8}
+
+
+def test_experiment_runner_precision_reaches_every_run(tmp_path, one_thread):
+    """--precision (bf16 parity of the documented experiment, issue 12): every run's config has it
+    and the reproduce command names it."""
+    from fastsmall.methods.ke import experiment
+    out = tmp_path / "runs"
+    argv = ["--seeds", "0", "--generations", "1", "--epochs", "1", "--per-class", "4", "--precision", "bf16",
+            "--out", str(out)]
+    assert experiment.main(argv) == 0
+    configs = sorted(out.glob("*-seeds/config.json")) + sorted(out.glob("*-seeds/seed-0/config.json"))
+    assert len(configs) == 2 * len(experiment.RUNS)
+    assert {json.loads(c.read_text())["precision"] for c in configs} == {"bf16"}
+    assert "--per-class 4 --precision bf16`" in (out / "report.md").read_text()

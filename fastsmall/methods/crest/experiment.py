@@ -28,6 +28,8 @@ from .train import train
 METHODS = {"fixmatch": dict(baseline="fixmatch"), "crest": dict(), "crest+": dict(plus=True)}
 #: the Config fields the runner exposes as flags (issue 15: the official protocol's choices)
 PROTOCOL = ("da_window", "da_start", "dist_align", "da_momentum", "ema_schedule", "lr_schedule", "unlabelled_stream")
+#: and the speed option whose effect on the results the runner can measure (issue 12: bf16 parity)
+OPTIONS = PROTOCOL + ("precision",)
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--generations", type=int, default=6, help="CReST generations (the official 6)")
     parser.add_argument("--epochs", type=int, default=6)
-    for name in PROTOCOL:  # the protocol options, with the Config's defaults and help
+    for name in OPTIONS:  # the protocol options and --precision, with the Config's defaults and help
         f = next(f for f in dataclasses.fields(Config) if f.name == name)
         parser.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=f.default,
                             choices=f.metadata.get("choices"), help=f.metadata["help"].replace("%", "%%"))
@@ -208,7 +210,7 @@ def main(argv=None) -> int:
                         help="each method's seeds stacked in one process (same numbers; slower on a CPU, see run())")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    protocol = {name: getattr(args, name) for name in PROTOCOL}
+    protocol = {name: getattr(args, name) for name in OPTIONS}
     base = Config(generations=args.generations, epochs=args.epochs, **protocol)
     validate_config(base)
     start = time.perf_counter()

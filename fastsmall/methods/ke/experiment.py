@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..common.config import validate_config
+from ..common.speed import PRECISIONS
 from ..common.report import machine_description, mean_std, paired, publish, report_path
 from .config import Config
 from .plots import plot_comparison
@@ -195,13 +196,16 @@ def main(argv=None) -> int:
     parser.add_argument("--kels-rate", type=float, default=0.5,
                         help="split rate s_r of KE (KELS) and of the controls' slim slices (the paper's tables: 0.8)")
     parser.add_argument("--wels-rate", type=float, default=0.5, help="split rate s_r of KE (WELS) (the paper's: 0.7)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="every run's --precision (bf16: matmuls and convolutions in bfloat16 where the CPU has "
+                             "bf16 matrix units; bench/bf16_parity.py compares the two)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (an 8x8 CNN gains nothing from more)")
     parser.add_argument("--sequential", action="store_true",
                         help="one single-seed run after another instead of each run's seeds stacked in one process")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = Config(generations=args.generations, epochs=args.epochs, per_class=args.per_class,
-                  split_rate=args.kels_rate)
+                  split_rate=args.kels_rate, precision=args.precision)
     validate_config(base)
     start = time.perf_counter()
     results = run(Path(args.out), args.seeds, base, stacked=not args.sequential, wels_rate=args.wels_rate)
@@ -209,6 +213,7 @@ def main(argv=None) -> int:
                + f" --generations {args.generations} --epochs {args.epochs} --per-class {args.per_class}"
                + (f" --kels-rate {args.kels_rate:g}" if args.kels_rate != 0.5 else "")
                + (f" --wels-rate {args.wels_rate:g}" if args.wels_rate != 0.5 else "")
+               + (f" --precision {args.precision}" if args.precision != "fp32" else "")
                + (" --sequential" if args.sequential else "")
                # without --doc the command would rewrite the default doc, not this one
                + (f" --doc {args.doc}" if args.update_docs and args.doc != DEFAULT_DOC else "")
