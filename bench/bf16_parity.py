@@ -1,78 +1,195 @@
-"""Does ``--precision bf16`` preserve a method's results? Knowledge Evolution (KELS, s_r = 0.5) on
-digits-small, fp32 against bf16 for the same seeds, paired.
+"""Does ``--precision bf16`` preserve a method's documented results? The documented experiment of
+Knowledge Evolution (docs/ke_digits_small.md), CReST (docs/crest_digits_lt.md) or PoseAug
+(docs/poseaug_trained_augmentor.md), run with its own reproduce command once in fp32 and once in
+bf16 for the same seeds, compared per seed (paired).
 
-    python bench/bf16_parity.py [--seeds 0 1 2 3 4] [--generations 3] [--out runs/bf16-parity]
+    python bench/bf16_parity.py --method ke|crest|poseaug [--seeds ...] [--out runs/parity] [--emulate]
+    python bench/bf16_parity.py --method poseaug --fp32-doc docs/poseaug_trained_augmentor.md
 
-On a machine without bf16 matrix units the bf16 runs are *emulated* (FASTSMALL_BF16_EMULATE=1,
-set here): the same bf16 numerics -- bf16 operands, float32 accumulation, everything that stays
-float32 staying float32 -- at ~10x fp32's time instead of faster. That answers the numerical
-question (does the test accuracy move beyond the seed-to-seed spread?), not the speed one.
-KE is the method this machine can afford in bf16 emulation (a CReST+ step is 14x slower
-emulated: an hour per generation set); CReST+ and PoseAug are left to a machine with the units.
+``--fp32-doc`` (PoseAug, whose docs list the last epoch's MPJPE per seed) takes the fp32 side
+from the documented run's per-seed table instead of running it again: an hour of machine time
+saved, at the price of comparing across machines when the doc was made on another CPU (fp32
+itself is not bit-identical across instruction sets), which the output says.
 
-Reports per seed the last generation's test accuracy (never a best-on-test pick) in fp32 and
-bf16, their paired difference, mean +- std over seeds and a 95 % t-interval of the difference,
-next to fp32's seed-to-seed standard deviation.
+Each run is the experiment runner itself (``fastsmall.methods.<method>.experiment``) with
+``--precision fp32`` / ``bf16`` and ``--out OUT/<method>-<precision>``; runs resume, so an
+interrupted comparison (or runs started by hand with the same arguments) continue where they
+stopped. Prints, per reported metric of the final generation, mean +- std over seeds in fp32 and
+in bf16, the paired difference bf16 - fp32 (mean +- std [95 % t-interval], seeds where bf16 is
+higher) and fp32's seed-to-seed standard deviation: bf16 "preserves the result" where the paired
+difference is small against that spread.
+
+bf16 needs bf16 matrix units (AMX-BF16 / AVX512-BF16; ``python -m fastsmall.info``). Without
+them ``--precision bf16`` runs fp32, which would compare fp32 with itself: the script refuses,
+unless ``--emulate`` (FASTSMALL_BF16_EMULATE=1: bf16 operands with float32 accumulation at ~10x
+fp32's time) asks for the numerics without the speed.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
+import contextlib
+import json
 import os
-import platform
-import statistics
-import time
+import re
+import sys
+from pathlib import Path
 
-os.environ.setdefault("FASTSMALL_BF16_EMULATE", "1")  # before the methods read it (no effect with bf16 units)
-
-import torch  # noqa: E402
-
-from fastsmall.methods import ke  # noqa: E402
-from fastsmall.methods.common.speed import bf16_units  # noqa: E402
-
-T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
+def _field(run: str, key: str):
+    """The getter of a KE / CReST results.json value: results["run|seed"][key]."""
+    return lambda results, seed: results[f"{run}|{seed}"][key]
 
 
-def run(seed: int, precision: str, generations: int, out: str) -> dict:
-    cfg = ke.Config(split="kels", split_rate=0.5, generations=generations, seed=seed, precision=precision,
-                    quiet=True, resume=True, out=f"{out}/{precision}-seed{seed}")
-    return ke.train(cfg)
+def _mpjpe(condition: str, evaluation: str):
+    """The getter of a PoseAug results.json value: the last epoch's MPJPE on one evaluation set."""
+    return lambda results, seed: results[f"{condition}-seed{seed}"]["last"][evaluation]["mpjpe"]
+
+
+def _minus(a, b):
+    """The getter of a per-seed difference of two getters (a method's effect, paired by seed)."""
+    return lambda results, seed: a(results, seed) - b(results, seed)
+
+
+_KE_KELS, _KE_LONG = _field("KE (KELS)", "test_accuracy"), _field("long", "test_accuracy")
+_CREST = {m: {k: _field(m, k) for k in ("test_balanced_accuracy", "test_tail_recall")}
+          for m in ("fixmatch", "crest", "crest+")}
+_BROAD = {c: _mpjpe(c, "synthetic-broad") for c in ("no-augment", "random-view", "frozen", "poseaug")}
+
+#: the documented experiments: (runner module, the doc's arguments, (label, getter) rows, digits).
+#: The rows: each run's final numbers, then the comparisons the doc draws its conclusions from.
+EXPERIMENTS = {
+    "ke": ("fastsmall.methods.ke.experiment",  # docs/ke_digits_small.md
+           ["--seeds", *map(str, range(10)), "--generations", "10", "--epochs", "40", "--per-class", "10"],
+           [("KE (KELS) dense acc, gen 10", _KE_KELS),
+            ("KE (KELS) slim acc, gen 10", _field("KE (KELS)", "slim_test_accuracy")),
+            ("N1 (gen 1) acc", _field("KE (KELS)", "n1_test_accuracy")),
+            ("KE (WELS) dense acc, gen 10", _field("KE (WELS)", "test_accuracy")),
+            ("restart acc, gen 10", _field("restart", "test_accuracy")),
+            ("long acc, end", _KE_LONG),
+            ("KE (KELS) N10 − N1", _minus(_KE_KELS, _field("KE (KELS)", "n1_test_accuracy"))),
+            ("KE (KELS) − long", _minus(_KE_KELS, _KE_LONG))], 3),
+    "crest": ("fastsmall.methods.crest.experiment",  # docs/crest_digits_lt.md
+              ["--seeds", *map(str, range(5)), "--generations", "6", "--epochs", "6"],
+              [(f"{m} {label}", _field(m, key)) for m in ("fixmatch", "crest", "crest+")
+               for key, label in (("test_balanced_accuracy", "balanced acc"), ("test_tail_recall", "tail recall"),
+                                  ("test_logit_adjusted_accuracy", "logit-adjusted acc"))]
+              + [(f"{a} − fixmatch {label}", _minus(_CREST[a][key], _CREST["fixmatch"][key]))
+                 for a in ("crest", "crest+")
+                 for key, label in (("test_balanced_accuracy", "balanced acc"), ("test_tail_recall", "tail recall"))],
+              3),
+    "poseaug": ("fastsmall.methods.poseaug.experiment",  # docs/poseaug_trained_augmentor.md
+                ["--seeds", *map(str, range(5)), "--train-size", "8192", "--batch-size", "256", "--epochs", "10",
+                 "--baseline-epochs", "20", "--estimator", "simple_baseline", "--estimator-width", "256",
+                 "--warmup", "2", "--warmup-iters", "1920", "--gan-iters-per-epoch", "320"],
+                [(f"{c} MPJPE {e} (mm)", _mpjpe(c, e)) for e in ("synthetic-broad", "bvh")
+                 for c in ("no-augment", "random-view", "frozen", "poseaug")]
+                + [(f"{a} − {b} MPJPE synthetic-broad (mm)", _minus(_BROAD[a], _BROAD[b]))
+                   for a, b in (("poseaug", "frozen"), ("poseaug", "random-view"), ("poseaug", "no-augment"),
+                                ("frozen", "no-augment"))], 1),
+}
+
+
+def _seeds(argv: list[str]) -> list[int]:
+    i = argv.index("--seeds") + 1
+    out = []
+    while i < len(argv) and not argv[i].startswith("--"):
+        out.append(int(argv[i]))
+        i += 1
+    return out
+
+
+def run_experiment(module: str, argv: list[str], log: Path) -> tuple[dict, str]:
+    """(results.json of the run: {"run|seed": summary}, its report's reproduce line)."""
+    import importlib
+    experiment = importlib.import_module(module)
+    out = Path(argv[argv.index("--out") + 1])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f, contextlib.redirect_stdout(f):
+        code = experiment.main(argv)
+    if code != 0:
+        raise SystemExit(f"{module} {' '.join(argv)} failed (exit {code}); its output: {log}")
+    reproduce = next((line for line in (out / "report.md").read_text().splitlines() if line.startswith("Reproduce:")),
+                     "")
+    return json.loads((out / "results.json").read_text()), reproduce
+
+
+def doc_results(path: Path) -> tuple[dict, str]:
+    """(results.json-like values, the reproduce line) of a PoseAug doc, from its "MPJPE per seed"
+    table: {"condition-seedS": {"last": {evaluation set: {"mpjpe": value}}}}."""
+    text = path.read_text()
+    if "## MPJPE per seed (last epoch)" not in text:
+        raise SystemExit(f"--fp32-doc {path}: no '## MPJPE per seed (last epoch)' table (a PoseAug experiment doc has one)")
+    table = [line for line in text.split("## MPJPE per seed (last epoch)")[1].split("\n## ")[0].splitlines()
+             if line.startswith("|")]
+    columns = [c.strip() for c in table[0].strip("|").split("|")]
+    results = {}
+    for line in table[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        last = results.setdefault(f"{cells[0]}-seed{cells[1]}", {"last": {}})["last"]
+        for name, value in zip(columns[2:], cells[2:]):
+            last[name] = {"mpjpe": float(value)}
+    reproduce = next((line for line in text.splitlines() if line.startswith("Reproduce:")), "")
+    return results, reproduce
+
+
+def compare(rows, seeds, fp32: dict, bf16: dict, digits: int = 3) -> list[str]:
+    import statistics
+
+    from fastsmall.methods.common.report import mean_std, paired
+    lines = ["| metric (final generation / epoch) | fp32 | bf16 | bf16 − fp32 (paired) | fp32 seed-to-seed std |",
+             "|---|---|---|---|---|"]
+    for label, get in rows:
+        a = [get(fp32, s) for s in seeds]
+        b = [get(bf16, s) for s in seeds]
+        sd = statistics.stdev(a) if len(a) > 1 else float("nan")
+        lines.append(f"| {label} | {mean_std(a, digits)} | {mean_std(b, digits)} | {paired(b, a, digits)} | "
+                     f"{sd:.{digits}f} |")
+    return lines
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--generations", type=int, default=3)
-    ap.add_argument("--out", default="runs/bf16-parity")
+    ap.add_argument("--method", choices=sorted(EXPERIMENTS), required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", help="default: the documented experiment's seeds")
+    ap.add_argument("--out", default="runs/parity")
+    ap.add_argument("--emulate", action="store_true",
+                    help="without bf16 matrix units: emulated bf16 numerics (FASTSMALL_BF16_EMULATE=1, ~10x slower)")
+    ap.add_argument("--fp32-doc", type=Path,
+                    help="poseaug: the fp32 side from this doc's per-seed MPJPE table instead of an fp32 run")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)  # an 8x8 CNN gains nothing from intra-op threads (as the demo)
+    if args.emulate:
+        os.environ["FASTSMALL_BF16_EMULATE"] = "1"  # before the methods read it
+    import torch
+    from fastsmall.methods.common.report import machine_description
+    from fastsmall.methods.common.speed import bf16_units
     units = bf16_units(torch.device("cpu"))[0]
-    start = time.perf_counter()
-    rows = []
-    for seed in args.seeds:
-        fp32 = run(seed, "fp32", args.generations, args.out)
-        bf16 = run(seed, "bf16", args.generations, args.out)
-        rows.append((seed, fp32["test_accuracy"], bf16["test_accuracy"]))
-        print(f"seed {seed}: fp32 {fp32['test_accuracy']:.4f}  bf16 {bf16['test_accuracy']:.4f}", flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"\nKnowledge Evolution, KELS s_r = 0.5, digits-small, {args.generations} generations x "
-          f"{ke.Config().epochs} epochs; last generation's test accuracy. bf16 "
-          f"{'on bf16 matrix units' if units else 'EMULATED (no bf16 matrix units on this CPU)'}; {cpu}, torch "
-          f"{torch.__version__}, Python {platform.python_version()}, {(time.perf_counter() - start) / 60:.1f} min.\n")
-    print("| seed | fp32 | bf16 | bf16 - fp32 |\n|---|---|---|---|")
-    for seed, a, b in rows:
-        print(f"| {seed} | {a:.4f} | {b:.4f} | {b - a:+.4f} |")
-    fp, bf = [r[1] for r in rows], [r[2] for r in rows]
-    diff = [b - a for a, b in zip(fp, bf)]
-    n = len(rows)
-    sd = lambda v: statistics.stdev(v) if len(v) > 1 else float("nan")  # noqa: E731
-    half = T95.get(n, 1.96) * sd(diff) / math.sqrt(n) if n > 1 else float("nan")
-    print(f"| mean +- std | {statistics.mean(fp):.4f} +- {sd(fp):.4f} | {statistics.mean(bf):.4f} +- {sd(bf):.4f} | "
-          f"{statistics.mean(diff):+.4f} +- {sd(diff):.4f} |")
-    print(f"\npaired difference bf16 - fp32: {statistics.mean(diff):+.4f}, 95 % interval "
-          f"[{statistics.mean(diff) - half:+.4f}, {statistics.mean(diff) + half:+.4f}]; fp32 seed-to-seed std "
-          f"{sd(fp):.4f}")
+    if not units and not args.emulate:
+        ap.error("this CPU has no bf16 matrix units (AMX-BF16 / AVX512-BF16), so --precision bf16 would run fp32 "
+                 "and the comparison would be fp32 against itself; pass --emulate for the bf16 numerics at ~10x "
+                 "fp32's time")
+    module, doc_args, rows, digits = EXPERIMENTS[args.method]
+    base = list(doc_args)
+    if args.seeds:
+        i = base.index("--seeds")
+        base = base[:i] + ["--seeds", *map(str, args.seeds)] + base[i + 1 + len(_seeds(base)):]
+    seeds = _seeds(base)
+    if args.fp32_doc is not None and args.method != "poseaug":
+        ap.error("--fp32-doc: only PoseAug's docs list their per-seed numbers")
+    results, reproduce = {}, {}
+    if args.fp32_doc is not None:
+        results["fp32"], reproduce["fp32"] = doc_results(args.fp32_doc)
+    for precision in ("bf16",) if args.fp32_doc is not None else ("fp32", "bf16"):
+        out = Path(args.out) / f"{args.method}-{precision}"
+        print(f"[parity] {args.method} {precision}: {out}", file=sys.stderr, flush=True)
+        results[precision], reproduce[precision] = run_experiment(
+            module, base + ["--precision", precision, "--out", str(out)], Path(args.out) / f"{args.method}-{precision}.log")
+    minutes = {p: re.search(r"\(([\d.]+) min", reproduce[p]) for p in reproduce}
+    print(f"{args.method}: the documented experiment ({' '.join(base)}), fp32 against bf16, seeds {seeds}; bf16 "
+          f"{'on bf16 matrix units' if units else 'EMULATED (no bf16 matrix units on this CPU)'}; "
+          f"{machine_description()}; training time fp32 "
+          f"{minutes['fp32'].group(1) if minutes['fp32'] else '?'} min, bf16 "
+          f"{minutes['bf16'].group(1) if minutes['bf16'] else '?'} min."
+          + (f" The fp32 side is {args.fp32_doc}'s table: {reproduce['fp32']}" if args.fp32_doc else "") + "\n")
+    print("\n".join(compare(rows, seeds, results["fp32"], results["bf16"], digits)))
     return 0
 
 

@@ -191,3 +191,18 @@ def test_experiment_report_has_the_controls_the_pairs_and_the_diagnostics(tmp_pa
     assert doc.read_text() == "unchanged"
     report = (tmp_path / "runs" / "report.md").read_text()
     assert "| poseaug − frozen | " in report and (tmp_path / "runs" / "report.png").stat().st_size > 1000
+
+
+def test_experiment_precision_reaches_every_run(tmp_path):
+    """--precision (bf16 parity of the documented experiment, issue 12): every run's config, stage 0
+    included, has it, and the reproduce command names it."""
+    from fastsmall.methods.poseaug import experiment
+    out = tmp_path / "runs"
+    assert experiment.main(["--seeds", "0", "--train-size", "128", "--batch-size", "64", "--epochs", "2",
+                            "--baseline-epochs", "1", "--estimator-width", "32", "--warmup", "1",
+                            "--gan-iters-per-epoch", "2", "--conditions", "frozen", "poseaug", "--precision", "bf16",
+                            "--cmu", str(tmp_path / "no-cmu"), "--out", str(out)]) == 0
+    configs = sorted(out.glob("*-seed0/config.json"))
+    assert [c.parent.name for c in configs] == ["frozen-seed0", "poseaug-seed0", "stage0-seed0"]
+    assert {json.loads(c.read_text())["precision"] for c in configs} == {"bf16"}
+    assert "--conditions frozen poseaug --precision bf16" in (out / "report.md").read_text()

@@ -31,6 +31,7 @@ import torch
 
 from ..common.plotting import integer_xaxis
 from ..common.report import machine_description, mean_std, publish, report_path
+from ..common.speed import PRECISIONS
 from .config import Config
 from .train import train
 
@@ -284,13 +285,17 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-iters", type=int, default=None, help="warm-up in G iterations")
     parser.add_argument("--gan-iters-per-epoch", type=int, default=None, help="G iterations per epoch")
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="every run's --precision (bf16: matmuls in bfloat16 where the CPU has bf16 matrix units; "
+                             "bench/bf16_parity.py compares the two)")
     args = parser.parse_args(argv)
     evals = ["synthetic-broad"] + ([f"bvh:{args.cmu}"] if Path(args.cmu).exists() else [])
     base = Config(data="synthetic", subset="narrow", train_size=args.train_size, batch_size=args.batch_size,
                   test_size=4096, epochs=args.epochs,
                   baseline_epochs=args.baseline_epochs, estimator=args.estimator,
                   estimator_width=args.estimator_width, eval=evals, stride=4, warmup=args.warmup,
-                  warmup_iters=args.warmup_iters, gan_iters_per_epoch=args.gan_iters_per_epoch)
+                  warmup_iters=args.warmup_iters, gan_iters_per_epoch=args.gan_iters_per_epoch,
+                  precision=args.precision)
     start = time.perf_counter()
     results = run(Path(args.out), args.seeds, base, args.conditions)
     command = (f"python -m fastsmall.methods.poseaug.experiment --seeds {' '.join(map(str, args.seeds))} "
@@ -302,6 +307,7 @@ def main(argv=None) -> int:
                + (f" --warmup-iters {args.warmup_iters}" if args.warmup_iters is not None else "")
                + (f" --gan-iters-per-epoch {args.gan_iters_per_epoch}" if args.gan_iters_per_epoch else "")
                + (f" --conditions {' '.join(args.conditions)}" if args.conditions != list(CONDITIONS) else "")
+               + (f" --precision {args.precision}" if args.precision != "fp32" else "")
                + (f" --out {args.out}" if args.out != parser.get_default("out") else "")
                + (f" --doc {args.doc}" if args.doc != parser.get_default("doc") else "")
                + (" --update-docs" if args.update_docs else ""))
