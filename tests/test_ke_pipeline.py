@@ -389,7 +389,7 @@ def test_experiment_runner_at_the_papers_split_rates(tmp_path, one_thread):
 
 def test_experiment_runner_precision_reaches_every_run(tmp_path, one_thread):
     """--precision (bf16 parity of the documented experiment, issue 12): every run's config has it
-    and the reproduce command names it."""
+    and the reproduce command names it; a second call resumes the finished runs."""
     from fastsmall.methods.ke import experiment
     out = tmp_path / "runs"
     argv = ["--seeds", "0", "--generations", "1", "--epochs", "1", "--per-class", "4", "--precision", "bf16",
@@ -399,3 +399,8 @@ def test_experiment_runner_precision_reaches_every_run(tmp_path, one_thread):
     assert len(configs) == 2 * len(experiment.RUNS)
     assert {json.loads(c.read_text())["precision"] for c in configs} == {"bf16"}
     assert "--per-class 4 --precision bf16`" in (out / "report.md").read_text()
+    # run again into the same directory: the finished runs are read back (an interrupted experiment
+    # resumes; before, a second call stopped at "already holds a run"), with the same results
+    first = (out / "results.json").read_text()
+    assert experiment.main(argv) == 0
+    assert (out / "results.json").read_text() == first

@@ -63,8 +63,9 @@ def run(out: Path, seeds: list[int], base: Config, stacked: bool = True, wels_ra
     runs = {name: _changes(name, changes, base.split_rate, wels_rate) for name, changes in RUNS.items()}
     if stacked:
         for name, changes in runs.items():
+            # resume=True: an interrupted experiment continues where it stopped (a finished run is read back)
             cfg = dataclasses.replace(base, seeds=list(seeds), out=str(out / f"{_run_dir(name, changes)}-seeds"),
-                                      quiet=True, **changes)
+                                      quiet=True, resume=True, **changes)
             start = time.perf_counter()
             summary = train(cfg)
             print(f"[experiment] {name}: {len(seeds)} seeds stacked ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -75,7 +76,7 @@ def run(out: Path, seeds: list[int], base: Config, stacked: bool = True, wels_ra
     for seed in seeds:
         for name, changes in runs.items():
             cfg = dataclasses.replace(base, seed=seed, out=str(out / f"{_run_dir(name, changes)}-seed{seed}"),
-                                      quiet=True, **changes)
+                                      quiet=True, resume=True, **changes)
             start = time.perf_counter()
             results[(name, seed)] = train(cfg)
             _say(name, seed, results[(name, seed)], base.generations)
