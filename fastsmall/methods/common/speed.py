@@ -45,6 +45,14 @@ def precision_option():
                   choices=list(PRECISIONS))
 
 
+def add_precision_argument(parser) -> None:
+    """An experiment runner's ``--precision``: the precision of every run it trains (its reproduce
+    command names bf16; ``bench/bf16_parity.py`` pairs a documented experiment's fp32 and bf16 runs)."""
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="every run's --precision (bf16: matmuls and convolutions in bfloat16 where the hardware "
+                             "has bf16 matrix units; bench/bf16_parity.py compares the two)")
+
+
 def channels_last_option():
     return option(False, "NHWC activations and conv weights (the layout oneDNN's CPU convolutions run natively)")
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from ..common.config import validate_config
-from ..common.speed import PRECISIONS
 from ..common.report import machine_description, mean_std, paired, publish, report_path
+from ..common.speed import add_precision_argument
 from .config import Config
 from .plots import plot_comparison
 from .train import train
@@ -197,9 +197,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kels-rate", type=float, default=0.5,
                         help="split rate s_r of KE (KELS) and of the controls' slim slices (the paper's tables: 0.8)")
     parser.add_argument("--wels-rate", type=float, default=0.5, help="split rate s_r of KE (WELS) (the paper's: 0.7)")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="every run's --precision (bf16: matmuls and convolutions in bfloat16 where the CPU has "
-                             "bf16 matrix units; bench/bf16_parity.py compares the two)")
+    add_precision_argument(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (an 8x8 CNN gains nothing from more)")
     parser.add_argument("--sequential", action="store_true",
                         help="one single-seed run after another instead of each run's seeds stacked in one process")

@@ -31,7 +31,7 @@ import torch
 
 from ..common.plotting import integer_xaxis
 from ..common.report import machine_description, mean_std, publish, report_path
-from ..common.speed import PRECISIONS
+from ..common.speed import add_precision_argument
 from .config import Config
 from .train import train
 
@@ -285,9 +285,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-iters", type=int, default=None, help="warm-up in G iterations")
     parser.add_argument("--gan-iters-per-epoch", type=int, default=None, help="G iterations per epoch")
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="every run's --precision (bf16: matmuls in bfloat16 where the CPU has bf16 matrix units; "
-                             "bench/bf16_parity.py compares the two)")
+    add_precision_argument(parser)
     args = parser.parse_args(argv)
     evals = ["synthetic-broad"] + ([f"bvh:{args.cmu}"] if Path(args.cmu).exists() else [])
     base = Config(data="synthetic", subset="narrow", train_size=args.train_size, batch_size=args.batch_size,
