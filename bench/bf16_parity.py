@@ -54,11 +54,12 @@ _CREST = {m: {k: _field(m, k) for k in ("test_balanced_accuracy", "test_tail_rec
           for m in ("fixmatch", "crest", "crest+")}
 _BROAD = {c: _mpjpe(c, "synthetic-broad") for c in ("no-augment", "random-view", "frozen", "poseaug")}
 
-#: the documented experiments: (runner module, the doc's arguments, (label, getter) rows, digits).
+#: the documented experiments: (runner module, the doc's seeds, its other arguments, (label, getter) rows,
+#: digits).
 #: The rows: each run's final numbers, then the comparisons the doc draws its conclusions from.
 EXPERIMENTS = {
     "ke": ("fastsmall.methods.ke.experiment",  # docs/ke_digits_small.md
-           ["--seeds", *map(str, range(10)), "--generations", "10", "--epochs", "40", "--per-class", "10"],
+           range(10), ["--generations", "10", "--epochs", "40", "--per-class", "10"],
            [("KE (KELS) dense acc, gen 10", _KE_KELS),
             ("KE (KELS) slim acc, gen 10", _field("KE (KELS)", "slim_test_accuracy")),
             ("N1 (gen 1) acc", _field("KE (KELS)", "n1_test_accuracy")),
@@ -68,7 +69,7 @@ EXPERIMENTS = {
             ("KE (KELS) N10 − N1", _minus(_KE_KELS, _field("KE (KELS)", "n1_test_accuracy"))),
             ("KE (KELS) − long", _minus(_KE_KELS, _KE_LONG))], 3),
     "crest": ("fastsmall.methods.crest.experiment",  # docs/crest_digits_lt.md
-              ["--seeds", *map(str, range(5)), "--generations", "6", "--epochs", "6"],
+              range(5), ["--generations", "6", "--epochs", "6"],
               [(f"{m} {label}", _field(m, key)) for m in ("fixmatch", "crest", "crest+")
                for key, label in (("test_balanced_accuracy", "balanced acc"), ("test_tail_recall", "tail recall"),
                                   ("test_logit_adjusted_accuracy", "logit-adjusted acc"))]
@@ -77,7 +78,7 @@ EXPERIMENTS = {
                  for key, label in (("test_balanced_accuracy", "balanced acc"), ("test_tail_recall", "tail recall"))],
               3),
     "poseaug": ("fastsmall.methods.poseaug.experiment",  # docs/poseaug_trained_augmentor.md
-                ["--seeds", *map(str, range(5)), "--train-size", "8192", "--batch-size", "256", "--epochs", "10",
+                range(5), ["--train-size", "8192", "--batch-size", "256", "--epochs", "10",
                  "--baseline-epochs", "20", "--estimator", "simple_baseline", "--estimator-width", "256",
                  "--warmup", "2", "--warmup-iters", "1920", "--gan-iters-per-epoch", "320"],
                 [(f"{c} MPJPE {e} (mm)", _mpjpe(c, e)) for e in ("synthetic-broad", "bvh")
@@ -86,15 +87,6 @@ EXPERIMENTS = {
                    for a, b in (("poseaug", "frozen"), ("poseaug", "random-view"), ("poseaug", "no-augment"),
                                 ("frozen", "no-augment"))], 1),
 }
-
-
-def _seeds(argv: list[str]) -> list[int]:
-    i = argv.index("--seeds") + 1
-    out = []
-    while i < len(argv) and not argv[i].startswith("--"):
-        out.append(int(argv[i]))
-        i += 1
-    return out
 
 
 def run_experiment(module: str, argv: list[str], log: Path) -> tuple[dict, str]:
@@ -166,12 +158,9 @@ def main(argv=None) -> int:
         ap.error("this CPU has no bf16 matrix units (AMX-BF16 / AVX512-BF16), so --precision bf16 would run fp32 "
                  "and the comparison would be fp32 against itself; pass --emulate for the bf16 numerics at ~10x "
                  "fp32's time")
-    module, doc_args, rows, digits = EXPERIMENTS[args.method]
-    base = list(doc_args)
-    if args.seeds:
-        i = base.index("--seeds")
-        base = base[:i] + ["--seeds", *map(str, args.seeds)] + base[i + 1 + len(_seeds(base)):]
-    seeds = _seeds(base)
+    module, doc_seeds, doc_args, rows, digits = EXPERIMENTS[args.method]
+    seeds = list(args.seeds or doc_seeds)
+    base = ["--seeds", *map(str, seeds), *doc_args]
     if args.fp32_doc is not None and args.method != "poseaug":
         ap.error("--fp32-doc: only PoseAug's docs list their per-seed numbers")
     results, reproduce = {}, {}

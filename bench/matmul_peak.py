@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from fastsmall.methods.common.speed import matrix_units
+from bench_steps import machine_line
 
 
 def main() -> None:
@@ -18,8 +18,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
     n = args.size
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"CPU: {cpu}; matrix units: { {k: v for k, v in matrix_units().items() if v} }; torch {torch.__version__}")
+    print(machine_line())
     print("\n| threads | dtype | ms | GFLOP/s |\n|---|---|---|---|")
     for threads in args.threads:
         torch.set_num_threads(threads)
