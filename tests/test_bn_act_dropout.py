@@ -580,3 +580,119 @@ def test_cpu_kernel_gives_the_same_bits_on_every_instruction_set(tmp_path):
         results.append(torch.load(path, weights_only=True))
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+# ---- the CPU kernel's two splits (row split for few columns: BatchNorm2d's channels-last view) ----
+
+SPLIT_CASES = [  # N, C, dtype, mode, p: rows not a multiple of the 64-row chunk, partial 32-column blocks
+    (30720, 32, torch.float32, "batch", 0.0), (1000, 37, torch.float32, "batch", 0.3),
+    (7681, 64, torch.bfloat16, "batch", 0.2), (130, 5, torch.float64, "batch", 0.5),
+    (3, 70, torch.float32, "eval", 0.25), (200, 33, torch.float32, "eval", 0.0),
+]
+
+
+@needs_ops
+@pytest.mark.parametrize("N, C, dtype, mode, p", SPLIT_CASES)
+def test_row_and_column_splits_give_the_same_bits(monkeypatch, N, C, dtype, mode, p):
+    """The row split (partial sums per 64-row chunk, combined in chunk order) and the column split
+    (a block of columns per task) compute the same bits, on one thread and on two: forward,
+    statistics, backward and the parameters' gradients. FASTSMALL_BN_ACT_SPLIT forces each."""
+    torch.manual_seed(N + C)
+    args = inputs(N, C, dtype=dtype, mode=mode, p=p)
+    cot = torch.randn(N, C, dtype=torch.float64).to(dtype)
+    results = {}
+    threads = torch.get_num_threads()
+    try:
+        for split in ("rows", "columns"):
+            monkeypatch.setenv("FASTSMALL_BN_ACT_SPLIT", split)
+            for t in (1, 2):
+                torch.set_num_threads(t)
+                out, mean, var = torch.ops.fastsmall.bn_act_dropout(*args)
+                grads = torch.ops.fastsmall.bn_act_dropout_backward(
+                    cot, args[0], args[1], args[2], mean, var, args[6], mode == "batch", EPS, args[8], p)
+                results[split, t] = [out, mean, var, *grads]
+    finally:
+        torch.set_num_threads(threads)
+    want = results["columns", 1]
+    for key, got in results.items():
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), key
+    assert_near(want[0], run("reference", *args)[0].detach(), dtype, scale=3.0)  # and they are right
+
+
+@needs_ops
+def test_split_override_is_read_and_checked(monkeypatch):
+    """The override the bit test relies on reaches the kernel: a value that is not a split is an error."""
+    monkeypatch.setenv("FASTSMALL_BN_ACT_SPLIT", "diagonal")
+    with pytest.raises(RuntimeError, match="FASTSMALL_BN_ACT_SPLIT must be rows, columns or auto"):
+        torch.ops.fastsmall.bn_act_dropout(*inputs(8, 3, p=0.0))
+
+
+# ---- BatchNorm2d on channels-last maps ------------------------------------------------------------
+
+def _bn2d_pair(C, momentum, affine=True, track=True):
+    torch.manual_seed(C)
+    bn = nn.BatchNorm2d(C, momentum=momentum, affine=affine, track_running_stats=track).double()
+    if affine:
+        with torch.no_grad():
+            bn.weight.copy_(torch.randn(C, dtype=torch.float64))
+            bn.bias.copy_(torch.randn(C, dtype=torch.float64))
+    return bn, copy.deepcopy(bn)
+
+
+@needs_ops
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_layer_on_a_feature_map_equals_batchnorm2d_and_relu(momentum, slope, channels_last):
+    """``bn_act_dropout_layer(x, BatchNorm2d)`` on [N, C, H, W] is ``act(bn(x))``: outputs, gradients
+    of x / weight / bias, running statistics and num_batches_tracked over three training steps,
+    then eval mode; fused on channels-last maps (its [N*H*W, C] view), the modules' ops otherwise."""
+    N, C, H, W = 6, 5, 3, 4
+    fused_bn, module_bn = _bn2d_pair(C, momentum)
+    act = nn.LeakyReLU(slope) if slope else nn.ReLU()
+    for step in range(4):
+        fused_bn.train(step < 3)
+        module_bn.train(step < 3)
+        x = torch.randn(N, C, H, W, dtype=torch.float64) * 2 + 0.3
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        got = fs.ops.bn_act_dropout_layer(xa, fused_bn, negative_slope=slope)
+        want = act(module_bn(xb))
+        assert got.shape == want.shape
+        assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        cot = torch.randn_like(want)
+        ga = torch.autograd.grad(got, [xa, *fused_bn.parameters()], cot)
+        gb = torch.autograd.grad(want, [xb, *module_bn.parameters()], cot)
+        for a, b in zip(ga, gb):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+        for a, b in zip(fused_bn.buffers(), module_bn.buffers()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+
+
+@needs_ops
+def test_layer_on_a_feature_map_with_residual_and_dropout_is_one_fused_call():
+    """With dropout and a residual on a channels-last map: the op's mask on the [N*H*W, C] view,
+    the residual added after it, and the result a channels-last [N, C, H, W] map."""
+    N, C, H, W = 4, 3, 2, 5
+    bn, _ = _bn2d_pair(C, 0.1)
+    x = torch.randn(N, C, H, W).contiguous(memory_format=torch.channels_last)
+    r = torch.randn(N, C, H, W)  # contiguous: taken to channels-last
+    bn = bn.float()
+    rm, rv = bn.running_mean.clone(), bn.running_var.clone()
+    torch.manual_seed(3)
+    out = fs.ops.bn_act_dropout_layer(x, bn, nn.Dropout(0.4), residual=r)
+    torch.manual_seed(3)  # the same seed draw as the layer's (bn_act_dropout_seed)
+    rows = x.permute(0, 2, 3, 1).reshape(-1, C)
+    want = fs.ops.bn_act_dropout(rows, rm, rv, bn.weight, bn.bias, True, 0.1, bn.eps, p=0.4,
+                                 residual=r.permute(0, 2, 3, 1).reshape(-1, C))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.permute(0, 2, 3, 1).reshape(-1, C), want, rtol=0, atol=0)
+
+
+def test_layer_rejects_a_batchnorm_of_the_wrong_rank():
+    with pytest.raises(ValueError, match="BatchNorm2d does not take a 2-d input"):
+        fs.ops.bn_act_dropout_layer(torch.randn(4, 3), nn.BatchNorm2d(3))
+    with pytest.raises(ValueError, match="BatchNorm1d does not take a 4-d input"):
+        fs.ops.bn_act_dropout_layer(torch.randn(4, 3, 2, 2), nn.BatchNorm1d(3))

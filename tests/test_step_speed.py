@@ -1,7 +1,9 @@
 """--precision / --channels-last / --compile (fastsmall/methods/common/speed.py): what each
 changes and what it must not (no graph breaks in a compiled step, compiled fp32 = eager fp32,
 bf16 only with bf16 matrix units, float32 parameters and losses)."""
+import copy
 import inspect
+import math
 import tempfile
 
 import pytest
@@ -247,3 +249,84 @@ def test_compiled_optimizer_step_follows_eager_and_never_recompiles():
     # separate as in test_compiled_ke_epochs_match_eager: ~2 % in the loss by generation 4)
     for a, b in zip(eager.records[:2], compiled.records[:2]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3, abs=1e-4)
+
+
+# ---- fused BatchNorm -> ReLU in the CNNs (--impl fused --channels-last) ------------------------------
+
+def _digits_pair():
+    from fastsmall.methods.models import DigitsCNN, set_fused_bn_act
+    torch.manual_seed(0)
+    plain = DigitsCNN(10, 1, width=8).double().to(memory_format=torch.channels_last)
+    fused = set_fused_bn_act(copy.deepcopy(plain), True)
+    return plain, fused
+
+
+def test_fused_digits_cnn_equals_its_modules_float64():
+    """DigitsCNN with fused BatchNorm -> ReLU (and the channels-last global mean) computes what its
+    modules compute: logits, every parameter's gradient and the running statistics over three
+    training steps, then eval-mode logits (float64, channels-last input)."""
+    plain, fused = _digits_pair()
+    assert fused.fused_bn_act and not plain.fused_bn_act
+    for step in range(4):
+        for m in (plain, fused):
+            m.train(step < 3)
+        x = torch.randn(12, 1, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        a, b = plain(x), fused(x)
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+        if step < 3:
+            cot = torch.randn_like(a)
+            for p, q in zip(torch.autograd.grad(a, list(plain.parameters()), cot),
+                            torch.autograd.grad(b, list(fused.parameters()), cot)):
+                torch.testing.assert_close(q, p, rtol=0, atol=1e-11)
+    for (name, p), q in zip(plain.state_dict().items(), fused.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-13, msg=name)
+
+
+def test_fused_digits_cnn_runs_the_fused_op_only_on_channels_last_maps():
+    """(A channels-last weight makes a convolution's output channels-last, so both change together.)"""
+    from torch.profiler import profile
+    _, fused = _digits_pair()
+    for memory_format, expected in ((torch.channels_last, 4), (torch.contiguous_format, 0)):
+        fused.to(memory_format=memory_format)
+        x = torch.randn(6, 1, 8, 8, dtype=torch.float64).contiguous(memory_format=memory_format)
+        with profile() as prof:
+            fused(x)
+        calls = sum(e.count for e in prof.key_averages() if e.key == "fastsmall::bn_act_dropout")
+        assert calls == expected, (memory_format, calls)
+
+
+def test_fused_layers_follow_impl_and_channels_last():
+    """Fused BatchNorm -> ReLU only where the run fuses (--impl fused) on channels-last maps: never
+    in the official baseline, never in the default layout; the EMA copy of CReST's model too."""
+    t = crest_trainer(channels_last=True)
+    assert t.speed.fused_layers and t.model.fused_bn_act and t.ema.fused_bn_act
+    assert not crest_trainer(channels_last=True, impl="official").model.fused_bn_act
+    assert not crest_trainer().model.fused_bn_act
+    cfg = KEConfig(quiet=True, out=tempfile.mkdtemp(), epochs=2, warmup_epochs=1, channels_last=True)
+    validate_config(cfg)
+    ke = KETrainer(cfg, Distributed(torch.device("cpu")))
+    ke.build_model()
+    assert ke.model.fused_bn_act
+    losses = ke.train_epoch()
+    assert all(math.isfinite(v) for v in losses.values())
+
+
+def test_channels_last_crest_step_compiles_to_one_graph_with_the_fused_op():
+    t = crest_trainer(channels_last=True)
+    x = torch.randn(32 * 15, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    explanation = torch._dynamo.explain(t._losses)(x, torch.randint(0, 10, (32,)), 0.7)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    ops = {str(n.target) for g in explanation.graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert any("bn_act_dropout" in op for op in ops), sorted(ops)[:20]
+
+
+def test_stacked_replicas_run_their_modules_not_the_fused_op():
+    """vmap (stacked seeds) has no batching rule for fastsmall's ops: ReplicaStack's base network
+    runs the modules even when the replicas are switched to the fused layers."""
+    from fastsmall.methods.common.replicas import ReplicaStack
+    plain, fused = _digits_pair()
+    stack = ReplicaStack([fused, copy.deepcopy(fused)])
+    assert not stack.base.fused_bn_act
+    x = torch.randn(2, 6, 1, 8, 8, dtype=torch.float64)
+    out = stack.functional(lambda net, x: net(x))(x)
+    torch.testing.assert_close(out[0], plain(x[0]), rtol=0, atol=1e-12)

@@ -35,10 +35,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "../checks.h"
 #include "../macros.h"
@@ -131,11 +134,43 @@ FASTSMALL_INLINE void apply_dropout(Key key, uint32_t threshold, acc_t scale, ui
   }
 }
 
+// Float32 partial sums of one chunk of rows [n0, n1) of a block (the columns c0 .. c0 + w): the sum
+// of d = y - shift and of d^2, shift = the column's first row. Both splits (columns, rows) sum a
+// column's chunks with this function and combine them in float64 in chunk order: the same bits.
+template <typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void chunk_sums(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w, int64_t n0, int64_t n1,
+                                 const acc_t* shift, acc_t* q1, acc_t* q2) {
+  acc_t p1[kBlock] = {}, p2[kBlock] = {};
+  for (int64_t n = n0; n < n1; ++n) {
+    const scalar_t* row = A.y + n * A.C + c0;
+    for (int64_t j = 0; j < w; ++j) {
+      const acc_t d = static_cast<acc_t>(row[j]) - shift[j];
+      p1[j] += d;
+      p2[j] += d * d;
+    }
+  }
+  for (int64_t j = 0; j < w; ++j) {
+    q1[j] = p1[j];
+    q2[j] = p2[j];
+  }
+}
+
+// Mean and biased variance of w columns from their float64 sums of d and d^2 (d = y - shift).
+template <typename acc_t>
+FASTSMALL_INLINE void finish_statistics(int64_t N, int64_t w, const acc_t* shift, const double* s1,
+                                        const double* s2, acc_t* mean, acc_t* var) {
+  for (int64_t j = 0; j < w; ++j) {
+    const double m1 = s1[j] / static_cast<double>(N);
+    mean[j] = static_cast<acc_t>(static_cast<double>(shift[j]) + m1);
+    var[j] = static_cast<acc_t>(std::max(0.0, s2[j] / static_cast<double>(N) - m1 * m1));
+  }
+}
+
 // Column statistics of a block: mean and biased variance over the N rows.
 template <typename scalar_t, typename acc_t>
 FASTSMALL_INLINE void block_statistics(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w, acc_t* mean,
                                        acc_t* var) {
-  const int64_t N = A.N, C = A.C;
+  const int64_t N = A.N;
   if (N == 0) {
     for (int64_t j = 0; j < w; ++j) mean[j] = var[j] = acc_t(0);
     return;
@@ -144,26 +179,14 @@ FASTSMALL_INLINE void block_statistics(const Args<scalar_t, acc_t>& A, int64_t c
   double s1[kBlock] = {}, s2[kBlock] = {};
   for (int64_t j = 0; j < w; ++j) shift[j] = static_cast<acc_t>(A.y[c0 + j]);
   for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
-    acc_t p1[kBlock] = {}, p2[kBlock] = {};
-    const int64_t n1 = std::min(N, n0 + kChunk);
-    for (int64_t n = n0; n < n1; ++n) {
-      const scalar_t* row = A.y + n * C + c0;
-      for (int64_t j = 0; j < w; ++j) {
-        const acc_t d = static_cast<acc_t>(row[j]) - shift[j];
-        p1[j] += d;
-        p2[j] += d * d;
-      }
-    }
+    acc_t p1[kBlock], p2[kBlock];
+    chunk_sums(A, c0, w, n0, std::min(N, n0 + kChunk), shift, p1, p2);
     for (int64_t j = 0; j < w; ++j) {
       s1[j] += static_cast<double>(p1[j]);
       s2[j] += static_cast<double>(p2[j]);
     }
   }
-  for (int64_t j = 0; j < w; ++j) {
-    const double m1 = s1[j] / static_cast<double>(N);
-    mean[j] = static_cast<acc_t>(static_cast<double>(shift[j]) + m1);
-    var[j] = static_cast<acc_t>(std::max(0.0, s2[j] / static_cast<double>(N) - m1 * m1));
-  }
+  finish_statistics(N, w, shift, s1, s2, mean, var);
 }
 
 // Per column: invstd, the scale a = weight * invstd and the shift b = bias - mean * a (z = y a + b).
@@ -179,25 +202,14 @@ FASTSMALL_INLINE void block_affine(const Args<scalar_t, acc_t>& A, int64_t c0, i
   }
 }
 
+// The output rows [n0, n1) of a block, from its per-column scale a and shift b (z = y a + b).
 template <typename scalar_t, typename acc_t>
-FASTSMALL_INLINE void forward_block(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w) {
-  const int64_t N = A.N, C = A.C;
-  acc_t mean[kBlock], var[kBlock], invstd[kBlock], a[kBlock], b[kBlock], act[kBlock];
-  if (A.batch_stats) {
-    block_statistics(A, c0, w, mean, var);
-    for (int64_t j = 0; j < w; ++j) {
-      A.mean[c0 + j] = mean[j];
-      A.var[c0 + j] = var[j];
-    }
-  } else {
-    for (int64_t j = 0; j < w; ++j) {
-      mean[j] = A.mean[c0 + j];
-      var[j] = A.var[c0 + j];
-    }
-  }
-  block_affine(A, c0, w, mean, var, invstd, a, b);
+FASTSMALL_INLINE void forward_rows(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w, int64_t n0, int64_t n1,
+                                   const acc_t* a, const acc_t* b) {
+  const int64_t C = A.C;
   const acc_t slope = A.slope, scale = A.scale;
-  for (int64_t n = 0; n < N; ++n) {
+  acc_t act[kBlock];
+  for (int64_t n = n0; n < n1; ++n) {
     const scalar_t* row = A.y + n * C + c0;
     scalar_t* out = A.out + n * C + c0;
     for (int64_t j = 0; j < w; ++j) {
@@ -211,6 +223,25 @@ FASTSMALL_INLINE void forward_block(const Args<scalar_t, acc_t>& A, int64_t c0, 
     }
     for (int64_t j = 0; j < w; ++j) out[j] = static_cast<scalar_t>(act[j]);
   }
+}
+
+template <typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void forward_block(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w) {
+  acc_t mean[kBlock], var[kBlock], invstd[kBlock], a[kBlock], b[kBlock];
+  if (A.batch_stats) {
+    block_statistics(A, c0, w, mean, var);
+    for (int64_t j = 0; j < w; ++j) {
+      A.mean[c0 + j] = mean[j];
+      A.var[c0 + j] = var[j];
+    }
+  } else {
+    for (int64_t j = 0; j < w; ++j) {
+      mean[j] = A.mean[c0 + j];
+      var[j] = A.var[c0 + j];
+    }
+  }
+  block_affine(A, c0, w, mean, var, invstd, a, b);
+  forward_rows(A, c0, w, 0, A.N, a, b);
 }
 
 // g_z of one row of a block: grad * dropout scale (0 where dropped) * leaky-ReLU slope at z.
@@ -227,48 +258,62 @@ FASTSMALL_INLINE void row_grad_z(const Args<scalar_t, acc_t>& A, int64_t n, int6
   if (A.dropout) apply_dropout(A.key, A.threshold, A.scale, static_cast<uint64_t>(n * A.C + c0), w, gz);
 }
 
-// gz_scratch holds the block's g_z ([N, w], row stride w) from pass 1 for pass 2: one hash and
-// one z per element instead of two (the mask still is never stored past the call).
+// Pass 1 of the backward over the rows [n0, n1) of a block: g_z of every row, and the float32 partial
+// sums of g_z (grad_bias) and g_z * xhat (grad_weight). g_z of row n goes to gz + (n - n0) * gz_stride
+// (the column split keeps a block's g_z for pass 2 there; the row split passes a one-row buffer and
+// stride 0, and recomputes g_z in pass 2).
 template <typename scalar_t, typename acc_t>
-FASTSMALL_INLINE void backward_block(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w,
-                                     acc_t* __restrict__ gz_scratch) {
-  const int64_t N = A.N, C = A.C;
-  acc_t mean[kBlock], var[kBlock], invstd[kBlock], a[kBlock], b[kBlock];
-  for (int64_t j = 0; j < w; ++j) {
-    mean[j] = A.mean[c0 + j];
-    var[j] = A.var[c0 + j];
-  }
-  block_affine(A, c0, w, mean, var, invstd, a, b);
-  // pass 1: g_z of every row (kept for pass 2), sum_n g_z (grad_bias) and sum_n g_z * xhat (grad_weight)
-  double sg[kBlock] = {}, sgx[kBlock] = {};
-  for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
-    acc_t p1[kBlock] = {}, p2[kBlock] = {};
-    const int64_t n1 = std::min(N, n0 + kChunk);
-    for (int64_t n = n0; n < n1; ++n) {
-      acc_t* gz = gz_scratch + n * w;
-      row_grad_z(A, n, c0, w, a, b, gz);
-      const scalar_t* row = A.y + n * C + c0;
-      for (int64_t j = 0; j < w; ++j) {
-        const acc_t xhat = (static_cast<acc_t>(row[j]) - mean[j]) * invstd[j];
-        p1[j] += gz[j];
-        p2[j] += gz[j] * xhat;
-      }
-    }
+FASTSMALL_INLINE void backward_chunk_sums(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w, int64_t n0,
+                                          int64_t n1, const acc_t* a, const acc_t* b, const acc_t* mean,
+                                          const acc_t* invstd, acc_t* gz_base, int64_t gz_stride, acc_t* q1,
+                                          acc_t* q2) {
+  acc_t p1[kBlock] = {}, p2[kBlock] = {};
+  for (int64_t n = n0; n < n1; ++n) {
+    acc_t* gz = gz_base + (n - n0) * gz_stride;
+    row_grad_z(A, n, c0, w, a, b, gz);
+    const scalar_t* row = A.y + n * A.C + c0;
     for (int64_t j = 0; j < w; ++j) {
-      sg[j] += static_cast<double>(p1[j]);
-      sgx[j] += static_cast<double>(p2[j]);
+      const acc_t xhat = (static_cast<acc_t>(row[j]) - mean[j]) * invstd[j];
+      p1[j] += gz[j];
+      p2[j] += gz[j] * xhat;
     }
   }
-  acc_t mg[kBlock], mgx[kBlock];
+  for (int64_t j = 0; j < w; ++j) {
+    q1[j] = p1[j];
+    q2[j] = p2[j];
+  }
+}
+
+// grad_bias, grad_weight and the means of g_z and g_z * xhat of w columns from their float64 sums.
+template <typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void finish_gradient_sums(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w, const double* sg,
+                                           const double* sgx, acc_t* mg, acc_t* mgx) {
+  const int64_t N = A.N;
   for (int64_t j = 0; j < w; ++j) {
     A.grad_bias[c0 + j] = static_cast<acc_t>(sg[j]);
     A.grad_weight[c0 + j] = static_cast<acc_t>(sgx[j]);
     mg[j] = N > 0 ? static_cast<acc_t>(sg[j] / static_cast<double>(N)) : acc_t(0);
     mgx[j] = N > 0 ? static_cast<acc_t>(sgx[j] / static_cast<double>(N)) : acc_t(0);
   }
-  // pass 2: grad_y = a (g_z - mean g_z - xhat mean(g_z xhat)) with batch statistics, a g_z without
-  for (int64_t n = 0; n < N; ++n) {
-    const acc_t* gz = gz_scratch + n * w;
+}
+
+// Pass 2 over the rows [n0, n1) of a block: grad_y = a (g_z - mean g_z - xhat mean(g_z xhat)) with
+// batch statistics, a g_z without. g_z is read from gz_base (stride w) or, when gz_base is null,
+// recomputed (the same arithmetic as pass 1, so the same bits).
+template <typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void backward_rows(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w, int64_t n0, int64_t n1,
+                                    const acc_t* a, const acc_t* b, const acc_t* mean, const acc_t* invstd,
+                                    const acc_t* mg, const acc_t* mgx, const acc_t* gz_base) {
+  const int64_t C = A.C;
+  acc_t row_gz[kBlock];
+  for (int64_t n = n0; n < n1; ++n) {
+    const acc_t* gz = gz_base;
+    if (gz_base) {
+      gz = gz_base + (n - n0) * w;
+    } else {
+      row_grad_z(A, n, c0, w, a, b, row_gz);
+      gz = row_gz;
+    }
     const scalar_t* row = A.y + n * C + c0;
     scalar_t* out = A.out + n * C + c0;
     if (A.batch_stats) {
@@ -280,6 +325,32 @@ FASTSMALL_INLINE void backward_block(const Args<scalar_t, acc_t>& A, int64_t c0,
       for (int64_t j = 0; j < w; ++j) out[j] = static_cast<scalar_t>(a[j] * gz[j]);
     }
   }
+}
+
+// gz_scratch holds the block's g_z ([N, w], row stride w) from pass 1 for pass 2: one hash and
+// one z per element instead of two (the mask still is never stored past the call).
+template <typename scalar_t, typename acc_t>
+FASTSMALL_INLINE void backward_block(const Args<scalar_t, acc_t>& A, int64_t c0, int64_t w,
+                                     acc_t* __restrict__ gz_scratch) {
+  const int64_t N = A.N;
+  acc_t mean[kBlock], var[kBlock], invstd[kBlock], a[kBlock], b[kBlock];
+  for (int64_t j = 0; j < w; ++j) {
+    mean[j] = A.mean[c0 + j];
+    var[j] = A.var[c0 + j];
+  }
+  block_affine(A, c0, w, mean, var, invstd, a, b);
+  double sg[kBlock] = {}, sgx[kBlock] = {};
+  for (int64_t n0 = 0; n0 < N; n0 += kChunk) {
+    acc_t p1[kBlock], p2[kBlock];
+    backward_chunk_sums(A, c0, w, n0, std::min(N, n0 + kChunk), a, b, mean, invstd, gz_scratch + n0 * w, w, p1, p2);
+    for (int64_t j = 0; j < w; ++j) {
+      sg[j] += static_cast<double>(p1[j]);
+      sgx[j] += static_cast<double>(p2[j]);
+    }
+  }
+  acc_t mg[kBlock], mgx[kBlock];
+  finish_gradient_sums(A, c0, w, sg, sgx, mg, mgx);
+  backward_rows(A, c0, w, 0, N, a, b, mean, invstd, mg, mgx, gz_scratch);
 }
 
 // The blocks [blk0, blk1) of a call, compiled for one instruction set (isa.h's call_isa).
@@ -311,8 +382,147 @@ struct Blocks {
   }
 };
 
+// ---- the row split ----------------------------------------------------------------------------
+// With few columns (C <= 32-64: BatchNorm2d's [N*H*W, C] view of a channels-last map in the CNNs)
+// the column split has one or two tasks however many rows there are, and its backward keeps an
+// N x 32 g_z scratch (4 MB at CReST's 30,720 rows, fresh pages on every call). The row split cuts
+// the rows into the same chunks of kChunk rows instead, in phases:
+//   forward:  partial sums per (chunk, column) in parallel -> statistics, a, b (serial, [C]) ->
+//             output rows in parallel;
+//   backward: g_z and partial gradient sums per (chunk, column) in parallel -> grad_weight,
+//             grad_bias, means (serial) -> grad_y rows in parallel, g_z recomputed.
+// The partial sums are chunk_sums' / backward_chunk_sums' float32 sums of the same chunks, combined
+// in float64 in chunk order, exactly as the column split does: both splits give the same bits
+// (tests/test_bn_act_dropout.py forces each with FASTSMALL_BN_ACT_SPLIT=rows|columns).
+
+template <typename scalar_t, typename acc_t>
+struct RowJob {
+  Args<scalar_t, acc_t> A;
+  acc_t* shift = nullptr;  // [C]: the first row (forward statistics)
+  acc_t* q1 = nullptr;     // [chunks][C] partial sums
+  acc_t* q2 = nullptr;
+  const acc_t *a = nullptr, *b = nullptr, *mean = nullptr, *invstd = nullptr;  // [C]
+  const acc_t *mg = nullptr, *mgx = nullptr;                                   // [C], backward
+};
+
+enum RowPhase { kForwardSums, kForwardRows, kBackwardSums, kBackwardRows };
+
+// One phase on the chunks [ch0, ch1), compiled for one instruction set (isa.h's call_isa). The
+// per-block bodies are force-inlined (no lambda: a lambda would not inherit the wrapper's target).
+template <typename scalar_t, typename acc_t, int PHASE>
+struct RowChunks {
+  static FASTSMALL_INLINE void block(const RowJob<scalar_t, acc_t>& J, int64_t ch, int64_t n0, int64_t n1, int64_t c0,
+                                     int64_t w) {
+    const auto& A = J.A;
+    const int64_t C = A.C;
+    if constexpr (PHASE == kForwardSums) {
+      chunk_sums(A, c0, w, n0, n1, J.shift + c0, J.q1 + ch * C + c0, J.q2 + ch * C + c0);
+    } else if constexpr (PHASE == kForwardRows) {
+      forward_rows(A, c0, w, n0, n1, J.a + c0, J.b + c0);
+    } else if constexpr (PHASE == kBackwardSums) {
+      acc_t gz[kBlock];
+      backward_chunk_sums(A, c0, w, n0, n1, J.a + c0, J.b + c0, J.mean + c0, J.invstd + c0, gz, 0,
+                          J.q1 + ch * C + c0, J.q2 + ch * C + c0);
+    } else {
+      backward_rows(A, c0, w, n0, n1, J.a + c0, J.b + c0, J.mean + c0, J.invstd + c0, J.mg + c0, J.mgx + c0,
+                    static_cast<const acc_t*>(nullptr));
+    }
+  }
+
+  template <int BYTES>
+  static FASTSMALL_INLINE void run(const RowJob<scalar_t, acc_t>& J, int64_t ch0, int64_t ch1) {
+    const int64_t N = J.A.N, C = J.A.C;
+    for (int64_t ch = ch0; ch < ch1; ++ch) {
+      const int64_t n0 = ch * kChunk, n1 = std::min(N, n0 + kChunk);
+      for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
+        // a full block passes the constant kBlock (whole vectors per row, as the column split)
+        if (C - c0 >= kBlock) {
+          block(J, ch, n0, n1, c0, kBlock);
+        } else {
+          block(J, ch, n0, n1, c0, C - c0);
+        }
+      }
+    }
+  }
+};
+
+template <typename scalar_t, typename acc_t, int PHASE>
+void run_row_phase(const RowJob<scalar_t, acc_t>& J, double ns_per_element) {
+  const int64_t chunks = (J.A.N + kChunk - 1) / kChunk;
+  const int64_t grain = grain_for(static_cast<double>(kChunk * J.A.C) * ns_per_element);
+  dispatch_simd_bytes([&](auto bytes) {
+    constexpr int BYTES = decltype(bytes)::value;
+    at::parallel_for(0, chunks, grain, [&](int64_t c0, int64_t c1) {
+      call_isa<RowChunks<scalar_t, acc_t, PHASE>, BYTES>(J, c0, c1);
+    });
+  });
+}
+
+// Sums a [chunks][C] array of partial sums over its chunks, per column, in float64 in chunk order.
+template <typename acc_t>
+void sum_chunks(const acc_t* q, int64_t chunks, int64_t C, double* s) {
+  std::fill(s, s + C, 0.0);
+  for (int64_t ch = 0; ch < chunks; ++ch)
+    for (int64_t c = 0; c < C; ++c) s[c] += static_cast<double>(q[ch * C + c]);
+}
+
+template <typename scalar_t, typename acc_t, bool BACKWARD>
+void run_rows(const Args<scalar_t, acc_t>& A) {
+  const int64_t N = A.N, C = A.C, chunks = (N + kChunk - 1) / kChunk;
+  std::vector<acc_t> shift(C), q1(chunks * C), q2(chunks * C), a(C), b(C), mean(C), var(C), invstd(C), mg(C),
+      mgx(C);
+  std::vector<double> s1(C), s2(C);
+  RowJob<scalar_t, acc_t> J{A, shift.data(), q1.data(), q2.data(), a.data(), b.data(), mean.data(), invstd.data(),
+                            mg.data(), mgx.data()};
+  if constexpr (!BACKWARD) {
+    if (A.batch_stats) {
+      for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<acc_t>(A.y[c]);
+      run_row_phase<scalar_t, acc_t, kForwardSums>(J, kForwardNs / 2);
+      sum_chunks(q1.data(), chunks, C, s1.data());
+      sum_chunks(q2.data(), chunks, C, s2.data());
+      finish_statistics(N, C, shift.data(), s1.data(), s2.data(), mean.data(), var.data());
+      std::copy(mean.begin(), mean.end(), A.mean);
+      std::copy(var.begin(), var.end(), A.var);
+    } else {
+      std::copy(A.mean, A.mean + C, mean.begin());
+      std::copy(A.var, A.var + C, var.begin());
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += kBlock)
+      block_affine(A, c0, std::min(kBlock, C - c0), mean.data() + c0, var.data() + c0, invstd.data() + c0,
+                   a.data() + c0, b.data() + c0);
+    run_row_phase<scalar_t, acc_t, kForwardRows>(J, kForwardNs / 2);
+  } else {
+    std::copy(A.mean, A.mean + C, mean.begin());
+    std::copy(A.var, A.var + C, var.begin());
+    for (int64_t c0 = 0; c0 < C; c0 += kBlock)
+      block_affine(A, c0, std::min(kBlock, C - c0), mean.data() + c0, var.data() + c0, invstd.data() + c0,
+                   a.data() + c0, b.data() + c0);
+    run_row_phase<scalar_t, acc_t, kBackwardSums>(J, kBackwardNs / 2);
+    sum_chunks(q1.data(), chunks, C, s1.data());
+    sum_chunks(q2.data(), chunks, C, s2.data());
+    finish_gradient_sums(A, 0, C, s1.data(), s2.data(), mg.data(), mgx.data());
+    run_row_phase<scalar_t, acc_t, kBackwardRows>(J, kBackwardNs / 2);
+  }
+}
+
+// Which split a call takes: the row split when the columns give fewer than two blocks per thread
+// (and there are rows), else the column split; FASTSMALL_BN_ACT_SPLIT=rows|columns forces one
+// (tests; both give the same bits).
+bool use_row_split(int64_t N, int64_t C) {
+  if (const char* force = std::getenv("FASTSMALL_BN_ACT_SPLIT")) {
+    if (std::strcmp(force, "rows") == 0) return true;
+    if (std::strcmp(force, "columns") == 0) return false;
+    TORCH_CHECK(force[0] == 0 || std::strcmp(force, "auto") == 0,
+                "fastsmall: FASTSMALL_BN_ACT_SPLIT must be rows, columns or auto, got '", force, "'");
+  }
+  if (N == 0 || C == 0) return false;  // (the column split's empty-batch statistics)
+  const int64_t blocks = (C + kBlock - 1) / kBlock;
+  return blocks < 2 * static_cast<int64_t>(at::get_num_threads());
+}
+
 template <typename scalar_t, typename acc_t, bool BACKWARD>
 void run_blocks(const Args<scalar_t, acc_t>& A) {
+  if (use_row_split(A.N, A.C)) return run_rows<scalar_t, acc_t, BACKWARD>(A);
   const int64_t blocks = (A.C + kBlock - 1) / kBlock;
   const int64_t grain = grain_for(static_cast<double>(std::max<int64_t>(1, A.N * kBlock)) *
                                   (BACKWARD ? kBackwardNs : kForwardNs));

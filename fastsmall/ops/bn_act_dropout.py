@@ -205,14 +205,35 @@ def bn_act_dropout(y: torch.Tensor, running_mean: torch.Tensor | None = None, ru
     return out
 
 
-def bn_act_dropout_layer(y: torch.Tensor, bn: torch.nn.BatchNorm1d, dropout: torch.nn.Dropout | None = None, *,
-                         negative_slope: float = 0.0, residual: torch.Tensor | None = None,
-                         backend: str | None = None) -> torch.Tensor:
+def _modules_path(y, bn, use_batch_stats, track, momentum, p, negative_slope, residual):
+    """What the modules compute, unfused: ``F.batch_norm`` (updating the running statistics where
+    ``track`` and ``use_batch_stats``), the activation, ``F.dropout`` when ``p > 0``, the residual."""
+    z = F.batch_norm(y, bn.running_mean if track else None, bn.running_var if track else None, bn.weight, bn.bias,
+                     use_batch_stats, momentum, bn.eps)
+    z = F.leaky_relu(z, negative_slope) if negative_slope else F.relu(z)
+    if p > 0:
+        z = F.dropout(z, p, True)
+    return z if residual is None else residual + z
+
+
+def bn_act_dropout_layer(y: torch.Tensor, bn: torch.nn.modules.batchnorm._BatchNorm,
+                         dropout: torch.nn.Dropout | None = None, *, negative_slope: float = 0.0,
+                         residual: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
     """``residual + dropout(act(bn(y)))`` with the modules' own parameters, buffers and modes, as
-    ``nn.BatchNorm1d.forward`` (``num_batches_tracked``, ``momentum=None``: cumulative average,
-    ``track_running_stats=False``) and ``nn.Dropout`` (active in its training mode) would run them:
-    a model keeps its ``nn.Sequential(Linear, BatchNorm1d, ReLU, Dropout)`` structure and its state
-    dict, and calls this after the Linear instead of the three modules."""
+    ``nn.BatchNorm1d`` / ``nn.BatchNorm2d.forward`` (``num_batches_tracked``, ``momentum=None``:
+    cumulative average, ``track_running_stats=False``) and ``nn.Dropout`` (active in its training
+    mode) would run them: a model keeps its modules and its state dict, and calls this after the
+    Linear or convolution instead of the three modules.
+
+    ``y`` is a Linear's output ``[N, C]`` (``bn`` a BatchNorm1d), or a convolution's output
+    ``[N, C, H, W]`` (``bn`` a BatchNorm2d): fused when it is channels-last in memory, whose
+    ``[N*H*W, C]`` view is exactly the op's layout (per-channel statistics over N, H and W, as
+    BatchNorm2d); in the default contiguous layout a channel is not a column of any view, so that
+    case runs the modules' own ops (same results, no fusion). Dropout on a 4-D map is ``nn.Dropout``'s
+    (per element), not ``nn.Dropout2d``'s."""
+    if y.dim() == 4 and not isinstance(bn, torch.nn.BatchNorm2d) or y.dim() == 2 and isinstance(bn, torch.nn.BatchNorm2d):
+        raise ValueError(f"bn_act_dropout_layer: a {type(bn).__name__} does not take a {y.dim()}-d input "
+                         f"{tuple(y.shape)} (BatchNorm1d: [N, C]; BatchNorm2d: [N, C, H, W])")
     training = bn.training
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if training and bn.track_running_stats and bn.num_batches_tracked is not None:
@@ -221,12 +242,22 @@ def bn_act_dropout_layer(y: torch.Tensor, bn: torch.nn.BatchNorm1d, dropout: tor
             momentum = 1.0 / float(bn.num_batches_tracked)
     use_batch_stats = training or bn.running_mean is None
     p = dropout.p if dropout is not None and dropout.training else 0.0
-    if p > 0 and not use_batch_stats:  # dropout active while BatchNorm uses running statistics
-        z = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, momentum, bn.eps)
-        z = F.leaky_relu(z, negative_slope) if negative_slope else F.relu(z)
-        z = F.dropout(z, p, True)
-        return z if residual is None else residual + z
     track = bn.running_mean is not None and (not training or bn.track_running_stats)
+    if p > 0 and not use_batch_stats:  # dropout active while BatchNorm uses running statistics
+        return _modules_path(y, bn, False, True, momentum, p, negative_slope, residual)
+    if y.dim() == 4:
+        if not y.is_contiguous(memory_format=torch.channels_last):
+            return _modules_path(y, bn, use_batch_stats, track, momentum, p, negative_slope, residual)
+        if training and y.shape[0] * y.shape[2] * y.shape[3] == 1:  # BatchNorm2d's check
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(y.shape)}")
+        N, C, H, W = y.shape
+        rows = y.permute(0, 2, 3, 1).reshape(-1, C)  # a view: channels-last memory is [N, H, W, C]
+        if residual is not None:
+            residual = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, C)
+        out = bn_act_dropout(rows, bn.running_mean if track else None, bn.running_var if track else None, bn.weight,
+                             bn.bias, use_batch_stats, momentum, bn.eps, negative_slope=negative_slope,
+                             p=p if use_batch_stats else 0.0, residual=residual, backend=backend)
+        return out.view(N, H, W, C).permute(0, 3, 1, 2)  # channels-last again
     return bn_act_dropout(y, bn.running_mean if track else None, bn.running_var if track else None, bn.weight,
                           bn.bias, use_batch_stats, momentum, bn.eps, negative_slope=negative_slope,
                           p=p if use_batch_stats else 0.0, residual=residual, backend=backend)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..models import set_fused_bn_act
 from .speed import require_zero_dampening
 
 __all__ = ["ReplicaStack"]
@@ -50,6 +51,7 @@ class ReplicaStack:
         for t, row in self.rows:  # each replica's tensors become views of its row
             t.data = row
         self.base = copy.deepcopy(models[0]).to("meta")  # the architecture, without storage
+        set_fused_bn_act(self.base, False)  # vmap: fastsmall's ops have no batching rule
 
     def reattach(self) -> int:
         """Re-bind every replica tensor that code replaced instead of updating in place (the official

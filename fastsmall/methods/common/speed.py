@@ -134,6 +134,9 @@ class StepSpeed:
         self.device = torch.device(device)
         self.requested = getattr(cfg, "precision", "fp32")
         self.channels_last = bool(getattr(cfg, "channels_last", False))
+        # fused BatchNorm -> ReLU in the models that have it (models.set_fused_bn_act): channels-last
+        # maps only, and never under --impl official (the baseline keeps the modules' own ops)
+        self.fused_layers = self.channels_last and getattr(cfg, "impl", "fused") == "fused"
         self.compiled = bool(getattr(cfg, "compile", False))
         self.dtype = None  # the autocast dtype; None: float32
         if self.requested == "bf16":
@@ -158,10 +161,13 @@ class StepSpeed:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
-        """The module in the run's memory format (in place, as ``Module.to``)."""
+        """The module in the run's memory format (in place, as ``Module.to``), its fused layers on
+        where the run fuses them (``fused_layers``)."""
+        from ..models import set_fused_bn_act  # (models imports the ops; speed is imported early)
+
         if self.channels_last:
             module.to(memory_format=torch.channels_last)
-        return module
+        return set_fused_bn_act(module, self.fused_layers)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """A batch in the run's memory format (4-d image batches only)."""
