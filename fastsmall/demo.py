@@ -157,9 +157,10 @@ def main(argv=None) -> int:
 
 
 def fast_precision(device: torch.device) -> str:
-    """The demo's fast path: fastsmall's fused kernels (every method's default ``impl``) and bf16
-    matmuls / convolutions where this machine has bf16 matrix units, fp32 elsewhere. (``--compile``
-    is left off: on CPU its compile time exceeds what it saves in runs this short.)"""
+    """The demo's fast path: fastsmall's fused kernels (every method's default ``impl``; for CReST with
+    ``channels_last``) and bf16 matmuls / convolutions where this machine has bf16 matrix units, fp32
+    elsewhere. (``--compile`` is left off: on CPU its compile time exceeds what it saves in runs this
+    short.)"""
     from fastsmall.methods.common.speed import bf16_supported
 
     return "bf16" if bf16_supported(device)[0] else "fp32"
@@ -177,7 +178,7 @@ def print_step_speedups(precision: str, repeats: int = 5) -> None:
     print(f"\nTraining-step speed on this machine: official eager fp32 vs {fast}; {torch.get_num_threads()} threads, "
           f"median of {repeats} alternating runs")
     print(f"{'step':<52}{'official':>11}{'fastsmall':>11}{'speed-up':>10}")
-    rows = (("CReST+ step (digits-LT, 32 + 2 x 224 images)", steps.crest, {}),
+    rows = (("CReST+ step (digits-LT, 32 + 2 x 224 images)", steps.crest, {"channels_last": True}),
             ("KE epoch (digits-small, 100 images)", steps.ke, {}),
             (f"PoseAug G+D iteration (SimpleBaseline, B = {steps.POSEAUG_BATCH:,})", steps.poseaug, {"impl": "fused"}))
     for title, make, fused in rows:
@@ -201,8 +202,10 @@ def run_crest_demo(out: str, precision: str = "fp32", **overrides) -> None:
 
     run_dir = f"{out}/crest-plus"
     shutil.rmtree(run_dir, ignore_errors=True)
+    # channels-last: NHWC convolutions and the fused BatchNorm -> ReLU of its 480-image steps (faster in
+    # fp32 and in bf16, bench/RESULTS.md)
     cfg = crest.Config(**{**dict(plus=True, generations=3, epochs=4, eval_last=2, quiet=QUIET, out=run_dir,
-                                 precision=precision), **overrides})
+                                 precision=precision, channels_last=True), **overrides})
     print(f"\nCReST+ on digits-LT (imbalance {cfg.imbalance:g}, labelled fraction {cfg.labeled_fraction:g}, "
           f"{cfg.generations} generations x {cfg.epochs} epochs), run directory {run_dir}")
     summary = crest.train(cfg)

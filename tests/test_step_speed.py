@@ -253,6 +253,13 @@ def test_compiled_optimizer_step_follows_eager_and_never_recompiles():
 
 # ---- fused BatchNorm -> ReLU in the CNNs (--impl fused --channels-last) ------------------------------
 
+@pytest.fixture
+def fuse_any_size(monkeypatch):
+    """Fused layers on maps of every size (the tests' maps are below FUSED_BN_ACT_MIN_ELEMENTS)."""
+    from fastsmall.methods import models
+    monkeypatch.setattr(models, "FUSED_BN_ACT_MIN_ELEMENTS", 0)
+
+
 def _digits_pair():
     from fastsmall.methods.models import DigitsCNN, set_fused_bn_act
     torch.manual_seed(0)
@@ -261,7 +268,7 @@ def _digits_pair():
     return plain, fused
 
 
-def test_fused_digits_cnn_equals_its_modules_float64():
+def test_fused_digits_cnn_equals_its_modules_float64(fuse_any_size):
     """DigitsCNN with fused BatchNorm -> ReLU (and the channels-last global mean) computes what its
     modules compute: logits, every parameter's gradient and the running statistics over three
     training steps, then eval-mode logits (float64, channels-last input)."""
@@ -282,17 +289,33 @@ def test_fused_digits_cnn_equals_its_modules_float64():
         torch.testing.assert_close(q, p, rtol=0, atol=1e-13, msg=name)
 
 
-def test_fused_digits_cnn_runs_the_fused_op_only_on_channels_last_maps():
-    """(A channels-last weight makes a convolution's output channels-last, so both change together.)"""
+def test_fused_digits_cnn_runs_every_layer_fused_and_channels_last(fuse_any_size):
+    """Switched on, every BatchNorm -> ReLU is one fused call on a channels-last map, also when the
+    weights are contiguous and the input has one channel (KE / DSD: a 1-channel image is both
+    layouts, so the stem's output is NCHW and the model turns it NHWC); off, none is."""
     from torch.profiler import profile
-    _, fused = _digits_pair()
-    for memory_format, expected in ((torch.channels_last, 4), (torch.contiguous_format, 0)):
-        fused.to(memory_format=memory_format)
-        x = torch.randn(6, 1, 8, 8, dtype=torch.float64).contiguous(memory_format=memory_format)
+    plain, fused = _digits_pair()
+    for model, expected in ((fused.to(memory_format=torch.contiguous_format), 4), (plain, 0)):
+        x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
+        with profile() as prof:
+            model(x)
+        calls = sum(e.count for e in prof.key_averages() if e.key == "fastsmall::bn_act_dropout")
+        assert calls == expected, calls
+    torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=1e-12)
+
+
+def test_small_maps_run_the_modules_and_crest_maps_fuse():
+    """At the default FUSED_BN_ACT_MIN_ELEMENTS: KE's / DSD's batches of 32 digits (65 k elements a
+    map, measured slower fused) run the modules; CReST's 480-image step fuses every layer."""
+    from torch.profiler import profile
+    from fastsmall.methods.models import DigitsCNN, set_fused_bn_act
+    fused = set_fused_bn_act(DigitsCNN(10, 1, width=32).to(memory_format=torch.channels_last), True)
+    for n, expected in ((32, 0), (480, 4)):
+        x = torch.randn(n, 1, 8, 8).contiguous(memory_format=torch.channels_last)
         with profile() as prof:
             fused(x)
         calls = sum(e.count for e in prof.key_averages() if e.key == "fastsmall::bn_act_dropout")
-        assert calls == expected, (memory_format, calls)
+        assert calls == expected, (n, calls)
 
 
 def test_fused_layers_follow_impl_and_channels_last():
@@ -311,7 +334,7 @@ def test_fused_layers_follow_impl_and_channels_last():
     assert all(math.isfinite(v) for v in losses.values())
 
 
-def test_channels_last_crest_step_compiles_to_one_graph_with_the_fused_op():
+def test_channels_last_crest_step_compiles_to_one_graph_with_the_fused_op(fuse_any_size):
     t = crest_trainer(channels_last=True)
     x = torch.randn(32 * 15, 1, 8, 8).contiguous(memory_format=torch.channels_last)
     explanation = torch._dynamo.explain(t._losses)(x, torch.randint(0, 10, (32,)), 0.7)
@@ -320,7 +343,7 @@ def test_channels_last_crest_step_compiles_to_one_graph_with_the_fused_op():
     assert any("bn_act_dropout" in op for op in ops), sorted(ops)[:20]
 
 
-def test_stacked_replicas_run_their_modules_not_the_fused_op():
+def test_stacked_replicas_run_their_modules_not_the_fused_op(fuse_any_size):
     """vmap (stacked seeds) has no batching rule for fastsmall's ops: ReplicaStack's base network
     runs the modules even when the replicas are switched to the fused layers."""
     from fastsmall.methods.common.replicas import ReplicaStack

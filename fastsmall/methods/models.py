@@ -54,9 +54,21 @@ def set_fused_bn_act(model: nn.Module, on: bool) -> nn.Module:
     return model
 
 
+# Maps smaller than this run the modules even when the fused layers are on: measured in the steps
+# (bench/bench_steps.py, AVX512-BF16 EPYC, 2 threads), KE's and DSD's batches of 32 (65 k elements
+# a map) ran 1.2x slower fused -- the op's Python wrapper and autograd node (~0.1 ms) outweigh what
+# one pass saves at that size -- while CReST's 480-image maps gain (bench/RESULTS.md).
+FUSED_BN_ACT_MIN_ELEMENTS = 2 ** 18
+
+
+def _fuses(fused: bool, x) -> bool:
+    return fused and x.numel() >= FUSED_BN_ACT_MIN_ELEMENTS
+
+
 def _bn_relu(fused: bool, bn: nn.Module, x):
-    """``F.relu(bn(x))``; one fused op instead when switched on and ``x`` is channels-last."""
-    if fused and x.is_contiguous(memory_format=torch.channels_last):
+    """``F.relu(bn(x))``; one fused op instead when switched on, ``x`` is channels-last and large
+    enough (``FUSED_BN_ACT_MIN_ELEMENTS``)."""
+    if _fuses(fused, x) and x.is_contiguous(memory_format=torch.channels_last):
         return ops.bn_act_dropout_layer(x, bn)
     return F.relu(bn(x))
 
@@ -66,7 +78,7 @@ def _global_mean(fused: bool, x):
     (a reduction over a middle dimension of contiguous memory). Measured on [480, 64, 4, 4] bf16,
     2 threads: forward + backward 0.25 ms instead of 1.0 ms, same values (each output is the mean of
     the same H*W numbers, accumulated in float32 either way)."""
-    if fused and x.is_contiguous(memory_format=torch.channels_last):
+    if _fuses(fused, x) and x.is_contiguous(memory_format=torch.channels_last):
         N, C, H, W = x.shape
         return x.permute(0, 2, 3, 1).reshape(N, H * W, C).mean(1)
     return x.mean(dim=(2, 3))
@@ -95,7 +107,12 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x):
         fused = self.fused_bn_act
-        x = _bn_relu(fused, self.bn1, self.stem(x))
+        x = self.stem(x)
+        if _fuses(fused, x):
+            # a 1-channel image is both layouts at once, so with contiguous weights (KE and DSD keep
+            # theirs contiguous) the stem's output is NCHW; NHWC from here on, every layer's map
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = _bn_relu(fused, self.bn1, x)
         x = F.max_pool2d(_bn_relu(fused, self.bn2, self.conv2(x)), 2)
         x = _bn_relu(fused, self.bn3, self.conv3(x))
         x = _bn_relu(fused, self.bn4, self.conv4(x))
