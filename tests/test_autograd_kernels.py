@@ -30,7 +30,8 @@ F = torch.ops.fastsmall
 
 CPP_AUTOGRAD = ("kcs_forward", "kcs_forward_backward", "bone_decompose", "bone_decompose_backward", "kcs_inverse",
                 "kcs_inverse_backward", "part_kcs_gram", "part_kcs_gram_backward", "masked_cross_entropy",
-                "masked_cross_entropy_backward", "distribution_align", "softmax_batch_mean")
+                "masked_cross_entropy_backward", "distribution_align", "softmax_batch_mean", "bn_act_dropout",
+                "bn_act_dropout_backward")
 
 
 def _family(module: str, name: str):
@@ -83,9 +84,10 @@ def test_the_ops_have_cpp_autograd_kernels_and_no_python_formulas():
         table = torch._C._dispatch_dump(f"fastsmall::{name}")
         autograd = [line for line in table.splitlines() if line.startswith("Autograd")]
         assert len(autograd) == 1 and "csrc/autograd.cpp" in autograd[0], table
-    # the ops without a C++ kernel keep their Python formulas
-    table = torch._C._dispatch_dump("fastsmall::bn_act_dropout")
-    assert any(line.startswith("Autograd") and "library.py" in line for line in table.splitlines()), table
+    # the Triton-direct route keeps the Python formulas: the op tables still hold them
+    assert all(_family(m, f).defs[name].formulas is not None for m, f, name in (
+        ("kcs", "_KCS", "kcs_forward"), ("bn_act_dropout", "_MLP", "bn_act_dropout"),
+        ("distribution_align", "_ALIGN", "masked_cross_entropy")))
 
 
 @pytest.mark.parametrize("B", [1, 7, 32, 33, 100])
@@ -116,10 +118,43 @@ def test_gradients_are_those_of_the_python_formulas_bit_for_bit(op, B):
     ("PartKcsGram", lambda x: fs.ops.part_kcs_gram(x[:, :15], SK, "compact")),
     ("MaskedCrossEntropy", lambda x: fs.ops.masked_cross_entropy(x.flatten(1)[:, :10], torch.zeros(2, dtype=torch.long),
                                                                  torch.ones(2, dtype=torch.bool))),
+    ("BnActDropout", lambda x: fs.ops.bn_act_dropout(x.flatten(1), training=True, p=0.5)),
 ])
 def test_the_public_ops_record_the_cpp_nodes(op, call):
     out = call(torch.randn(2, 16, 3, requires_grad=True))
     assert out.grad_fn.name() == f"torch::autograd::CppNode<fastsmall::(anonymous namespace)::{op}>"
+
+
+@pytest.mark.parametrize("N, C, mode, p, slope", [(2, 3, "batch", 0.0, 0.0), (33, 5, "batch", 0.3, 0.2),
+                                                   (100, 40, "eval", 0.25, 0.1), (7, 1, "batch", 0.0, 0.0)])
+@pytest.mark.parametrize("needs", ["all", "y only", "params only"])
+def test_bn_act_dropout_gradients_are_those_of_the_python_formulas_bit_for_bit(N, C, mode, p, slope, needs):
+    """bn_act_dropout's C++ node against its Python formulas around the same kernels: output, statistics
+    and the gradients of y, weight, bias and residual (float32 parameters of a float64 y: cast back),
+    for each set of inputs that require grad."""
+    family = _family("bn_act_dropout", "_MLP")
+    python_op = _python_formulas(family, "bn_act_dropout")
+    g = torch.Generator().manual_seed(N * C)
+    y = torch.randn(N, C, generator=g, dtype=torch.float64)
+    w, b = torch.randn(C, generator=g), torch.randn(C, generator=g)
+    mean = var = None
+    if mode == "eval":
+        mean, var = torch.randn(C, generator=g, dtype=torch.float64), torch.rand(C, generator=g, dtype=torch.float64) + 0.5
+    r = torch.randn(N, C, generator=g, dtype=torch.float64)
+    seed = torch.tensor([N + 5])
+    grad_of = {"all": (True, True, True), "y only": (True, False, True), "params only": (False, True, False)}[needs]
+    cot = torch.randn(N, C, generator=g, dtype=torch.float64)
+
+    def run(fn):
+        ins = [t.clone().requires_grad_(need) for t, need in zip((y, w, b, r), (grad_of[0], grad_of[1], grad_of[1],
+                                                                               grad_of[2]))]
+        out, m, v = fn(ins[0], ins[1], ins[2], mean, var, ins[3], seed, 1e-5, slope, p)
+        assert not m.requires_grad and not v.requires_grad
+        wanted = [t for t in ins if t.requires_grad]
+        return [out.detach(), m, v, *torch.autograd.grad(out, wanted, cot)]
+
+    cpp, py = run(F.bn_act_dropout), run(python_op)
+    assert len(cpp) == len(py) and all(a.dtype == c.dtype and torch.equal(a, c) for a, c in zip(cpp, py))
 
 
 def test_the_alignment_targets_never_require_grad():
@@ -210,6 +245,7 @@ def test_double_backward_of_the_linear_ops_is_their_adjoint():
     ("masked_cross_entropy", lambda x: fs.ops.masked_cross_entropy(x.flatten(1)[:, :10],
                                                                   torch.zeros(3, dtype=torch.long),
                                                                   torch.ones(3, dtype=torch.bool))),
+    ("bn_act_dropout", lambda x: fs.ops.bn_act_dropout(x.flatten(1), training=True, p=0.3)),
 ])
 def test_double_backward_of_the_others_raises_the_documented_error(op, call):
     x = torch.randn(3, 16, 3, dtype=torch.float64, requires_grad=True)
