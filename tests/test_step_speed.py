@@ -329,9 +329,27 @@ def test_fused_layers_follow_impl_and_channels_last():
     validate_config(cfg)
     ke = KETrainer(cfg, Distributed(torch.device("cpu")))
     ke.build_model()
-    assert ke.model.fused_bn_act
+    assert ke.model.fused_bn_act and ke.model.channels_last_maps
     losses = ke.train_epoch()
     assert all(math.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_makes_every_map_nhwc_even_from_one_channel_digits(channels_last):
+    """KE / DSD keep contiguous weights and feed 1-channel digits (both layouts at once): without the
+    model's own switch their convolutions ran NCHW under --channels-last. Every conv's output is NHWC
+    with the flag, none without it (a hook on each convolution)."""
+    cfg = KEConfig(quiet=True, out=tempfile.mkdtemp(), epochs=2, warmup_epochs=1, channels_last=channels_last)
+    validate_config(cfg)
+    ke = KETrainer(cfg, Distributed(torch.device("cpu")))
+    ke.build_model()
+    assert all(p.is_contiguous() for p in ke.model.parameters())  # the masked ops' flat views
+    seen = []
+    for m in ke.model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m is not ke.model.stem:
+            m.register_forward_hook(lambda mod, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
+    ke.train_epoch()
+    assert seen and all(s == channels_last for s in seen), seen
 
 
 def test_channels_last_crest_step_compiles_to_one_graph_with_the_fused_op(fuse_any_size):

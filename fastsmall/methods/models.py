@@ -21,7 +21,8 @@ the CPU torch of the development machine).
   narrower variants with the same parameter names (KE's slim network). Layers keep
   PyTorch's default initialisation (the pipelines re-initialise the weights).
 
-``set_fused_bn_act(model, True)`` makes DigitsCNN run each BatchNorm -> ReLU pair as one
+``set_channels_last_maps(model, True)`` (``--channels-last``) makes DigitsCNN's feature maps NHWC
+from the first layer on, whatever the input's layout. ``set_fused_bn_act(model, True)`` makes DigitsCNN run each BatchNorm -> ReLU pair as one
 ``fastsmall.ops.bn_act_dropout_layer`` call on channels-last maps (same modules, parameters and
 state dict; in any other layout, and by default, the modules run). The trainers switch it on for
 ``--impl fused --channels-last``: in the CReST+ bf16 step, batch norm and ReLU forward and backward
@@ -37,21 +38,33 @@ import torch.nn.functional as F
 
 from .. import ops
 
-__all__ = ["set_fused_bn_act", "DigitsCNN", "WideResNet", "BasicBlock", "ResNet", "resnet18", "VGG", "VGG11_CFG", "vgg11_bn", "build",
+__all__ = ["set_fused_bn_act", "set_channels_last_maps", "DigitsCNN", "WideResNet", "BasicBlock", "ResNet", "resnet18", "VGG", "VGG11_CFG", "vgg11_bn", "build",
            "MODELS"]
 
 #: the networks ``build`` knows
 MODELS = ("digits_cnn", "wrn28_2", "resnet18", "vgg11_bn")
 
 
+def _set_switch(model: nn.Module, name: str, on: bool) -> nn.Module:
+    for m in model.modules():
+        if hasattr(m, name):
+            setattr(m, name, bool(on))
+    return model
+
+
 def set_fused_bn_act(model: nn.Module, on: bool) -> nn.Module:
     """Fused BatchNorm -> ReLU (``fastsmall.ops.bn_act_dropout_layer``) on or off in every module of
     ``model`` that has the switch (``fused_bn_act``); returns ``model``. Off for a model run under
     ``torch.func.vmap`` (stacked seeds): fastsmall's ops have no batching rule."""
-    for m in model.modules():
-        if hasattr(m, "fused_bn_act"):
-            m.fused_bn_act = bool(on)
-    return model
+    return _set_switch(model, "fused_bn_act", on)
+
+
+def set_channels_last_maps(model: nn.Module, on: bool) -> nn.Module:
+    """NHWC feature maps from the first layer on, in every module of ``model`` that has the switch
+    (``channels_last_maps``; ``--channels-last``); returns ``model``. Needed where the input gives
+    no cue: a 1-channel image is both layouts at once, so with contiguous weights (KE and DSD keep
+    theirs contiguous) every convolution would run NCHW."""
+    return _set_switch(model, "channels_last_maps", on)
 
 
 # Maps smaller than this run the modules even when the fused layers are on: measured in the steps
@@ -86,6 +99,7 @@ def _global_mean(fused: bool, x):
 
 class DigitsCNN(nn.Module):
     fused_bn_act = False  # set_fused_bn_act
+    channels_last_maps = False  # set_channels_last_maps
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32,
                  widths: tuple[int, int, int, int] | None = None):
@@ -108,9 +122,9 @@ class DigitsCNN(nn.Module):
     def forward(self, x):
         fused = self.fused_bn_act
         x = self.stem(x)
-        if _fuses(fused, x):
-            # a 1-channel image is both layouts at once, so with contiguous weights (KE and DSD keep
-            # theirs contiguous) the stem's output is NCHW; NHWC from here on, every layer's map
+        if self.channels_last_maps or _fuses(fused, x):
+            # NHWC from here on, every layer's map (set_channels_last_maps: a 1-channel input does not
+            # make the stem's output NHWC by itself)
             x = x.contiguous(memory_format=torch.channels_last)
         x = _bn_relu(fused, self.bn1, x)
         x = F.max_pool2d(_bn_relu(fused, self.bn2, self.conv2(x)), 2)

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import build as build_model
-from ..models import set_fused_bn_act
 from .config import (ConfigError, device_option, dist_timeout_option, fit_soft_default, impl_option, keep_option,
                      option, quiet_option, tensorboard_option, resume_option, seeds_option, soft_default)
 from .speed import (StepSpeed, channels_last_option, compile_option, loss_precision, precision_option, restart_sgd_,
@@ -201,9 +200,9 @@ class GenerationTrainer(Trainer):
         self.model = build_model(self.cfg.model_name, self.C, self.input_shape[0], width=self.cfg.width)
         kaiming_init_(self.model)
         # (weights stay contiguous under --channels-last: KE's re-initialisation and DSD's masks
-        # update them in place as flat tensors; NHWC inputs alone make the convolutions run NHWC)
+        # update them in place as flat tensors; the model makes its maps NHWC, configure_layers)
         self.model.to(self.device)
-        set_fused_bn_act(self.model, self.speed.fused_layers)
+        self.speed.configure_layers(self.model)
         # the official get_optimizer: plain SGD over all parameters, weight decay on all of them
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
                                          weight_decay=self.cfg.weight_decay, foreach=True)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..models import set_fused_bn_act
+from ..models import set_channels_last_maps, set_fused_bn_act
 from .speed import require_zero_dampening
 
 __all__ = ["ReplicaStack"]
@@ -51,7 +51,8 @@ class ReplicaStack:
         for t, row in self.rows:  # each replica's tensors become views of its row
             t.data = row
         self.base = copy.deepcopy(models[0]).to("meta")  # the architecture, without storage
-        set_fused_bn_act(self.base, False)  # vmap: fastsmall's ops have no batching rule
+        # vmap: fastsmall's ops have no batching rule, and the batched maps keep the layout vmap gives them
+        set_fused_bn_act(set_channels_last_maps(self.base, False), False)
 
     def reattach(self) -> int:
         """Re-bind every replica tensor that code replaced instead of updating in place (the official

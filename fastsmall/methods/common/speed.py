@@ -163,10 +163,16 @@ class StepSpeed:
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
         """The module in the run's memory format (in place, as ``Module.to``), its fused layers on
         where the run fuses them (``fused_layers``)."""
-        from ..models import set_fused_bn_act  # (models imports the ops; speed is imported early)
-
         if self.channels_last:
             module.to(memory_format=torch.channels_last)
+        return self.configure_layers(module)
+
+    def configure_layers(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The run's switches on the model's layers that have them (models.py): NHWC maps under
+        ``--channels-last``, fused BatchNorm -> ReLU where the run fuses (``fused_layers``)."""
+        from ..models import set_channels_last_maps, set_fused_bn_act  # (models imports the ops)
+
+        set_channels_last_maps(module, self.channels_last)
         return set_fused_bn_act(module, self.fused_layers)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
