@@ -474,29 +474,24 @@ void run_rows(const Args<scalar_t, acc_t>& A) {
   std::vector<double> s1(C), s2(C);
   RowJob<scalar_t, acc_t> J{A, shift.data(), q1.data(), q2.data(), a.data(), b.data(), mean.data(), invstd.data(),
                             mg.data(), mgx.data()};
-  if constexpr (!BACKWARD) {
-    if (A.batch_stats) {
-      for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<acc_t>(A.y[c]);
-      run_row_phase<scalar_t, acc_t, kForwardSums>(J, kForwardNs / 2);
-      sum_chunks(q1.data(), chunks, C, s1.data());
-      sum_chunks(q2.data(), chunks, C, s2.data());
-      finish_statistics(N, C, shift.data(), s1.data(), s2.data(), mean.data(), var.data());
-      std::copy(mean.begin(), mean.end(), A.mean);
-      std::copy(var.begin(), var.end(), A.var);
-    } else {
-      std::copy(A.mean, A.mean + C, mean.begin());
-      std::copy(A.var, A.var + C, var.begin());
-    }
-    for (int64_t c0 = 0; c0 < C; c0 += kBlock)
-      block_affine(A, c0, std::min(kBlock, C - c0), mean.data() + c0, var.data() + c0, invstd.data() + c0,
-                   a.data() + c0, b.data() + c0);
-    run_row_phase<scalar_t, acc_t, kForwardRows>(J, kForwardNs / 2);
-  } else {
+  if (!BACKWARD && A.batch_stats) {  // the forward's batch statistics
+    for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<acc_t>(A.y[c]);
+    run_row_phase<scalar_t, acc_t, kForwardSums>(J, kForwardNs / 2);
+    sum_chunks(q1.data(), chunks, C, s1.data());
+    sum_chunks(q2.data(), chunks, C, s2.data());
+    finish_statistics(N, C, shift.data(), s1.data(), s2.data(), mean.data(), var.data());
+    std::copy(mean.begin(), mean.end(), A.mean);
+    std::copy(var.begin(), var.end(), A.var);
+  } else {  // the statistics given (eval mode) or those the forward used (backward)
     std::copy(A.mean, A.mean + C, mean.begin());
     std::copy(A.var, A.var + C, var.begin());
-    for (int64_t c0 = 0; c0 < C; c0 += kBlock)
-      block_affine(A, c0, std::min(kBlock, C - c0), mean.data() + c0, var.data() + c0, invstd.data() + c0,
-                   a.data() + c0, b.data() + c0);
+  }
+  for (int64_t c0 = 0; c0 < C; c0 += kBlock)
+    block_affine(A, c0, std::min(kBlock, C - c0), mean.data() + c0, var.data() + c0, invstd.data() + c0,
+                 a.data() + c0, b.data() + c0);
+  if constexpr (!BACKWARD) {
+    run_row_phase<scalar_t, acc_t, kForwardRows>(J, kForwardNs / 2);
+  } else {
     run_row_phase<scalar_t, acc_t, kBackwardSums>(J, kBackwardNs / 2);
     sum_chunks(q1.data(), chunks, C, s1.data());
     sum_chunks(q2.data(), chunks, C, s2.data());
