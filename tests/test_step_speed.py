@@ -371,3 +371,31 @@ def test_stacked_replicas_run_their_modules_not_the_fused_op(fuse_any_size):
     x = torch.randn(2, 6, 1, 8, 8, dtype=torch.float64)
     out = stack.functional(lambda net, x: net(x))(x)
     torch.testing.assert_close(out[0], plain(x[0]), rtol=0, atol=1e-12)
+
+
+def test_fused_wide_resnet_equals_its_modules_float64(fuse_any_size):
+    """WRN (CReST's CIFAR network): its pre-activation BatchNorm -> leaky ReLU (0.1, momentum 0.001)
+    pairs fused, every block and the head switched by one call; logits, gradients and running
+    statistics equal the modules' in float64 over two training steps and an eval step."""
+    from fastsmall.methods.models import WideResNet, set_fused_bn_act
+    torch.manual_seed(0)
+    plain = WideResNet(10, depth=10, widen=1).double().to(memory_format=torch.channels_last)
+    fused = set_fused_bn_act(copy.deepcopy(plain), True)
+    assert all(b.fused_bn_act for b in fused.blocks) and fused.fused_bn_act
+    for step in range(3):
+        for m in (plain, fused):
+            m.train(step < 2)
+        x = torch.randn(4, 3, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        with torch.profiler.profile() as prof:
+            b = fused(x)
+        calls = sum(e.count for e in prof.key_averages() if e.key == "fastsmall::bn_act_dropout")
+        assert calls == sum(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules()), calls
+        a = plain(x)
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-11)
+        if step < 2:
+            cot = torch.randn_like(a)
+            for p, q in zip(torch.autograd.grad(a, list(plain.parameters()), cot),
+                            torch.autograd.grad(b, list(fused.parameters()), cot)):
+                torch.testing.assert_close(q, p, rtol=0, atol=1e-10)
+    for (name, p), q in zip(plain.state_dict().items(), fused.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-12, msg=name)

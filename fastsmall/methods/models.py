@@ -22,9 +22,10 @@ the CPU torch of the development machine).
   PyTorch's default initialisation (the pipelines re-initialise the weights).
 
 ``set_channels_last_maps(model, True)`` (``--channels-last``) makes DigitsCNN's feature maps NHWC
-from the first layer on, whatever the input's layout. ``set_fused_bn_act(model, True)`` makes DigitsCNN run each BatchNorm -> ReLU pair as one
-``fastsmall.ops.bn_act_dropout_layer`` call on channels-last maps (same modules, parameters and
-state dict; in any other layout, and by default, the modules run). The trainers switch it on for
+from the first layer on, whatever the input's layout. ``set_fused_bn_act(model, True)`` makes
+DigitsCNN and WRN run each BatchNorm -> (leaky) ReLU pair as one ``fastsmall.ops.bn_act_dropout_layer``
+call on channels-last maps of at least ``FUSED_BN_ACT_MIN_ELEMENTS`` (same modules, parameters and
+state dict; in any other layout, on small maps, and by default, the modules run). The trainers switch it on for
 ``--impl fused --channels-last``: in the CReST+ bf16 step, batch norm and ReLU forward and backward
 were ~20 % of the time as four aten ops per layer (bench/RESULTS.md).
 """
@@ -78,12 +79,12 @@ def _fuses(fused: bool, x) -> bool:
     return fused and x.numel() >= FUSED_BN_ACT_MIN_ELEMENTS
 
 
-def _bn_relu(fused: bool, bn: nn.Module, x):
-    """``F.relu(bn(x))``; one fused op instead when switched on, ``x`` is channels-last and large
-    enough (``FUSED_BN_ACT_MIN_ELEMENTS``)."""
+def _bn_act(fused: bool, bn: nn.Module, x, negative_slope: float = 0.0):
+    """``F.relu(bn(x))`` (``F.leaky_relu`` with ``negative_slope``); one fused op instead when switched
+    on, ``x`` is channels-last and large enough (``FUSED_BN_ACT_MIN_ELEMENTS``)."""
     if _fuses(fused, x) and x.is_contiguous(memory_format=torch.channels_last):
-        return ops.bn_act_dropout_layer(x, bn)
-    return F.relu(bn(x))
+        return ops.bn_act_dropout_layer(x, bn, negative_slope=negative_slope)
+    return F.leaky_relu(bn(x), negative_slope) if negative_slope else F.relu(bn(x))
 
 
 def _global_mean(fused: bool, x):
@@ -126,14 +127,16 @@ class DigitsCNN(nn.Module):
             # NHWC from here on, every layer's map (set_channels_last_maps: a 1-channel input does not
             # make the stem's output NHWC by itself)
             x = x.contiguous(memory_format=torch.channels_last)
-        x = _bn_relu(fused, self.bn1, x)
-        x = F.max_pool2d(_bn_relu(fused, self.bn2, self.conv2(x)), 2)
-        x = _bn_relu(fused, self.bn3, self.conv3(x))
-        x = _bn_relu(fused, self.bn4, self.conv4(x))
+        x = _bn_act(fused, self.bn1, x)
+        x = F.max_pool2d(_bn_act(fused, self.bn2, self.conv2(x)), 2)
+        x = _bn_act(fused, self.bn3, self.conv3(x))
+        x = _bn_act(fused, self.bn4, self.conv4(x))
         return self.fc(_global_mean(fused, x))
 
 
 class _WideBlock(nn.Module):
+    fused_bn_act = False  # set_fused_bn_act
+
     def __init__(self, cin, cout, stride, activate_before_residual=False):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin, momentum=0.001)
@@ -144,15 +147,17 @@ class _WideBlock(nn.Module):
         self.activate_before_residual = activate_before_residual
 
     def forward(self, x):
-        o = F.leaky_relu(self.bn1(x), 0.1)
+        o = _bn_act(self.fused_bn_act, self.bn1, x, 0.1)
         if self.activate_before_residual or self.shortcut is not None:
             x = o if self.activate_before_residual else x
         y = self.conv1(o)
-        y = self.conv2(F.leaky_relu(self.bn2(y), 0.1))
+        y = self.conv2(_bn_act(self.fused_bn_act, self.bn2, y, 0.1))
         return y + (self.shortcut(o) if self.shortcut is not None else x)
 
 
 class WideResNet(nn.Module):
+    fused_bn_act = False  # set_fused_bn_act (every block has the switch too)
+
     def __init__(self, num_classes: int = 10, depth: int = 28, widen: int = 2, in_channels: int = 3):
         super().__init__()
         n = (depth - 4) // 6
@@ -176,8 +181,8 @@ class WideResNet(nn.Module):
 
     def forward(self, x):
         x = self.blocks(self.stem(x))
-        x = F.leaky_relu(self.bn(x), 0.1)
-        return self.fc(x.mean(dim=(2, 3)))
+        x = _bn_act(self.fused_bn_act, self.bn, x, 0.1)
+        return self.fc(_global_mean(self.fused_bn_act, x))
 
 
 class BasicBlock(nn.Module):
