@@ -325,6 +325,9 @@ def test_fused_layers_follow_impl_and_channels_last():
     assert t.speed.fused_layers and t.model.fused_bn_act and t.ema.fused_bn_act
     assert not crest_trainer(channels_last=True, impl="official").model.fused_bn_act
     assert not crest_trainer().model.fused_bn_act
+    cfg = CrestConfig(channels_last=True)
+    assert not sp.StepSpeed(cfg, torch.device("cuda")).fused_layers  # not measured on a GPU: the modules
+    assert sp.StepSpeed(cfg, torch.device("cpu")).fused_layers
     cfg = KEConfig(quiet=True, out=tempfile.mkdtemp(), epochs=2, warmup_epochs=1, channels_last=True)
     validate_config(cfg)
     ke = KETrainer(cfg, Distributed(torch.device("cpu")))

@@ -135,8 +135,11 @@ class StepSpeed:
         self.requested = getattr(cfg, "precision", "fp32")
         self.channels_last = bool(getattr(cfg, "channels_last", False))
         # fused BatchNorm -> ReLU in the models that have it (models.set_fused_bn_act): channels-last
-        # maps only, and never under --impl official (the baseline keeps the modules' own ops)
-        self.fused_layers = self.channels_last and getattr(cfg, "impl", "fused") == "fused"
+        # maps only, never under --impl official (the baseline keeps the modules' own ops), and on CPU
+        # only, where it was measured faster (bench/RESULTS.md); no GPU was available to measure the
+        # Triton kernel against cuDNN's batch norm at these shapes
+        self.fused_layers = (self.channels_last and getattr(cfg, "impl", "fused") == "fused"
+                             and self.device.type == "cpu")
         self.compiled = bool(getattr(cfg, "compile", False))
         self.dtype = None  # the autocast dtype; None: float32
         if self.requested == "bf16":
