@@ -39,8 +39,8 @@ import torch.nn.functional as F
 
 from .. import ops
 
-__all__ = ["set_fused_bn_act", "set_channels_last_maps", "DigitsCNN", "WideResNet", "BasicBlock", "ResNet", "resnet18", "VGG", "VGG11_CFG", "vgg11_bn", "build",
-           "MODELS"]
+__all__ = ["set_fused_bn_act", "set_channels_last_maps", "DigitsCNN", "WideResNet", "BasicBlock", "ResNet",
+           "resnet18", "VGG", "VGG11_CFG", "vgg11_bn", "build", "MODELS"]
 
 #: the networks ``build`` knows
 MODELS = ("digits_cnn", "wrn28_2", "resnet18", "vgg11_bn")

@@ -231,7 +231,7 @@ def bn_act_dropout_layer(y: torch.Tensor, bn: torch.nn.modules.batchnorm._BatchN
     BatchNorm2d); in the default contiguous layout a channel is not a column of any view, so that
     case runs the modules' own ops (same results, no fusion). Dropout on a 4-D map is ``nn.Dropout``'s
     (per element), not ``nn.Dropout2d``'s."""
-    if y.dim() == 4 and not isinstance(bn, torch.nn.BatchNorm2d) or y.dim() == 2 and isinstance(bn, torch.nn.BatchNorm2d):
+    if (y.dim() == 4) != isinstance(bn, torch.nn.BatchNorm2d) and y.dim() in (2, 4):
         raise ValueError(f"bn_act_dropout_layer: a {type(bn).__name__} does not take a {y.dim()}-d input "
                          f"{tuple(y.shape)} (BatchNorm1d: [N, C]; BatchNorm2d: [N, C, H, W])")
     training = bn.training
@@ -245,22 +245,20 @@ def bn_act_dropout_layer(y: torch.Tensor, bn: torch.nn.modules.batchnorm._BatchN
     track = bn.running_mean is not None and (not training or bn.track_running_stats)
     if p > 0 and not use_batch_stats:  # dropout active while BatchNorm uses running statistics
         return _modules_path(y, bn, False, True, momentum, p, negative_slope, residual)
+    nhwc = None  # a feature map's [N, H, W, C] shape
     if y.dim() == 4:
         if not y.is_contiguous(memory_format=torch.channels_last):
             return _modules_path(y, bn, use_batch_stats, track, momentum, p, negative_slope, residual)
         if training and y.shape[0] * y.shape[2] * y.shape[3] == 1:  # BatchNorm2d's check
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(y.shape)}")
-        N, C, H, W = y.shape
-        rows = y.permute(0, 2, 3, 1).reshape(-1, C)  # a view: channels-last memory is [N, H, W, C]
+        nhwc = (y.shape[0], y.shape[2], y.shape[3], y.shape[1])
+        y = y.permute(0, 2, 3, 1).reshape(-1, nhwc[3])  # a view: channels-last memory is [N, H, W, C]
         if residual is not None:
-            residual = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, C)
-        out = bn_act_dropout(rows, bn.running_mean if track else None, bn.running_var if track else None, bn.weight,
-                             bn.bias, use_batch_stats, momentum, bn.eps, negative_slope=negative_slope,
-                             p=p if use_batch_stats else 0.0, residual=residual, backend=backend)
-        return out.view(N, H, W, C).permute(0, 3, 1, 2)  # channels-last again
-    return bn_act_dropout(y, bn.running_mean if track else None, bn.running_var if track else None, bn.weight,
-                          bn.bias, use_batch_stats, momentum, bn.eps, negative_slope=negative_slope,
-                          p=p if use_batch_stats else 0.0, residual=residual, backend=backend)
+            residual = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, nhwc[3])
+    out = bn_act_dropout(y, bn.running_mean if track else None, bn.running_var if track else None, bn.weight,
+                         bn.bias, use_batch_stats, momentum, bn.eps, negative_slope=negative_slope,
+                         p=p if use_batch_stats else 0.0, residual=residual, backend=backend)
+    return out if nhwc is None else out.view(nhwc).permute(0, 3, 1, 2)  # channels-last again
 
 
 def bn_act_dropout_sequential(seq: torch.nn.Sequential, x: torch.Tensor, residual: torch.Tensor | None = None, *,
