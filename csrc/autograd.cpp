@@ -303,31 +303,24 @@ struct BnActDropout : torch::autograd::Function<BnActDropout> {
     auto [out, used_mean, used_var] = bn_act_dropout_op().call(y, weight, bias, mean, var, residual, seed, eps,
                                                                negative_slope, p);
     ctx->mark_non_differentiable({used_mean, used_var});
-    const bool has_weight = weight.has_value() && weight->defined(), has_bias = bias.has_value() && bias->defined();
     ctx->saved_data["batch_stats"] = !(mean.has_value() && mean->defined());
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["negative_slope"] = negative_slope;
     ctx->saved_data["p"] = p;
-    ctx->saved_data["has_weight"] = has_weight;
-    ctx->saved_data["has_bias"] = has_bias;
     // needs_input_grad counts the tensor arguments given (an absent optional is no input edge):
     // the edge of weight, bias and residual among y, weight?, bias?, mean?, var?, residual?, seed
-    const auto given = [](const OptTensor& t) { return t.has_value() && t->defined() ? 1 : 0; };
-    const int64_t edge_w = has_weight ? 1 : -1, edge_b = has_bias ? 1 + given(weight) : -1;
-    const int64_t edge_r = 1 + given(weight) + given(bias) + given(mean) + given(var);
-    ctx->saved_data["edge_w"] = edge_w;
-    ctx->saved_data["edge_b"] = edge_b;
-    ctx->saved_data["edge_r"] = given(residual) ? edge_r : int64_t(-1);
-    ctx->save_for_backward({y, has_weight ? *weight : Tensor(), has_bias ? *bias : Tensor(), used_mean, used_var,
-                            seed});
+    const auto given = [](const OptTensor& t) -> int64_t { return t.has_value() && t->defined() ? 1 : 0; };
+    ctx->saved_data["edge_w"] = given(weight) ? int64_t(1) : int64_t(-1);
+    ctx->saved_data["edge_b"] = given(bias) ? 1 + given(weight) : int64_t(-1);
+    ctx->saved_data["edge_r"] = given(residual) ? 1 + given(weight) + given(bias) + given(mean) + given(var) : int64_t(-1);
+    ctx->save_for_backward({y, weight.value_or(Tensor()), bias.value_or(Tensor()), used_mean, used_var, seed});
     return {out, used_mean, used_var};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const Tensor &y = saved[0], &weight = saved[1], &bias = saved[2];
-    const bool has_weight = ctx->saved_data["has_weight"].toBool(), has_bias = ctx->saved_data["has_bias"].toBool();
+    const Tensor &y = saved[0], &weight = saved[1], &bias = saved[2];  // weight / bias: undefined if not given
     const Tensor grad = grads[0].contiguous();
-    const OptTensor w = has_weight ? OptTensor(weight) : std::nullopt, b = has_bias ? OptTensor(bias) : std::nullopt;
+    const OptTensor w = defined_or_none(weight), b = defined_or_none(bias);
     const bool batch_stats = ctx->saved_data["batch_stats"].toBool();
     const double eps = ctx->saved_data["eps"].toDouble(), slope = ctx->saved_data["negative_slope"].toDouble(),
                  p = ctx->saved_data["p"].toDouble();

@@ -469,26 +469,22 @@ void sum_chunks(const acc_t* q, int64_t chunks, int64_t C, double* s) {
 template <typename scalar_t, typename acc_t, bool BACKWARD>
 void run_rows(const Args<scalar_t, acc_t>& A) {
   const int64_t N = A.N, C = A.C, chunks = (N + kChunk - 1) / kChunk;
-  std::vector<acc_t> shift(C), q1(chunks * C), q2(chunks * C), a(C), b(C), mean(C), var(C), invstd(C), mg(C),
-      mgx(C);
+  // mean / var are A's: written by the forward's batch statistics, else given (eval mode) or those
+  // the forward used (backward)
+  std::vector<acc_t> shift(C), q1(chunks * C), q2(chunks * C), a(C), b(C), invstd(C), mg(C), mgx(C);
   std::vector<double> s1(C), s2(C);
-  RowJob<scalar_t, acc_t> J{A, shift.data(), q1.data(), q2.data(), a.data(), b.data(), mean.data(), invstd.data(),
+  RowJob<scalar_t, acc_t> J{A, shift.data(), q1.data(), q2.data(), a.data(), b.data(), A.mean, invstd.data(),
                             mg.data(), mgx.data()};
-  if (!BACKWARD && A.batch_stats) {  // the forward's batch statistics
+  if (!BACKWARD && A.batch_stats) {
     for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<acc_t>(A.y[c]);
     run_row_phase<scalar_t, acc_t, kForwardSums>(J, kForwardNs / 2);
     sum_chunks(q1.data(), chunks, C, s1.data());
     sum_chunks(q2.data(), chunks, C, s2.data());
-    finish_statistics(N, C, shift.data(), s1.data(), s2.data(), mean.data(), var.data());
-    std::copy(mean.begin(), mean.end(), A.mean);
-    std::copy(var.begin(), var.end(), A.var);
-  } else {  // the statistics given (eval mode) or those the forward used (backward)
-    std::copy(A.mean, A.mean + C, mean.begin());
-    std::copy(A.var, A.var + C, var.begin());
+    finish_statistics(N, C, shift.data(), s1.data(), s2.data(), A.mean, A.var);
   }
   for (int64_t c0 = 0; c0 < C; c0 += kBlock)
-    block_affine(A, c0, std::min(kBlock, C - c0), mean.data() + c0, var.data() + c0, invstd.data() + c0,
-                 a.data() + c0, b.data() + c0);
+    block_affine(A, c0, std::min(kBlock, C - c0), A.mean + c0, A.var + c0, invstd.data() + c0, a.data() + c0,
+                 b.data() + c0);
   if constexpr (!BACKWARD) {
     run_row_phase<scalar_t, acc_t, kForwardRows>(J, kForwardNs / 2);
   } else {

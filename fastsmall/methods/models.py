@@ -80,9 +80,10 @@ def _fuses(fused: bool, x) -> bool:
 
 
 def _bn_act(fused: bool, bn: nn.Module, x, negative_slope: float = 0.0):
-    """``F.relu(bn(x))`` (``F.leaky_relu`` with ``negative_slope``); one fused op instead when switched
-    on, ``x`` is channels-last and large enough (``FUSED_BN_ACT_MIN_ELEMENTS``)."""
-    if _fuses(fused, x) and x.is_contiguous(memory_format=torch.channels_last):
+    """``F.relu(bn(x))`` (``F.leaky_relu`` with ``negative_slope``); switched on and large enough
+    (``FUSED_BN_ACT_MIN_ELEMENTS``), ``bn_act_dropout_layer``, which fuses a channels-last map and runs
+    the modules' own ops on any other."""
+    if _fuses(fused, x):
         return ops.bn_act_dropout_layer(x, bn, negative_slope=negative_slope)
     return F.leaky_relu(bn(x), negative_slope) if negative_slope else F.relu(bn(x))
 
